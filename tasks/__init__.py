@@ -1,0 +1,11 @@
+"""Tasks: LightningDataModules yielding ``{"inputs": (B,L) long, "targets": (B,L) long}`` batches.
+
+``targets`` holds -100 where a position is not scored. ``TASKS`` maps a task's config name to its
+class; adding a task is one module plus one line here.
+"""
+
+from tasks.mqar import MQARDataModule
+
+TASKS = {
+    "mqar": MQARDataModule,
+}

@@ -1,0 +1,72 @@
+"""Shared plumbing for tasks whose splits are generated up front as tensors."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+IGNORE_INDEX = -100
+
+
+class TokenDataset(Dataset):
+    """Rows of ``inputs`` / ``targets`` (N, L) served as ``{"inputs": (L,), "targets": (L,)}``."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor):
+        if inputs.shape != targets.shape:
+            raise ValueError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ in shape")
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        return {"inputs": self.inputs[idx], "targets": self.targets[idx]}
+
+
+class GeneratedDataModule(L.LightningDataModule):
+    """A datamodule whose subclasses implement ``generate(split) -> (inputs, targets)``.
+
+    Splits are generated lazily in ``setup`` (every rank generates the same data from the seed);
+    the train loader shuffles with a generator seeded from ``seed`` so data order is reproducible.
+    """
+
+    splits = ("train", "val", "test")
+
+    def __init__(self, batch_size: int, seed: int, num_workers: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"task.batch_size={batch_size} must be >= 1")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.datasets: dict[str, TokenDataset] = {}
+
+    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self.splits:
+            if split not in self.datasets:
+                self.datasets[split] = TokenDataset(*self.generate(split))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

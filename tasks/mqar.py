@@ -1,0 +1,123 @@
+"""Multi-query associative recall (MQAR), as defined by zoology (Arora et al. 2023).
+
+An example is ``k1 v1 k2 v2 ... kN vN`` followed by a query region in which every key appears once
+more, at even offsets drawn from a power law (``p(gap) ~ gap^(power_a - 1)``, so most queries come
+soon after the context). The target at a query position is the value paired with that key; every
+other target is -100. Keys come from ``[1, vocab/2)``, values from ``[vocab/2, vocab)``, both unique
+within an example; token 0 is the filler, or a uniform random token when ``random_non_queries``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tasks.base import IGNORE_INDEX, GeneratedDataModule
+
+_SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+
+
+def check_mqar_sizes(vocab_size: int, seq_len: int, num_kv_pairs: int, power_a: float) -> None:
+    """Raise ``ValueError`` naming the field when the sizes admit no MQAR example."""
+    if num_kv_pairs < 1:
+        raise ValueError(f"task.num_kv_pairs={num_kv_pairs} must be >= 1")
+    if seq_len < 4 * num_kv_pairs:
+        raise ValueError(
+            f"task.seq_len={seq_len} is too short for num_kv_pairs={num_kv_pairs}: "
+            f"need seq_len >= 4 * num_kv_pairs = {4 * num_kv_pairs} (context plus one query slot per key)"
+        )
+    num_keys = vocab_size // 2 - 1
+    if num_kv_pairs > num_keys:
+        raise ValueError(
+            f"task.vocab_size={vocab_size} is too small for num_kv_pairs={num_kv_pairs} unique keys: "
+            f"keys come from [1, vocab_size/2), so vocab_size must be >= {2 * (num_kv_pairs + 1)}"
+        )
+    if not power_a > 0:
+        raise ValueError(f"task.power_a={power_a} must be > 0")
+
+
+def generate_mqar(
+    num_examples: int,
+    vocab_size: int,
+    seq_len: int,
+    num_kv_pairs: int,
+    power_a: float = 0.01,
+    random_non_queries: bool = True,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (inputs, targets), each (num_examples, seq_len) long; deterministic in ``seed``."""
+    check_mqar_sizes(vocab_size, seq_len, num_kv_pairs, power_a)
+    if num_examples < 1:
+        raise ValueError(f"number of MQAR examples={num_examples} must be >= 1")
+    gen = torch.Generator().manual_seed(seed)
+    n, kv, half = num_examples, num_kv_pairs, vocab_size // 2
+
+    # A random permutation per row, truncated, gives kv distinct tokens per example.
+    keys = torch.rand(n, half - 1, generator=gen).argsort(dim=1)[:, :kv] + 1
+    values = torch.rand(n, vocab_size - half, generator=gen).argsort(dim=1)[:, :kv] + half
+
+    inputs = torch.zeros(n, seq_len, dtype=torch.long)
+    inputs[:, 0 : 2 * kv : 2] = keys
+    inputs[:, 1 : 2 * kv : 2] = values
+
+    num_slots = (seq_len - 2 * kv) // 2
+    gap = torch.arange(1, num_slots + 1, dtype=torch.float64)
+    slot_weights = (power_a * gap ** (power_a - 1)).expand(n, num_slots)
+    slots = torch.multinomial(slot_weights, kv, replacement=False, generator=gen)
+    query_pos = 2 * kv + 2 * slots  # (n, kv), the i-th column queries the i-th key
+
+    inputs.scatter_(1, query_pos, keys)
+    targets = torch.full((n, seq_len), IGNORE_INDEX, dtype=torch.long)
+    targets.scatter_(1, query_pos, values)
+
+    if random_non_queries:
+        filler = inputs == 0
+        inputs[filler] = torch.randint(vocab_size, (int(filler.sum()),), generator=gen)
+    return inputs, targets
+
+
+class MQARDataModule(GeneratedDataModule):
+    """MQAR train / val / test splits, each generated from its own seed derived from ``seed``.
+
+    Args:
+        vocab_size, seq_len, num_kv_pairs, power_a, random_non_queries: see ``generate_mqar``.
+        num_train, num_test: examples per split; ``num_val`` defaults to ``num_test``.
+        batch_size: examples per batch. seed: base seed (split s uses ``3 * seed + offset(s)``).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        seq_len: int = 64,
+        num_kv_pairs: int = 4,
+        power_a: float = 0.01,
+        random_non_queries: bool = True,
+        num_train: int = 100_000,
+        num_test: int = 3_000,
+        num_val: int | None = None,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        check_mqar_sizes(vocab_size, seq_len, num_kv_pairs, power_a)
+        num_val = num_test if num_val is None else num_val
+        for name, value in [("num_train", num_train), ("num_test", num_test), ("num_val", num_val)]:
+            if value < 1:
+                raise ValueError(f"task.{name}={value} must be >= 1")
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.num_kv_pairs = num_kv_pairs
+        self.power_a = power_a
+        self.random_non_queries = random_non_queries
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+
+    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return generate_mqar(
+            self.sizes[split],
+            self.vocab_size,
+            self.seq_len,
+            self.num_kv_pairs,
+            self.power_a,
+            self.random_non_queries,
+            seed=3 * self.seed + _SPLIT_OFFSET[split],
+        )

@@ -1,0 +1,87 @@
+"""The Lightning module: next-token cross-entropy on scored positions, accuracy, AdamW + schedule."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from zoo.model import ModelConfig, build_model
+from zoo.optim import param_groups, warmup_cosine_scheduler
+
+IGNORE_INDEX = -100
+
+
+class LitLanguageModel(L.LightningModule):
+    """Trains ``build_model(model)`` on ``{"inputs", "targets"}`` batches.
+
+    Args:
+        model: ``ModelConfig`` fields (a mapping) for ``build_model``.
+        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``, ``min_lr_ratio``,
+            optional ``group_lr`` (learning rate per tagged parameter group) and ``total_steps``
+            (defaults to the trainer's ``max_steps``).
+    """
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = ModelConfig.from_mapping(model)
+        self.model = build_model(self.model_config)
+        self.optim = dict(optim)
+        vocab = self.model_config.vocab_size
+        self.accuracy = torch.nn.ModuleDict(
+            {
+                f"{split}_acc": MulticlassAccuracy(num_classes=vocab, ignore_index=IGNORE_INDEX, average="micro")
+                for split in ("train", "val", "test")
+            }
+        )
+        self._step_started: float | None = None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs: (B, L) long -> logits (B, L, V)."""
+        return self.model(inputs)
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        inputs, targets = batch["inputs"], batch["targets"]
+        logits = self(inputs)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+        )
+        scored = targets != IGNORE_INDEX
+        accuracy = self.accuracy[f"{split}_acc"]
+        accuracy(logits[scored].argmax(-1), targets[scored])
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step)
+        self.log(f"{split}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._step_started
+        tokens = batch["inputs"].numel() * self.trainer.world_size
+        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optim
+        groups = param_groups(self.model, opt["lr"], opt["weight_decay"], opt.get("group_lr"))
+        optimizer = torch.optim.AdamW(groups, betas=tuple(opt.get("betas", (0.9, 0.95))), eps=opt.get("eps", 1e-8))
+        total = opt.get("total_steps") or self.trainer.max_steps
+        if total is None or total < 1:
+            total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine_scheduler(optimizer, opt.get("warmup_steps", 0), total, opt.get("min_lr_ratio", 0.1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

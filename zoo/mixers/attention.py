@@ -1,0 +1,61 @@
+"""Causal multi-head self-attention with rotary position embedding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.rotary import Rotary
+from zoo.tags import linear, mark_residual_projection
+
+
+class Attention(nn.Module):
+    """Causal MHA: fused QKV projection, rotary on q and k, ``F.scaled_dot_product_attention``.
+
+    Args:
+        d_model: model width D; must be divisible by ``n_heads``.
+        layer_idx: position of this layer in the stack (kept for caches and logging).
+        n_heads: number of heads H; head dim = D / H (must be even for rotary).
+        rotary_base: base of the rotary frequencies.
+        bias: whether the projections have biases.
+        dropout: attention-probability dropout during training.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int = 0,
+        n_heads: int = 4,
+        rotary_base: float = 10000.0,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if n_heads < 1 or d_model % n_heads:
+            raise ValueError(
+                f"attention n_heads={n_heads} must be a positive divisor of d_model={d_model}"
+            )
+        head_dim = d_model // n_heads
+        if head_dim % 2:
+            raise ValueError(
+                f"attention head dim d_model/n_heads={head_dim} must be even for rotary embedding"
+            )
+        self.layer_idx = layer_idx
+        self.n_heads = n_heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+        self.qkv = linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = mark_residual_projection(linear(d_model, d_model, bias=bias))
+        self.rotary = Rotary(head_dim, base=rotary_base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D); position t attends to positions <= t."""
+        batch, length, d_model = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, hd)
+        q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(batch, length, d_model))

@@ -1,0 +1,200 @@
+"""The one model of the zoo: embedding -> [Block x n_layers] -> RMSNorm -> LM head.
+
+Transformer, Mamba and hybrids are configs of this code: a backbone is a layer pattern (the mixer of
+each layer) plus the channel of each layer (mlp, memory or none).
+
+Initialisation (GPT-2 style): every ``nn.Linear`` and ``nn.Embedding`` weight ~ N(0, 0.02), biases 0;
+projections that write into the residual stream (attention ``out_proj``, MLP ``w2``) get
+std 0.02 / sqrt(2 * n_layers). Parameters marked ``_no_reinit`` keep the init of the module that made
+them (e.g. SSM parameters); norms start at 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.channels import CHANNELS
+from zoo.mixers import MIXERS, PATTERN_LETTERS
+from zoo.tags import is_no_reinit, is_residual_projection, mark_no_decay
+
+INIT_STD = 0.02
+
+
+@dataclass
+class ModelConfig:
+    """Everything ``build_model`` needs.
+
+    pattern: mixer of each layer, as a string of letters (``"AAMA"``; see ``PATTERN_LETTERS``) or a
+        list of mixer names; a pattern shorter than ``n_layers`` is repeated if its length divides it.
+    channel: ``"mlp"`` / ``"none"`` for every layer, or a list with one entry per layer.
+    mixer: keyword arguments per mixer name, e.g. ``{"attention": {"n_heads": 4}}``.
+    mlp: keyword arguments of the MLP channel.
+    """
+
+    vocab_size: int
+    d_model: int = 64
+    n_layers: int = 2
+    pattern: str | list[str] = "A"
+    channel: str | list[str] = "mlp"
+    mixer: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlp: dict[str, Any] = field(default_factory=dict)
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    name: str = "custom"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "ModelConfig":
+        """Build from a plain or OmegaConf mapping; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**{k: _plain(v) for k, v in values.items()})
+
+    def layer_mixers(self) -> list[str]:
+        """Mixer name of each layer, after expanding letters and repeating the pattern."""
+        if isinstance(self.pattern, str):
+            names = []
+            for letter in self.pattern:
+                if letter not in PATTERN_LETTERS:
+                    raise ValueError(
+                        f"backbone.pattern={self.pattern!r} has unknown mixer letter {letter!r}; "
+                        f"allowed letters: {sorted(PATTERN_LETTERS)} ({PATTERN_LETTERS})"
+                    )
+                names.append(PATTERN_LETTERS[letter])
+        else:
+            names = list(self.pattern)
+            for name in names:
+                if name not in MIXERS:
+                    raise ValueError(
+                        f"backbone.pattern has unknown mixer {name!r}; allowed: {sorted(MIXERS)}"
+                    )
+        return _expand_per_layer(names, self.n_layers, "backbone.pattern")
+
+    def layer_channels(self) -> list[str]:
+        """Channel name of each layer."""
+        names = [self.channel] if isinstance(self.channel, str) else list(self.channel)
+        for name in names:
+            if name not in CHANNELS:
+                raise ValueError(f"backbone.channel has unknown channel {name!r}; allowed: {sorted(CHANNELS)}")
+        return _expand_per_layer(names, self.n_layers, "backbone.channel")
+
+    def validate(self) -> None:
+        """Cross-field checks, raised before any parameter is allocated."""
+        for name, value in [("vocab_size", self.vocab_size), ("d_model", self.d_model), ("n_layers", self.n_layers)]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model {name}={value!r} must be a positive integer")
+        self.layer_mixers()
+        self.layer_channels()
+        for name in self.mixer:
+            if name not in MIXERS:
+                raise ValueError(f"backbone.mixer has options for unknown mixer {name!r}; allowed: {sorted(MIXERS)}")
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python containers."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return value
+
+
+def _expand_per_layer(names: list[str], n_layers: int, field_name: str) -> list[str]:
+    if not names or n_layers % len(names):
+        raise ValueError(
+            f"{field_name} has {len(names)} entries, which must divide n_layers={n_layers} "
+            f"(one entry per layer, or a pattern repeated to fill the layers)"
+        )
+    return names * (n_layers // len(names))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + channel(norm(x))``."""
+
+    def __init__(self, d_model: int, mixer: nn.Module, channel: nn.Module | None, eps: float):
+        super().__init__()
+        self.mixer_norm = mark_no_decay(nn.RMSNorm(d_model, eps=eps))
+        self.mixer = mixer
+        self.channel_norm = mark_no_decay(nn.RMSNorm(d_model, eps=eps)) if channel is not None else None
+        self.channel = channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D)."""
+        x = x + self.mixer(self.mixer_norm(x))
+        if self.channel is not None:
+            x = x + self.channel(self.channel_norm(x))
+        return x
+
+
+class LanguageModel(nn.Module):
+    """Token ids (B, L) -> next-token logits (B, L, vocab_size)."""
+
+    def __init__(self, config: ModelConfig, blocks: list[Block]):
+        super().__init__()
+        self.config = config
+        self.embedding = mark_no_decay(nn.Embedding(config.vocab_size, config.d_model))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = mark_no_decay(nn.RMSNorm(config.d_model, eps=config.norm_eps))
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 style init (see module docstring)."""
+        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                weight = module.weight
+                if not is_no_reinit(weight):
+                    std = residual_std if is_residual_projection(weight) else INIT_STD
+                    nn.init.normal_(weight, mean=0.0, std=std)
+                bias = getattr(module, "bias", None)
+                if bias is not None and not is_no_reinit(bias):
+                    nn.init.zeros_(bias)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs: (B, L) long -> logits (B, L, vocab_size)."""
+        x = self.embedding(inputs)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.norm(x))
+
+    def num_parameters(self) -> int:
+        """Distinct trainable parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def _build_layer(registry: dict, name: str, kind: str, d_model: int, layer_idx: int, kwargs: dict) -> nn.Module:
+    cls = registry[name]
+    try:
+        return cls(d_model, layer_idx, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad options {kwargs} for {kind} {name!r} at layer {layer_idx}: {err}") from err
+
+
+def build_model(cfg: ModelConfig | Mapping[str, Any]) -> LanguageModel:
+    """Config (dataclass or mapping with ``ModelConfig`` fields) -> ``LanguageModel``."""
+    config = cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_mapping(cfg)
+    config.validate()
+    blocks = []
+    for idx, (mixer_name, channel_name) in enumerate(zip(config.layer_mixers(), config.layer_channels())):
+        mixer = _build_layer(MIXERS, mixer_name, "mixer", config.d_model, idx, config.mixer.get(mixer_name, {}))
+        channel = None
+        if CHANNELS[channel_name] is not None:
+            channel = _build_layer(CHANNELS, channel_name, "channel", config.d_model, idx, config.mlp)
+        blocks.append(Block(config.d_model, mixer, channel, config.norm_eps))
+    return LanguageModel(config, blocks)

@@ -1,0 +1,97 @@
+"""``memzoo-train`` (= ``python -m zoo.train``): Hydra config -> Lightning fit + test -> metrics.json."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from tasks import TASKS
+from zoo.io import atomic_write_json, atomic_write_text
+from zoo.lit import LitLanguageModel
+from zoo.model import ModelConfig
+
+
+def build_datamodule(task_cfg: dict[str, Any]) -> L.LightningDataModule:
+    """``task`` config (with ``name``) -> the task's LightningDataModule."""
+    options = dict(task_cfg)
+    name = options.pop("name")
+    if name not in TASKS:
+        raise ValueError(f"task.name={name!r} is not a known task; allowed: {sorted(TASKS)}")
+    try:
+        return TASKS[name](**options)
+    except TypeError as err:
+        raise ValueError(f"bad options for task {name!r}: {err}") from err
+
+
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    """The ``ModelConfig`` fields of a run: the backbone group plus the task's vocabulary size."""
+    values = OmegaConf.to_container(cfg.backbone, resolve=True)
+    values["vocab_size"] = int(cfg.task.vocab_size)
+    if cfg.memory.name != "none":
+        raise ValueError(f"memory={cfg.memory.name!r} is not available yet; allowed: ['none']")
+    ModelConfig.from_mapping(values).validate()
+    return values
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Fit and test one configuration; writes config.yaml, tb/, checkpoints/ and metrics.json in ``run_dir``."""
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    model_values = model_config(cfg)
+    datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = LitLanguageModel(model=model_values, optim=OmegaConf.to_container(cfg.optim, resolve=True))
+
+    logger = TensorBoardLogger(save_dir=str(run_dir), name=cfg.logger.subdir, version="", default_hp_metric=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+    )
+    trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = L.Trainer(
+        **trainer_options,
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+    )
+    if trainer.is_global_zero:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule)
+    test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = {
+        "test": {k: float(v) for k, v in test_results[0].items()},
+        "params": {
+            "total": module.model.num_parameters(),
+            "embedding": module.model.embedding.weight.numel(),
+        },
+        "steps": int(trainer.global_step),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "backbone": cfg.backbone.name,
+        "memory": cfg.memory.name,
+        "task": cfg.task.name,
+    }
+    if trainer.is_global_zero:
+        atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="pkg://zoo.configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+    print(f"test accuracy {metrics['test'].get('test/acc', float('nan')):.4f} "
+          f"in {metrics['wall_time_s']:.0f}s; metrics.json in {HydraConfig.get().runtime.output_dir}")
+
+
+if __name__ == "__main__":
+    main()
