@@ -94,3 +94,13 @@ def test_unknown_task_name_is_an_error(tmp_path):
     cfg.task.name = "wikitext"
     with pytest.raises(ValueError, match=r"task.name='wikitext' is not a known task; allowed: \['mqar'\]"):
         train(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_default_config_solves_mqar(tmp_path):
+    """The README's default run (Transformer on MQAR) reaches >= 0.99 test accuracy on query positions."""
+    script = Path(sys.executable).parent / "memzoo-train"
+    subprocess.run([str(script), f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false"],
+                   check=True, capture_output=True, text=True, timeout=900)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test"]["test/acc"] >= 0.99

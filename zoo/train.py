@@ -10,6 +10,7 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from tasks import TASKS
@@ -88,9 +89,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    metrics = train(cfg, HydraConfig.get().runtime.output_dir)
-    print(f"test accuracy {metrics['test'].get('test/acc', float('nan')):.4f} "
-          f"in {metrics['wall_time_s']:.0f}s; metrics.json in {HydraConfig.get().runtime.output_dir}")
+    run_dir = HydraConfig.get().runtime.output_dir
+    metrics = train(cfg, run_dir)
+    rank_zero_info(
+        f"test accuracy {metrics['test'].get('test/acc', float('nan')):.4f} "
+        f"in {metrics['wall_time_s']:.0f}s; metrics.json in {run_dir}"
+    )
 
 
 if __name__ == "__main__":
