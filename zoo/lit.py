@@ -8,10 +8,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
 
+from zoo.memory import MemoryPlus
+from zoo.memory.usage import kl_from_uniform, usage_fraction
 from zoo.model import ModelConfig, build_model
-from zoo.optim import param_groups, warmup_cosine_scheduler
+from zoo.optim import build_optimizer, clip_grad_norm, param_groups, warmup_cosine_scheduler
 
 IGNORE_INDEX = -100
 
@@ -68,6 +71,27 @@ class LitLanguageModel(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def memory_layers(self) -> dict[int, MemoryPlus]:
+        """Memory channels by layer index."""
+        return {m.layer_idx: m for m in self.model.modules() if isinstance(m, MemoryPlus)}
+
+    def on_validation_epoch_start(self) -> None:
+        for layer in self.memory_layers().values():
+            layer.usage.start()
+
+    def on_validation_epoch_end(self) -> None:
+        """Per memory layer: usage fraction, KL(read mass || uniform), read-count histogram."""
+        for idx, layer in self.memory_layers().items():
+            layer.usage.stop()
+            if self.trainer.sanity_checking or layer.usage.counts is None:
+                continue
+            counts = self.trainer.strategy.reduce(layer.usage.counts.double(), reduce_op="sum")
+            mass = self.trainer.strategy.reduce(layer.usage.mass, reduce_op="sum")
+            self.log(f"memory/layer{idx}/usage", usage_fraction(counts), sync_dist=False)
+            self.log(f"memory/layer{idx}/kl_uniform", kl_from_uniform(mass), sync_dist=False)
+            if self.trainer.is_global_zero and isinstance(self.logger, TensorBoardLogger):
+                self.logger.experiment.add_histogram(f"memory/layer{idx}/read_counts", counts, self.global_step)
+
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step_started = time.perf_counter()
 
@@ -79,9 +103,18 @@ class LitLanguageModel(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
         groups = param_groups(self.model, opt["lr"], opt["weight_decay"], opt.get("group_lr"))
-        optimizer = torch.optim.AdamW(groups, betas=tuple(opt.get("betas", (0.9, 0.95))), eps=opt.get("eps", 1e-8))
+        optimizer = build_optimizer(groups, betas=tuple(opt.get("betas", (0.9, 0.95))), eps=opt.get("eps", 1e-8))
         total = opt.get("total_steps") or self.trainer.max_steps
         if total is None or total < 1:
             total = int(self.trainer.estimated_stepping_batches)
         scheduler = warmup_cosine_scheduler(optimizer, opt.get("warmup_steps", 0), total, opt.get("min_lr_ratio", 0.1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping over dense and sparse gradients alike (torch's own rejects sparse ones)."""
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}; allowed: 'norm'")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        clip_grad_norm(params, gradient_clip_val)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from zoo.channels import CHANNELS
+from zoo.memory import MemoryConfig, make_value_table
 from zoo.mixers import MIXERS, PATTERN_LETTERS
 from zoo.tags import is_no_reinit, is_residual_projection, mark_no_decay
 
@@ -34,6 +35,8 @@ class ModelConfig:
     pattern: mixer of each layer, as a string of letters (``"AAMA"``; see ``PATTERN_LETTERS``) or a
         list of mixer names; a pattern shorter than ``n_layers`` is repeated if its length divides it.
     channel: ``"mlp"`` / ``"none"`` for every layer, or a list with one entry per layer.
+    memory: ``MemoryConfig`` fields (or None): the layers in ``memory["layers"]`` get the memory+
+        channel instead of ``channel``.
     mixer: keyword arguments per mixer name, e.g. ``{"attention": {"n_heads": 4}}``.
     mlp: keyword arguments of the MLP channel.
     """
@@ -47,6 +50,7 @@ class ModelConfig:
     mlp: dict[str, Any] = field(default_factory=dict)
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
+    memory: dict[str, Any] | None = None
     name: str = "custom"
 
     @classmethod
@@ -78,13 +82,21 @@ class ModelConfig:
                     )
         return _expand_per_layer(names, self.n_layers, "backbone.pattern")
 
+    def memory_config(self) -> MemoryConfig | None:
+        return None if self.memory is None else MemoryConfig.from_mapping(self.memory)
+
     def layer_channels(self) -> list[str]:
-        """Channel name of each layer."""
+        """Channel name of each layer (memory layers say ``"memory"``)."""
         names = [self.channel] if isinstance(self.channel, str) else list(self.channel)
+        allowed = sorted(set(CHANNELS) - {"memory"})
         for name in names:
-            if name not in CHANNELS:
-                raise ValueError(f"backbone.channel has unknown channel {name!r}; allowed: {sorted(CHANNELS)}")
-        return _expand_per_layer(names, self.n_layers, "backbone.channel")
+            if name not in allowed:
+                raise ValueError(f"backbone.channel has unknown channel {name!r}; allowed: {allowed}")
+        per_layer = _expand_per_layer(names, self.n_layers, "backbone.channel")
+        memory = self.memory_config()
+        for idx in memory.layers if memory is not None else []:
+            per_layer[idx] = "memory"
+        return per_layer
 
     def validate(self) -> None:
         """Cross-field checks, raised before any parameter is allocated."""
@@ -92,6 +104,9 @@ class ModelConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model {name}={value!r} must be a positive integer")
         self.layer_mixers()
+        memory = self.memory_config()
+        if memory is not None:
+            memory.validate(self.d_model, self.n_layers)
         self.layer_channels()
         for name in self.mixer:
             if name not in MIXERS:
@@ -190,11 +205,17 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> LanguageModel:
     """Config (dataclass or mapping with ``ModelConfig`` fields) -> ``LanguageModel``."""
     config = cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_mapping(cfg)
     config.validate()
+    memory = config.memory_config()
+    channel_options = {"mlp": config.mlp}
+    if memory is not None:
+        shared = make_value_table(memory, config.d_model) if memory.shared else None
+        channel_options["memory"] = {"config": memory, "values": shared}
     blocks = []
     for idx, (mixer_name, channel_name) in enumerate(zip(config.layer_mixers(), config.layer_channels())):
         mixer = _build_layer(MIXERS, mixer_name, "mixer", config.d_model, idx, config.mixer.get(mixer_name, {}))
         channel = None
         if CHANNELS[channel_name] is not None:
-            channel = _build_layer(CHANNELS, channel_name, "channel", config.d_model, idx, config.mlp)
+            options = channel_options[channel_name]
+            channel = _build_layer(CHANNELS, channel_name, "channel", config.d_model, idx, options)
         blocks.append(Block(config.d_model, mixer, channel, config.norm_eps))
     return LanguageModel(config, blocks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 import torch
 from torch import nn
 
@@ -12,11 +13,15 @@ from zoo.tags import optim_tags
 def param_groups(model: nn.Module, lr: float, weight_decay: float, group_lr: dict[str, float] | None = None) -> list[dict]:
     """Split trainable parameters into AdamW groups by their tags.
 
-    Untagged parameters get ``lr`` and ``weight_decay``; a tag overrides either, and a tag
-    ``group=NAME`` takes its learning rate from ``group_lr[NAME]`` (e.g. memory values).
-    Each group carries a ``name`` for logging. Tied parameters appear once.
+    Untagged parameters get ``lr`` and ``weight_decay``; a tag overrides either (and may add
+    ``sparse=True``), and ``group_lr[NAME]`` overrides the learning rate of the parameters tagged
+    ``group=NAME`` (e.g. memory values). Each group carries a ``name`` for logging. Tied parameters
+    appear once.
     """
     group_lr = dict(group_lr or {})
+    unknown = sorted(set(group_lr) - {optim_tags(p).get("group") for p in model.parameters()})
+    if unknown:
+        raise ValueError(f"optim.group_lr names parameter group(s) {unknown} that this model does not have")
     groups: dict[tuple, dict] = {}
     seen: set[int] = set()
     for param in model.parameters():
@@ -25,12 +30,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, group_lr: dic
         seen.add(id(param))
         tags = optim_tags(param)
         name = tags.pop("group", None)
-        options = {"lr": lr, "weight_decay": weight_decay}
-        if name is not None:
-            if name not in group_lr:
-                raise ValueError(f"parameter group {name!r} has no learning rate in optim.group_lr={group_lr}")
+        options = {"lr": lr, "weight_decay": weight_decay, **tags}
+        if name in group_lr:
             options["lr"] = group_lr[name]
-        options.update(tags)
         if name is None:
             name = "decay" if options["weight_decay"] > 0 else "no_decay"
         key = (name, tuple(sorted(options.items())))
@@ -59,3 +61,82 @@ def warmup_cosine_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
     )
+
+
+class DenseSparseAdam(torch.optim.Optimizer):
+    """AdamW for dense parameter groups and ``SparseAdam`` (rows-only, lazy Adam) for groups tagged
+    ``sparse=True``, behind one optimizer so that Lightning, LR schedulers and checkpoints see one.
+
+    ``param_groups`` are the inner optimizers' own group dicts, so a scheduler that sets ``lr`` on
+    them drives both. Sparse groups take no weight decay.
+    """
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float], eps: float):
+        for group in groups:
+            if group.get("sparse", False) and group.get("weight_decay", 0.0):
+                raise ValueError(
+                    f"sparse parameter group {group.get('name')!r} has weight_decay={group['weight_decay']}; "
+                    "rows-only updates allow only 0"
+                )
+        dense = [g for g in groups if not g.get("sparse", False)]
+        sparse = [{k: v for k, v in g.items() if k != "weight_decay"} for g in groups if g.get("sparse", False)]
+        self.dense = torch.optim.AdamW(dense, betas=betas, eps=eps) if dense else None
+        self.sparse = torch.optim.SparseAdam(sparse, betas=betas, eps=eps) if sparse else None
+        self.inner = [opt for opt in (self.dense, self.sparse) if opt is not None]
+        super().__init__([g for opt in self.inner for g in opt.param_groups], defaults={})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.inner:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.inner:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense and self.dense.state_dict(), "sparse": self.sparse and self.sparse.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for key, opt in (("dense", self.dense), ("sparse", self.sparse)):
+            if (opt is None) != (state_dict.get(key) is None):
+                raise ValueError(
+                    f"optimizer checkpoint {'has' if opt is None else 'lacks'} {key} parameter groups "
+                    f"that this model {'lacks' if opt is None else 'has'} (memory.sparse_updates differs?)"
+                )
+            if opt is not None:
+                opt.load_state_dict(state_dict[key])
+
+
+def build_optimizer(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """Plain AdamW when no group is sparse, else ``DenseSparseAdam``."""
+    if any(g.get("sparse", False) for g in groups):
+        return DenseSparseAdam(groups, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, betas=betas, eps=eps)
+
+
+@torch.no_grad()
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` that also takes sparse gradients (coalesced in place, so duplicate rows
+    count once as their sum). Returns the total 2-norm before clipping."""
+    grads = []
+    for param in params:
+        if param.grad is None:
+            continue
+        if param.grad.is_sparse:
+            param.grad = param.grad.coalesce()
+            grads.append(param.grad._values())
+        else:
+            grads.append(param.grad)
+    if not grads:
+        return torch.tensor(0.0)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return total

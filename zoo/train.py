@@ -36,7 +36,7 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
     values = OmegaConf.to_container(cfg.backbone, resolve=True)
     values["vocab_size"] = int(cfg.task.vocab_size)
     if cfg.memory.name != "none":
-        raise ValueError(f"memory={cfg.memory.name!r} is not available yet; allowed: ['none']")
+        values["memory"] = OmegaConf.to_container(cfg.memory, resolve=True)
     ModelConfig.from_mapping(values).validate()
     return values
 

@@ -1,0 +1,94 @@
+"""``MemoryConfig``: the arguments of the product-key memory channel, checked before any compute."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+QUERY_NORMS = ("none", "layernorm", "rmsnorm")
+
+
+@dataclass
+class MemoryConfig:
+    """Product-key memory (Lample et al. 2019) with the memory+ channel (Berges et al. 2024).
+
+    n_keys: sub-keys per half; the table has N = n_keys ** 2 slots.
+    heads: independent queries per token; their reads add up.
+    knn: slots read per head (top-k), at most n_keys.
+    k_dim: query/key width, even (each half is k_dim / 2).
+    v_dim: value width (and the memory+ inner width); None = d_model.
+    query_norm: none | layernorm | rmsnorm; when set, both query halves and all sub-keys are normalised
+        (without affine parameters) before scoring.
+    temperature: softmax temperature over the k selected scores.
+    query_bias: whether the query projection has a bias.
+    gate: multiply the output by a learned scalar sigmoid gate ``sigmoid(w_g . x)``.
+    layers: indices of the layers whose channel is this memory.
+    shared: one value table serves every memory layer (each keeps its own query, keys, W1, W2).
+    sparse_updates: values get sparse gradients and a rows-only Adam update (SparseAdam).
+    value_lr: learning rate of the value table (same warmup + cosine schedule as the rest).
+    """
+
+    n_keys: int = 32
+    heads: int = 4
+    knn: int = 8
+    k_dim: int = 64
+    v_dim: int | None = None
+    query_norm: str = "none"
+    temperature: float = 1.0
+    query_bias: bool = True
+    gate: bool = False
+    layers: list[int] = field(default_factory=lambda: [1])
+    shared: bool = True
+    sparse_updates: bool = True
+    value_lr: float = 1e-3
+
+    @property
+    def n_slots(self) -> int:
+        return self.n_keys**2
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "MemoryConfig":
+        """Plain or OmegaConf mapping -> config; ``name`` (the Hydra choice) is allowed and dropped."""
+        values = {k: v for k, v in values.items() if k != "name"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown memory config key(s) {unknown}; allowed: {sorted(known)}")
+        if "layers" in values:
+            values["layers"] = list(values["layers"])
+        return cls(**values)
+
+    def resolved_v_dim(self, d_model: int) -> int:
+        return d_model if self.v_dim is None else self.v_dim
+
+    def validate(self, d_model: int, n_layers: int | None = None) -> None:
+        """Raise ``ValueError`` naming the field, its value and what is allowed."""
+        for name in ("n_keys", "heads", "knn", "k_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"memory.{name}={value!r} must be a positive integer")
+        if self.knn > self.n_keys:
+            raise ValueError(f"memory.knn={self.knn} must be <= memory.n_keys={self.n_keys}")
+        if self.k_dim % 2:
+            raise ValueError(f"memory.k_dim={self.k_dim} must be even (it is split into two halves)")
+        v_dim = self.resolved_v_dim(d_model)
+        if not isinstance(v_dim, int) or v_dim < 1:
+            raise ValueError(f"memory.v_dim={self.v_dim!r} must be a positive integer or null (= d_model)")
+        if self.query_norm not in QUERY_NORMS:
+            raise ValueError(f"memory.query_norm={self.query_norm!r}; allowed: {list(QUERY_NORMS)}")
+        if not self.temperature > 0:
+            raise ValueError(f"memory.temperature={self.temperature} must be > 0")
+        if not self.value_lr > 0:
+            raise ValueError(f"memory.value_lr={self.value_lr} must be > 0")
+        if n_layers is not None:
+            if not self.layers:
+                raise ValueError("memory.layers=[] names no layer; give at least one index, or use memory=none")
+            for idx in self.layers:
+                if not isinstance(idx, int) or not 0 <= idx < n_layers:
+                    raise ValueError(
+                        f"memory.layers has index {idx!r}; allowed: 0..{n_layers - 1} (backbone.n_layers={n_layers})"
+                    )
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"memory.layers={self.layers} repeats a layer index")
