@@ -8,13 +8,22 @@ from zoo import ModelConfig, build_model
 from zoo.memory import MemoryConfig, MemoryPlus, ValueTable
 
 
+def norm(t: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "layernorm":
+        return (t - t.mean(-1, keepdim=True)) / (t.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    if kind == "rmsnorm":
+        return t / (t.pow(2).mean(-1, keepdim=True) + torch.finfo(t.dtype).eps).sqrt()
+    return t
+
+
 def dense_reference(layer: MemoryPlus, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """All N slot scores, mask to the top-k per head, softmax, (T, N) @ (N, v_dim), memory+ gating."""
     cfg = layer.config
     flat = x.reshape(-1, x.shape[-1])
-    q = layer.keys.query(flat).view(-1, cfg.heads, 2, cfg.k_dim // 2)
-    s1 = torch.einsum("thd,hnd->thn", q[:, :, 0], layer.keys.sub_keys[:, 0])
-    s2 = torch.einsum("thd,hnd->thn", q[:, :, 1], layer.keys.sub_keys[:, 1])
+    q = norm(layer.keys.query(flat).view(-1, cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
+    keys = norm(layer.keys.sub_keys, cfg.query_norm)
+    s1 = torch.einsum("thd,hnd->thn", q[:, :, 0], keys[:, 0])
+    s2 = torch.einsum("thd,hnd->thn", q[:, :, 1], keys[:, 1])
     scores = (s1.unsqueeze(-1) + s2.unsqueeze(-2)).flatten(-2)  # (T, H, N)
     kth = scores.topk(cfg.knn, dim=-1).values[..., -1:]
     masked = scores.masked_fill(scores < kth, float("-inf"))
@@ -26,11 +35,13 @@ def dense_reference(layer: MemoryPlus, x: torch.Tensor, values: torch.Tensor) ->
     return out.view_as(x)
 
 
-@pytest.mark.parametrize("sparse", [True, False])
-@pytest.mark.parametrize("gate", [False, True])
-def test_output_and_gradients_equal_dense_reference(sparse, gate):
+@pytest.mark.parametrize("sparse, gate, query_norm", [
+    (True, False, "none"), (False, False, "none"), (True, True, "rmsnorm"), (False, True, "layernorm"),
+])
+def test_output_and_gradients_equal_dense_reference(sparse, gate, query_norm):
     torch.manual_seed(1)
-    cfg = MemoryConfig(n_keys=6, heads=2, knn=3, k_dim=8, v_dim=12, gate=gate, sparse_updates=sparse, temperature=0.5)
+    cfg = MemoryConfig(n_keys=6, heads=2, knn=3, k_dim=8, v_dim=12, gate=gate, sparse_updates=sparse,
+                       temperature=0.5, query_norm=query_norm)
     layer = MemoryPlus(16, 0, cfg).double()
     for lin in (layer.w1, layer.w2):
         torch.nn.init.normal_(lin.weight, std=0.3)

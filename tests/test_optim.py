@@ -32,8 +32,9 @@ def test_named_group_takes_its_own_learning_rate():
     groups = {g["name"]: g for g in param_groups(module, lr=1e-2, weight_decay=0.1, group_lr={"memory_values": 1e-3})}
     assert groups["memory_values"]["lr"] == 1e-3 and groups["memory_values"]["weight_decay"] == 0.0
     assert groups["decay"]["lr"] == 1e-2
-    with pytest.raises(ValueError, match=r"group 'memory_values' has no learning rate"):
-        param_groups(module, lr=1e-2, weight_decay=0.1)
+    tag_optim(module[1].weight, lr=2e-3)
+    groups = {g["name"]: g for g in param_groups(module, lr=1e-2, weight_decay=0.1)}
+    assert groups["memory_values"]["lr"] == 2e-3  # the tag's own lr when the config names none
 
 
 def test_warmup_then_cosine_to_min_ratio():

@@ -63,8 +63,65 @@ def warmup_cosine_scheduler(
     )
 
 
+def coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """A sparse row gradient with unique, ascending rows. Autograd drops the coalesced flag of the
+    gradients the memory layer makes (already unique and sorted); checking the order is O(rows),
+    where ``coalesce()`` would sort again."""
+    if grad.is_coalesced():
+        return grad
+    rows = grad._indices()[0]
+    if grad._indices().shape[0] == 1 and bool((rows[1:] > rows[:-1]).all()):
+        return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False)
+    return grad.coalesce()
+
+
+class RowAdam(torch.optim.Optimizer):
+    """Lazy Adam for parameters with sparse (row) gradients: only the rows present in the gradient
+    have their moments and values updated; bias correction counts the optimizer's steps.
+
+    The update of a touched row is AdamW's without weight decay
+    (``p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)``), so a first step equals AdamW's.
+    Unlike ``torch.optim.SparseAdam`` it updates the rows with direct index operations, which keeps
+    the step cost proportional to the rows touched.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, defaults={"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise ValueError("RowAdam needs sparse gradients; use AdamW for dense parameters")
+                grad = coalesced(param.grad)
+                rows, values = grad.indices()[0], grad.values()
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                m = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                bias1 = 1 - beta1 ** state["step"]
+                bias2 = 1 - beta2 ** state["step"]
+                denom = v.div_(bias2).sqrt_().add_(group["eps"])
+                param.index_add_(0, rows, m.div_(denom), alpha=-group["lr"] / bias1)
+        return loss
+
+
 class DenseSparseAdam(torch.optim.Optimizer):
-    """AdamW for dense parameter groups and ``SparseAdam`` (rows-only, lazy Adam) for groups tagged
+    """AdamW for dense parameter groups and ``RowAdam`` (rows-only, lazy Adam) for groups tagged
     ``sparse=True``, behind one optimizer so that Lightning, LR schedulers and checkpoints see one.
 
     ``param_groups`` are the inner optimizers' own group dicts, so a scheduler that sets ``lr`` on
@@ -81,7 +138,7 @@ class DenseSparseAdam(torch.optim.Optimizer):
         dense = [g for g in groups if not g.get("sparse", False)]
         sparse = [{k: v for k, v in g.items() if k != "weight_decay"} for g in groups if g.get("sparse", False)]
         self.dense = torch.optim.AdamW(dense, betas=betas, eps=eps) if dense else None
-        self.sparse = torch.optim.SparseAdam(sparse, betas=betas, eps=eps) if sparse else None
+        self.sparse = RowAdam(sparse, betas=betas, eps=eps) if sparse else None
         self.inner = [opt for opt in (self.dense, self.sparse) if opt is not None]
         super().__init__([g for opt in self.inner for g in opt.param_groups], defaults={})
 
@@ -129,7 +186,7 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
         if param.grad is None:
             continue
         if param.grad.is_sparse:
-            param.grad = param.grad.coalesce()
+            param.grad = coalesced(param.grad)
             grads.append(param.grad._values())
         else:
             grads.append(param.grad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from tasks import TASKS
 from zoo.io import atomic_write_json, atomic_write_text
 from zoo.lit import LitLanguageModel
 from zoo.model import ModelConfig
+
+# lightning's pytree helper trips a torch deprecation on every step; it is not ours to act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def build_datamodule(task_cfg: dict[str, Any]) -> L.LightningDataModule:

@@ -26,7 +26,7 @@ class MemoryConfig:
     gate: multiply the output by a learned scalar sigmoid gate ``sigmoid(w_g . x)``.
     layers: indices of the layers whose channel is this memory.
     shared: one value table serves every memory layer (each keeps its own query, keys, W1, W2).
-    sparse_updates: values get sparse gradients and a rows-only Adam update (SparseAdam).
+    sparse_updates: values get sparse gradients and a rows-only lazy Adam update (RowAdam).
     value_lr: learning rate of the value table (same warmup + cosine schedule as the rest).
     """
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.memory.bags import bag_read, sum_rows_by_slot
 from zoo.memory.config import MemoryConfig
 from zoo.tags import mark_no_reinit, tag_optim
 
@@ -21,6 +22,18 @@ def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
     return x
 
 
+def combine_halves(
+    top1: torch.Tensor, idx1: torch.Tensor, top2: torch.Tensor, idx2: torch.Tensor, n_keys: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each half's top k (scores and sub-key indices, (..., k)) -> the best k of the k*k sums:
+    (scores (..., k) descending, slot index i * n_keys + j (..., k))."""
+    knn = top1.shape[-1]
+    sums = (top1.unsqueeze(-1) + top2.unsqueeze(-2)).flatten(-2)  # (..., k*k)
+    best, flat = sums.topk(knn, dim=-1)
+    slots = idx1.gather(-1, flat // knn) * n_keys + idx2.gather(-1, flat % knn)
+    return best, slots
+
+
 def product_topk(
     scores1: torch.Tensor, scores2: torch.Tensor, knn: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,13 +43,37 @@ def product_topk(
     sorted by decreasing score. The best k sums can only use each half's own top k, so only k*k
     candidate sums are formed.
     """
-    n_keys = scores1.shape[-1]
-    top1, idx1 = scores1.topk(knn, dim=-1)  # (..., k)
+    top1, idx1 = scores1.topk(knn, dim=-1)
     top2, idx2 = scores2.topk(knn, dim=-1)
-    sums = (top1.unsqueeze(-1) + top2.unsqueeze(-2)).flatten(-2)  # (..., k*k)
-    best, flat = sums.topk(knn, dim=-1)
-    slots = idx1.gather(-1, flat // knn) * n_keys + idx2.gather(-1, flat % knn)
-    return best, slots
+    return combine_halves(top1, idx1, top2, idx2, scores1.shape[-1])
+
+
+class _SelectedScores(torch.autograd.Function):
+    """``scores[t, h, s, j] = q[t, h, s] . keys[h, s, idx[t, h, s, j]]`` for already-found top-k
+    sub-keys, with a backward that touches only the selected keys (no (T, H, 2, n_keys) gradient).
+
+    q: (T, H, 2, d), keys: (H, 2, n, d), idx: (T, H, 2, k), selected: the scores themselves (no grad).
+    """
+
+    @staticmethod
+    def forward(ctx, q, keys, idx, selected):
+        heads, halves, n_keys, dim = keys.shape
+        offset = torch.arange(heads * halves, device=idx.device).view(1, heads, halves, 1) * n_keys
+        flat_idx = (idx + offset).flatten(0, 2)  # (T*H*2, k) rows of keys.view(H*2*n, d)
+        ctx.save_for_backward(q, keys, flat_idx)
+        return selected.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, keys, flat_idx = ctx.saved_tensors
+        grad_rows = grad.flatten(0, 2)  # (T*H*2, k)
+        grad_q = grad_keys = None
+        if ctx.needs_input_grad[0]:
+            grad_q = bag_read(flat_idx, grad_rows, keys.reshape(-1, keys.shape[-1])).view_as(q)
+        if ctx.needs_input_grad[1]:
+            unique, rows = sum_rows_by_slot(flat_idx, grad_rows, q.reshape(-1, q.shape[-1]))
+            grad_keys = torch.zeros_like(keys).view(-1, keys.shape[-1]).index_copy_(0, unique, rows).view_as(keys)
+        return grad_q, grad_keys, None, None
 
 
 class ProductKeys(nn.Module):
@@ -65,18 +102,18 @@ class ProductKeys(nn.Module):
         if self.query.bias is not None:
             nn.init.zeros_(self.query.bias)
 
-    def half_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (T, D) -> scores of each query half against its sub-keys, two tensors (T, H, n_keys)."""
-        cfg = self.config
-        q = self.query(x).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2)  # (T, H, 2, k_dim/2)
-        q = normalise(q, cfg.query_norm)
-        keys = normalise(self.sub_keys, cfg.query_norm)
-        scores = torch.einsum("thsd,hsnd->thsn", q, keys)  # (T, H, 2, n_keys)
-        return scores[:, :, 0], scores[:, :, 1]
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn))."""
-        scores1, scores2 = self.half_scores(x)
-        scores, slots = product_topk(scores1, scores2, self.config.knn)
-        weights = torch.softmax(scores / self.config.temperature, dim=-1)
+        """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn)).
+
+        The (T, H, 2, n_keys) half scores are computed without autograd; gradients reach the query
+        and the sub-keys through the k selected scores of each half only.
+        """
+        cfg = self.config
+        q = normalise(self.query(x).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
+        keys = normalise(self.sub_keys, cfg.query_norm)  # (H, 2, n_keys, k_dim/2)
+        with torch.no_grad():
+            top, idx = torch.einsum("thsd,hsnd->thsn", q, keys).topk(cfg.knn, dim=-1)  # (T, H, 2, k)
+        top = _SelectedScores.apply(q, keys, idx, top)
+        scores, slots = combine_halves(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], cfg.n_keys)
+        weights = torch.softmax(scores / cfg.temperature, dim=-1)
         return slots, weights

@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from zoo.memory.bags import bag_read, sum_rows_by_slot
 from zoo.tags import mark_no_reinit, tag_optim
 
 VALUE_GROUP = "memory_values"
+
+
+class _RowSparseRead(torch.autograd.Function):
+    """``embedding_bag(slots, table, weights)`` whose table gradient is a coalesced sparse tensor
+    holding one row per slot read (instead of one row per read)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(table, slots, weights)
+        return bag_read(slots, weights, table)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        table, slots, weights = ctx.saved_tensors
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[2]:
+            with torch.enable_grad():  # torch's own bag backward for the weights (no row gather)
+                w = weights.detach().requires_grad_()
+                read = bag_read(slots, w, table.detach())
+                (grad_weights,) = torch.autograd.grad(read, w, grad_out)
+        if ctx.needs_input_grad[0]:
+            unique, rows = sum_rows_by_slot(slots, weights, grad_out)
+            grad_table = torch.sparse_coo_tensor(
+                unique.unsqueeze(0), rows, table.shape, is_coalesced=True, check_invariants=False
+            )
+        return grad_table, None, grad_weights
 
 
 class ValueTable(nn.Module):
@@ -31,9 +57,10 @@ class ValueTable(nn.Module):
     def read(self, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """slots (T, R) long, weights (T, R) -> sum_r weights[t, r] * weight[slots[t, r]], (T, v_dim).
 
-        An embedding bag: no (T, N) matrix is formed; with ``sparse`` the weight's gradient is a
-        sparse tensor holding only the rows read.
+        An embedding bag: no (T, N) matrix is formed. With ``sparse`` the weight's gradient is a
+        sparse tensor holding only the rows read, each once.
         """
-        return F.embedding_bag(
-            slots, self.weight, per_sample_weights=weights.to(self.weight.dtype), mode="sum", sparse=self.sparse
-        )
+        weights = weights.to(self.weight.dtype)
+        if self.sparse:
+            return _RowSparseRead.apply(self.weight, slots, weights)
+        return bag_read(slots, weights, self.weight)
