@@ -130,8 +130,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--knn", type=int, default=32)
     parser.add_argument("--k-dim", type=int, default=256)
     parser.add_argument("--log2-slots", type=int, nargs="+", default=[12, 14, 16, 18, 20, 22])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per row (median reported)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per row (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/bench_memory.json"))
     args = parser.parse_args(argv)
     for value in args.log2_slots:

@@ -63,6 +63,9 @@ def warmup_cosine_scheduler(
     )
 
 
+ROW_CHUNK_ELEMENTS = 1 << 22  # moment rows gathered at once by RowAdam (16 MiB fp32)
+
+
 def coalesced(grad: torch.Tensor) -> torch.Tensor:
     """A sparse row gradient with unique, ascending rows. Autograd drops the coalesced flag of the
     gradients the memory layer makes (already unique and sorted); checking the order is O(rows),
@@ -109,14 +112,17 @@ class RowAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
-                m = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
                 bias1 = 1 - beta1 ** state["step"]
                 bias2 = 1 - beta2 ** state["step"]
-                denom = v.div_(bias2).sqrt_().add_(group["eps"])
-                param.index_add_(0, rows, m.div_(denom), alpha=-group["lr"] / bias1)
+                # rows in chunks so the temporaries stay small enough for the allocator to reuse
+                chunk = max(1, ROW_CHUNK_ELEMENTS // max(1, values[0].numel()))
+                for idx, g in zip(rows.split(chunk), values.split(chunk)):
+                    m = state["exp_avg"].index_select(0, idx).lerp_(g, 1 - beta1)
+                    v = state["exp_avg_sq"].index_select(0, idx).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    state["exp_avg"].index_copy_(0, idx, m)
+                    state["exp_avg_sq"].index_copy_(0, idx, v)
+                    denom = v.div_(bias2).sqrt_().add_(group["eps"])
+                    param.index_add_(0, idx, m.div_(denom), alpha=-group["lr"] / bias1)
         return loss
 
 

@@ -13,6 +13,9 @@ from zoo.memory.config import MemoryConfig
 from zoo.tags import mark_no_reinit, tag_optim
 
 
+SEARCH_CHUNK_ELEMENTS = 1 << 22  # half scores materialised at once during the search (16 MiB fp32)
+
+
 def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
     """Parameter-free layer/RMS normalisation over the last dim (``kind="none"`` returns ``x``)."""
     if kind == "layernorm":
@@ -112,7 +115,12 @@ class ProductKeys(nn.Module):
         q = normalise(self.query(x).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
         keys = normalise(self.sub_keys, cfg.query_norm)  # (H, 2, n_keys, k_dim/2)
         with torch.no_grad():
-            top, idx = torch.einsum("thsd,hsnd->thsn", q, keys).topk(cfg.knn, dim=-1)  # (T, H, 2, k)
+            # tokens in chunks: the (chunk, H, 2, n_keys) scores stay small enough for the allocator
+            # to reuse, instead of a fresh (T, H, 2, n_keys) block faulted in at every step
+            chunk = max(1, SEARCH_CHUNK_ELEMENTS // (cfg.heads * 2 * cfg.n_keys))
+            found = [torch.einsum("thsd,hsnd->thsn", part, keys).topk(cfg.knn, dim=-1) for part in q.split(chunk)]
+            top = torch.cat([f.values for f in found])  # (T, H, 2, k)
+            idx = torch.cat([f.indices for f in found])
         top = _SelectedScores.apply(q, keys, idx, top)
         scores, slots = combine_halves(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], cfg.n_keys)
         weights = torch.softmax(scores / cfg.temperature, dim=-1)
