@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -104,3 +105,35 @@ def test_default_config_solves_mqar(tmp_path):
                    check=True, capture_output=True, text=True, timeout=900)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test"]["test/acc"] >= 0.99
+
+
+def test_memory_run_logs_usage_kl_and_read_histogram(tmp_path):
+    metrics = train(make_cfg(["memory=pkm", "memory.n_keys=8", "memory.knn=4", "memory.k_dim=16"]), tmp_path)
+    assert metrics["memory"] == "pkm"
+    tags = scalar_tags(tmp_path)
+    assert {"memory/layer1/usage", "memory/layer1/kl_uniform"} <= tags, sorted(tags)
+    assert any(tag.startswith("lr-DenseSparseAdam/memory_values") for tag in tags)
+    histograms = set()
+    for events in (tmp_path / "tb").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        histograms.update(acc.Tags()["histograms"])
+    assert "memory/layer1/read_counts" in histograms
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    state = ckpt["optimizer_states"][0]
+    assert state["dense"] is not None and state["sparse"]["state"], "sparse value moments are checkpointed"
+
+
+def test_unknown_memory_key_in_run_config_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown memory config key\(s\) \['slots'\]"):
+        train(make_cfg(["memory=pkm", "+memory.slots=4"]), tmp_path)
+
+
+@pytest.mark.slow
+def test_default_config_with_memory_solves_mqar(tmp_path):
+    """``memzoo-train memory=pkm``: memory at layer 1 of the default Transformer, >= 0.99 on MQAR."""
+    script = Path(sys.executable).parent / "memzoo-train"
+    subprocess.run([str(script), "memory=pkm", f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false"],
+                   check=True, capture_output=True, text=True, timeout=900)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["memory"] == "pkm" and metrics["test"]["test/acc"] >= 0.99

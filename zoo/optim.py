@@ -63,6 +63,14 @@ def warmup_cosine_scheduler(
     )
 
 
+def _evaluate(closure):
+    """Run an optimizer closure (forward + backward) with autograd on; None when there is none."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 ROW_CHUNK_ELEMENTS = 1 << 22  # moment rows gathered at once by RowAdam (16 MiB fp32)
 
 
@@ -93,10 +101,7 @@ class RowAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -150,10 +155,7 @@ class DenseSparseAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for opt in self.inner:
             opt.step()
         return loss

@@ -1,0 +1,35 @@
+"""The memory scaling benchmark runs end to end at toy sizes and writes its JSON and table."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_memory_writes_rows_and_table(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    argv = ["bench_memory.py", "--tokens", "64", "--d-model", "16", "--heads", "2", "--knn", "2",
+            "--k-dim", "8", "--log2-slots", "4", "6", "--steps", "1", "--warmup", "0", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "scripts" / "bench_memory.py"), run_name="__main__")
+    result = json.loads(out.read_text())
+    assert result["matmul_gflops"] > 0
+    rows = result["rows"]
+    assert [(r["layer"], r["n_slots"], r["update"]) for r in rows] == [
+        ("mlp", None, None), ("memory", 16, "sparse"), ("memory", 16, "dense"),
+        ("memory", 64, "sparse"), ("memory", 64, "dense"),
+    ]
+    for r in rows:
+        assert set(r) >= {"layer", "n_slots", "update", "step_ms", "tokens_per_s", "flops_per_token"}
+        assert r["step_ms"] > 0 and r["flops_per_token"] > 0
+    assert out.with_suffix(".md").read_text().startswith("Reference matmul")
+
+
+def test_bench_memory_rejects_odd_log2_slots(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bench_memory.py", "--log2-slots", "5"])
+    with pytest.raises(ValueError, match=r"--log2-slots value 5 must be even"):
+        runpy.run_path(str(ROOT / "scripts" / "bench_memory.py"), run_name="__main__")
