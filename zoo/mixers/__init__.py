@@ -5,11 +5,14 @@ a layer pattern string (``"AAAA"``) to those names. Adding a mixer is one module
 """
 
 from zoo.mixers.attention import Attention
+from zoo.mixers.mamba import Mamba
 
 MIXERS = {
     "attention": Attention,
+    "mamba": Mamba,
 }
 
 PATTERN_LETTERS = {
     "A": "attention",
+    "M": "mamba",
 }
