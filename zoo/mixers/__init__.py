@@ -6,13 +6,16 @@ a layer pattern string (``"AAAA"``) to those names. Adding a mixer is one module
 
 from zoo.mixers.attention import Attention
 from zoo.mixers.mamba import Mamba
+from zoo.mixers.mamba2 import Mamba2
 
 MIXERS = {
     "attention": Attention,
     "mamba": Mamba,
+    "mamba2": Mamba2,
 }
 
 PATTERN_LETTERS = {
     "A": "attention",
     "M": "mamba",
+    "S": "mamba2",
 }

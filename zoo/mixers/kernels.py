@@ -28,3 +28,13 @@ def causal_conv1d() -> Callable | None:
     except Exception:
         return None
     return causal_conv1d_fn
+
+
+@functools.cache
+def mamba_chunk_scan() -> Callable | None:
+    """mamba-ssm's ``mamba_chunk_scan_combined`` (Mamba-2), or None when mamba-ssm or Triton is missing."""
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:  # ImportError, or a broken install that fails while importing Triton
+        return None
+    return mamba_chunk_scan_combined

@@ -16,6 +16,7 @@ from torch import nn
 
 from zoo.mixers import kernels
 from zoo.mixers.scan import selective_scan
+from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, dt_bias_init
 from zoo.tags import linear, mark_no_reinit, mark_residual_projection, tag_optim
 
 
@@ -78,9 +79,7 @@ class Mamba(nn.Module):
         with torch.no_grad():
             std = dt_scale * dt_rank**-0.5
             nn.init.uniform_(self.dt_proj.weight, -std, std)
-            dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) = dt
+            self.dt_proj.bias.copy_(dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor))  # softplus(bias) = dt
         for param in (self.dt_proj.weight, self.dt_proj.bias, self.conv1d.weight, self.A_log, self.D):
             mark_no_reinit(param)
         if conv_bias:
@@ -95,13 +94,6 @@ class Mamba(nn.Module):
             self._cuda_kernels = x.is_cuda and kernels.mamba_selective_scan() is not None
         return self._cuda_kernels
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, d_inner, L) -> silu(causal depthwise conv(x)), (B, d_inner, L)."""
-        conv_fn = kernels.causal_conv1d() if x.is_cuda else None
-        if conv_fn is not None:
-            return conv_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        return F.silu(self.conv1d(x)[..., : x.shape[-1]])
-
     def _ssm_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (..., d_inner) -> dt before bias (..., d_inner), B (..., d_state), C (..., d_state)."""
         dt, b, c = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -110,7 +102,7 @@ class Mamba(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, D) -> (B, L, D)."""
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
-        x = self._conv(x)
+        x = causal_conv_silu(x, self.conv1d)
         dt, b, c = self._ssm_inputs(x.transpose(1, 2))  # (B, L, .)
         scan = kernels.mamba_selective_scan() if self.uses_cuda_kernels(x) else None
         options = {} if scan is not None else {"chunk_size": self.chunk_size}
@@ -132,12 +124,7 @@ class Mamba(nn.Module):
     def step(self, hidden: torch.Tensor, cache: MambaCache) -> tuple[torch.Tensor, MambaCache]:
         """One token: hidden (B, D) -> (B, D); ``cache`` is updated in place and returned."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, d_inner)
-        cache.conv_state.copy_(torch.roll(cache.conv_state, shifts=-1, dims=-1))
-        cache.conv_state[:, :, -1] = x
-        x = (cache.conv_state * self.conv1d.weight.squeeze(1)).sum(-1)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x)
+        x = causal_conv_silu_step(x, cache.conv_state, self.conv1d)
         dt, b, c = self._ssm_inputs(x)
         dt = F.softplus(dt + self.dt_proj.bias)
         decay = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log))  # (B, d_inner, d_state)

@@ -1,0 +1,36 @@
+"""Pieces the Mamba and Mamba-2 mixers share: dt initialisation and the causal depthwise conv."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.mixers import kernels
+
+
+def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_floor: float) -> torch.Tensor:
+    """(size,) biases b with softplus(b) = dt, dt log-uniform in [dt_min, dt_max] floored at dt_floor."""
+    dt = torch.exp(torch.rand(size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+def causal_conv_silu(x: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
+    """x: (B, C, L) -> silu(causal depthwise conv(x)), (B, C, L); causal-conv1d's kernel on CUDA when present."""
+    conv_fn = kernels.causal_conv1d() if x.is_cuda else None
+    if conv_fn is not None:
+        return conv_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+    return F.silu(conv1d(x)[..., : x.shape[-1]])
+
+
+def causal_conv_silu_step(x: torch.Tensor, conv_state: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
+    """One step of ``causal_conv_silu``: x (B, C) is pushed into conv_state (B, C, d_conv) in place."""
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state[:, :, -1] = x
+    out = (conv_state * conv1d.weight.squeeze(1)).sum(-1)
+    if conv1d.bias is not None:
+        out = out + conv1d.bias
+    return F.silu(out)
