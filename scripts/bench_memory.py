@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.io import atomic_write_json, atomic_write_text
+from zoo.io import write_bench_results
 from zoo.memory import MemoryConfig, MemoryPlus
 from zoo.mlp import SwiGLU
 from zoo.optim import build_optimizer, param_groups
@@ -167,8 +167,7 @@ def main(argv=None) -> dict:
             del layer
             gc.collect()
     result["checks"] = checks(result["rows"])
-    atomic_write_json(args.out, result)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+    write_bench_results(args.out, result, markdown(result))
     print(markdown(result))
     return result
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.io import atomic_write_json, atomic_write_text
+from zoo.io import write_bench_results
 from zoo.mixers.scan import selective_scan, selective_scan_sequential
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D")
@@ -190,8 +190,7 @@ def main(argv=None) -> dict:
         "skipped": skipped,
         "total_s": round(time.perf_counter() - start_all, 1),
     }
-    atomic_write_json(args.out, result)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+    write_bench_results(args.out, result, markdown(result))
     print(markdown(result))
     return result
 

@@ -30,3 +30,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
     """``atomic_write_text`` of ``payload`` as indented JSON."""
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_bench_results(json_path: str | os.PathLike, result: Any, table: str) -> None:
+    """A benchmark's JSON and, beside it with a .md suffix, its markdown table; both atomically."""
+    json_path = Path(json_path)
+    atomic_write_json(json_path, result)
+    atomic_write_text(json_path.with_suffix(".md"), table)

@@ -7,34 +7,32 @@ the kernels can be used, and otherwise runs memzoo's own PyTorch path (same numb
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Callable
+
+
+def _optional(module: str, name: str) -> Callable | None:
+    """``module.name``, or None when the import fails for any reason (missing package, a build
+    without its CUDA extension, a Triton that does not load)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except Exception:
+        return None
 
 
 @functools.cache
 def mamba_selective_scan() -> Callable | None:
-    """mamba-ssm's ``selective_scan_fn``, or None when mamba-ssm or its CUDA extension is missing."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or a broken build whose extension fails to load
-        return None
-    return selective_scan_fn
-
-
-@functools.cache
-def causal_conv1d() -> Callable | None:
-    """causal-conv1d's ``causal_conv1d_fn``, or None when it is not installed."""
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:
-        return None
-    return causal_conv1d_fn
+    """mamba-ssm's ``selective_scan_fn`` (Mamba), or None."""
+    return _optional("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
 
 
 @functools.cache
 def mamba_chunk_scan() -> Callable | None:
-    """mamba-ssm's ``mamba_chunk_scan_combined`` (Mamba-2), or None when mamba-ssm or Triton is missing."""
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # ImportError, or a broken install that fails while importing Triton
-        return None
-    return mamba_chunk_scan_combined
+    """mamba-ssm's ``mamba_chunk_scan_combined`` (Mamba-2), or None."""
+    return _optional("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
+
+
+@functools.cache
+def causal_conv1d() -> Callable | None:
+    """causal-conv1d's ``causal_conv1d_fn``, or None."""
+    return _optional("causal_conv1d", "causal_conv1d_fn")
