@@ -86,13 +86,11 @@ class Mamba(nn.Module):
             mark_no_reinit(tag_optim(self.conv1d.bias, weight_decay=0.0))
         for param in (self.A_log, self.D, self.dt_proj.bias):
             tag_optim(param, weight_decay=0.0)
-        self._cuda_kernels: bool | None = None
 
     def uses_cuda_kernels(self, x: torch.Tensor) -> bool:
-        """Whether forward runs mamba-ssm's kernels for ``x``; decided once, at the first call."""
-        if self._cuda_kernels is None:
-            self._cuda_kernels = x.is_cuda and kernels.mamba_selective_scan() is not None
-        return self._cuda_kernels
+        """Whether forward runs mamba-ssm's kernels for ``x``: a CUDA input and an importable mamba-ssm
+        (looked up once per process)."""
+        return x.is_cuda and kernels.mamba_selective_scan() is not None
 
     def _ssm_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (..., d_inner) -> dt before bias (..., d_inner), B (..., d_state), C (..., d_state)."""

@@ -188,13 +188,11 @@ class Mamba2(nn.Module):
         tag_optim(self.norm.weight, weight_decay=0.0)  # like every other norm of the model
         if conv_bias:
             mark_no_reinit(tag_optim(self.conv1d.bias, weight_decay=0.0))
-        self._cuda_kernels: bool | None = None
 
     def uses_cuda_kernels(self, x: torch.Tensor) -> bool:
-        """Whether forward runs mamba-ssm's SSD kernel for ``x``; decided once, at the first call."""
-        if self._cuda_kernels is None:
-            self._cuda_kernels = x.is_cuda and kernels.mamba_chunk_scan() is not None
-        return self._cuda_kernels
+        """Whether forward runs mamba-ssm's SSD kernel for ``x``: a CUDA input and an importable mamba-ssm
+        (looked up once per process)."""
+        return x.is_cuda and kernels.mamba_chunk_scan() is not None
 
     def _conv(self, xbc: torch.Tensor) -> torch.Tensor:
         """xbc: (B, L, conv_dim) -> silu(causal depthwise conv(xbc)), (B, L, conv_dim)."""
