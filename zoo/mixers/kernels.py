@@ -1,7 +1,7 @@
 """Optional mamba-ssm / causal-conv1d CUDA kernels, looked up lazily and never required.
 
-Importing memzoo never imports mamba-ssm; a mixer asks once, at its first CUDA forward, whether
-the kernels can be used, and otherwise runs memzoo's own PyTorch path (same numbers).
+Importing memzoo never imports mamba-ssm; the first CUDA forward of a mixer looks the kernels up
+(once per process), and without them the mixer runs memzoo's own PyTorch path (same numbers).
 """
 
 from __future__ import annotations
