@@ -12,6 +12,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.memory import MemoryPlus
+from zoo.memory.comm import comm_bytes_per_token
+from zoo.memory.sharding import (
+    average_sharded_gradients,
+    save_and_load_whole_state,
+    shard_memory,
+    sharded_parameter_names,
+)
 from zoo.memory.usage import kl_from_uniform, usage_fraction
 from zoo.model import ModelConfig, build_model
 from zoo.optim import build_optimizer, clip_grad_norm, param_groups, warmup_cosine_scheduler
@@ -43,6 +50,20 @@ class LitLanguageModel(L.LightningModule):
             }
         )
         self._step_started: float | None = None
+
+    def configure_model(self) -> None:
+        """Split ``memory.parallel`` value tables across the ranks (the process group exists by now)
+        and keep their parts out of DDP's gradient averaging."""
+        shard_memory(self.model)
+        self._ddp_params_and_buffers_to_ignore = sharded_parameter_names(self)
+
+    def comm_bytes_per_token(self) -> dict[str, float]:
+        """Bytes one memory layer sends per token (forward / backward) in this run's layout."""
+        memory = self.model_config.memory_config()
+        if memory is None:
+            return {"forward": 0.0, "backward": 0.0}
+        element_bytes = self.model.embedding.weight.element_size()
+        return comm_bytes_per_token(memory, self.model_config.d_model, self.trainer.world_size, element_bytes)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs: (B, L) long -> logits (B, L, V)."""
@@ -92,6 +113,14 @@ class LitLanguageModel(L.LightningModule):
             if self.trainer.is_global_zero and isinstance(self.logger, TensorBoardLogger):
                 self.logger.experiment.add_histogram(f"memory/layer{idx}/read_counts", counts, self.global_step)
 
+    def on_train_start(self) -> None:
+        if self.logger is not None and self.memory_layers():
+            sent = self.comm_bytes_per_token()
+            self.logger.log_metrics({f"memory/comm_bytes_per_token/{k}": v for k, v in sent.items()}, step=0)
+
+    def on_after_backward(self) -> None:
+        average_sharded_gradients(self.model, self.trainer.world_size)
+
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step_started = time.perf_counter()
 
@@ -104,6 +133,7 @@ class LitLanguageModel(L.LightningModule):
         opt = self.optim
         groups = param_groups(self.model, opt["lr"], opt["weight_decay"], opt.get("group_lr"))
         optimizer = build_optimizer(groups, betas=tuple(opt.get("betas", (0.9, 0.95))), eps=opt.get("eps", 1e-8))
+        save_and_load_whole_state(optimizer)
         total = opt.get("total_steps") or self.trainer.max_steps
         if total is None or total < 1:
             total = int(self.trainer.estimated_stepping_batches)

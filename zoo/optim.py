@@ -6,9 +6,10 @@ import math
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from zoo.tags import optim_tags
+from zoo.tags import optim_tags, shard_of
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, group_lr: dict[str, float] | None = None) -> list[dict]:
@@ -189,20 +190,27 @@ def build_optimizer(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95)
 @torch.no_grad()
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` that also takes sparse gradients (coalesced in place, so duplicate rows
-    count once as their sum). Returns the total 2-norm before clipping."""
-    grads = []
+    count once as their sum) and sharded parameters (their squared norms are summed over ranks, so
+    every rank clips by the norm of the whole gradient). Returns the total 2-norm before clipping."""
+    grads, sharded, group = [], [], None
     for param in params:
         if param.grad is None:
             continue
         if param.grad.is_sparse:
             param.grad = coalesced(param.grad)
-            grads.append(param.grad._values())
-        else:
-            grads.append(param.grad)
-    if not grads:
+        grad = param.grad._values() if param.grad.is_sparse else param.grad
+        shard = shard_of(param)
+        (grads if shard is None else sharded).append(grad)
+        group = shard.group if shard is not None else group
+    if not grads and not sharded:
         return torch.tensor(0.0)
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    total_sq = sum((torch.linalg.vector_norm(g, dtype=torch.float64) ** 2 for g in grads), torch.tensor(0.0, dtype=torch.float64))
+    if sharded:
+        sharded_sq = sum(torch.linalg.vector_norm(g, dtype=torch.float64) ** 2 for g in sharded)
+        dist.all_reduce(sharded_sq, group=group)
+        total_sq = total_sq + sharded_sq
+    total = total_sq.sqrt()
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
+    for g in grads + sharded:
         g.mul_(scale.to(g.dtype))
-    return total
+    return total.to((grads + sharded)[0].dtype)

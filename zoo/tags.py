@@ -7,12 +7,27 @@ names model internals.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
 _OPTIM_ATTR = "_memzoo_optim"
 _NO_REINIT_ATTR = "_no_reinit"
 _RESIDUAL_ATTR = "_memzoo_residual_projection"
+_SHARD_ATTR = "_memzoo_shard"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A parameter split across ranks: this rank holds chunk ``rank`` of ``world`` equal chunks along
+    ``dim`` (process group ``group``; None = the default group)."""
+
+    dim: int
+    rank: int
+    world: int
+    group: Any = None
 
 
 def tag_optim(param: nn.Parameter, **options) -> nn.Parameter:
@@ -61,3 +76,15 @@ def linear(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
     if bias:
         tag_optim(layer.bias, weight_decay=0.0)
     return layer
+
+
+def mark_sharded(param: nn.Parameter, shard: Shard) -> nn.Parameter:
+    """Mark a parameter as one rank's part of a larger tensor: DDP must not average it, and
+    checkpoints, gradient norms and optimizer state treat it as that larger tensor."""
+    setattr(param, _SHARD_ATTR, shard)
+    return param
+
+
+def shard_of(param: torch.Tensor) -> Shard | None:
+    """The ``Shard`` of a sharded parameter, None for a replicated one."""
+    return getattr(param, _SHARD_ATTR, None)

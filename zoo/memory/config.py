@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 QUERY_NORMS = ("none", "layernorm", "rmsnorm")
+PARALLEL_LAYOUTS = ("none", "rows", "columns")
 
 
 @dataclass
@@ -28,6 +29,10 @@ class MemoryConfig:
     shared: one value table serves every memory layer (each keeps its own query, keys, W1, W2).
     sparse_updates: values get sparse gradients and a rows-only lazy Adam update (RowAdam).
     value_lr: learning rate of the value table (same warmup + cosine schedule as the rest).
+    parallel: none | rows | columns. ``rows``: each rank owns 1/W of the slots (a block of first
+        sub-key indices) with their values, searches them for every rank's tokens, and the global
+        top-k is merged from the ranks' candidates. ``columns``: each rank owns 1/W of every value
+        row (along v_dim) and reads it for every rank's tokens. Both need a process group (trainer=ddp).
     """
 
     n_keys: int = 32
@@ -43,6 +48,7 @@ class MemoryConfig:
     shared: bool = True
     sparse_updates: bool = True
     value_lr: float = 1e-3
+    parallel: str = "none"
 
     @property
     def n_slots(self) -> int:
@@ -80,6 +86,8 @@ class MemoryConfig:
             raise ValueError(f"memory.query_norm={self.query_norm!r}; allowed: {list(QUERY_NORMS)}")
         if not self.temperature > 0:
             raise ValueError(f"memory.temperature={self.temperature} must be > 0")
+        if self.parallel not in PARALLEL_LAYOUTS:
+            raise ValueError(f"memory.parallel={self.parallel!r}; allowed: {list(PARALLEL_LAYOUTS)}")
         if not self.value_lr > 0:
             raise ValueError(f"memory.value_lr={self.value_lr} must be > 0")
         if n_layers is not None:
@@ -92,3 +100,17 @@ class MemoryConfig:
                     )
             if len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"memory.layers={self.layers} repeats a layer index")
+
+    def check_world_size(self, d_model: int, world_size: int) -> None:
+        """Raise ``ValueError`` when ``world_size`` ranks cannot split this memory's ``parallel`` layout."""
+        if self.parallel == "rows" and self.n_keys % world_size:
+            raise ValueError(
+                f"memory.n_keys={self.n_keys} must be divisible by the world size {world_size} for "
+                "memory.parallel=rows (each rank owns n_keys / world_size first sub-keys)"
+            )
+        v_dim = self.resolved_v_dim(d_model)
+        if self.parallel == "columns" and v_dim % world_size:
+            raise ValueError(
+                f"memory.v_dim={v_dim} must be divisible by the world size {world_size} for "
+                "memory.parallel=columns (each rank owns v_dim / world_size columns)"
+            )

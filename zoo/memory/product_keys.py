@@ -25,16 +25,22 @@ def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
     return x
 
 
-def combine_halves(
-    top1: torch.Tensor, idx1: torch.Tensor, top2: torch.Tensor, idx2: torch.Tensor, n_keys: int
+def best_pairs(
+    top1: torch.Tensor, idx1: torch.Tensor, top2: torch.Tensor, idx2: torch.Tensor, knn: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each half's top k (scores and sub-key indices, (..., k)) -> the best k of the k*k sums:
-    (scores (..., k) descending, slot index i * n_keys + j (..., k))."""
-    knn = top1.shape[-1]
-    sums = (top1.unsqueeze(-1) + top2.unsqueeze(-2)).flatten(-2)  # (..., k*k)
-    best, flat = sums.topk(knn, dim=-1)
-    slots = idx1.gather(-1, flat // knn) * n_keys + idx2.gather(-1, flat % knn)
-    return best, slots
+    """Each half's best candidates -> the ``knn`` best pairs by summed score.
+
+    top1, idx1: (..., k1) scores and sub-key indices of the first half; top2, idx2: (..., k2) of the
+    second. Returns (pair sub-key indices (..., 2, knn), pair half scores (..., 2, knn)), pairs sorted
+    by decreasing ``half1 + half2``. Requires ``knn <= k1 * k2``.
+    """
+    k2 = top2.shape[-1]
+    sums = (top1.unsqueeze(-1) + top2.unsqueeze(-2)).flatten(-2)  # (..., k1*k2)
+    flat = sums.topk(knn, dim=-1).indices
+    first, second = flat // k2, flat % k2
+    idx = torch.stack([idx1.gather(-1, first), idx2.gather(-1, second)], dim=-2)
+    halves = torch.stack([top1.gather(-1, first), top2.gather(-1, second)], dim=-2)
+    return idx, halves
 
 
 def product_topk(
@@ -48,12 +54,39 @@ def product_topk(
     """
     top1, idx1 = scores1.topk(knn, dim=-1)
     top2, idx2 = scores2.topk(knn, dim=-1)
-    return combine_halves(top1, idx1, top2, idx2, scores1.shape[-1])
+    idx, halves = best_pairs(top1, idx1, top2, idx2, knn)
+    return halves.sum(-2), idx[..., 0, :] * scores1.shape[-1] + idx[..., 1, :]
+
+
+@torch.no_grad()
+def search_pairs(
+    q: torch.Tensor, keys_first: torch.Tensor, keys_second: torch.Tensor, knn: int, first_offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact product-key search over the slots (i, j), i among ``keys_first``, j among ``keys_second``.
+
+    q: (T, H, 2, d) query halves; keys_first: (H, n1, d); keys_second: (H, n2, d). Returns
+    (sub-key indices (T, H, 2, knn), half scores (T, H, 2, knn)), best pair first; first-half indices
+    are shifted by ``first_offset`` (the position of ``keys_first`` in the full first-half key set).
+    Tokens go in chunks so the (chunk, H, n) scores stay small enough for the allocator to reuse.
+    """
+    k1 = min(knn, keys_first.shape[1])
+    chunk = max(1, SEARCH_CHUNK_ELEMENTS // (q.shape[1] * (keys_first.shape[1] + keys_second.shape[1])))
+    found = []
+    for part in q.split(chunk):
+        top1, idx1 = torch.einsum("thd,hnd->thn", part[:, :, 0], keys_first).topk(k1, dim=-1)
+        top2, idx2 = torch.einsum("thd,hnd->thn", part[:, :, 1], keys_second).topk(knn, dim=-1)
+        found.append(best_pairs(top1, idx1 + first_offset, top2, idx2, knn))
+    return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
+
+
+def local_search(q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Search over every slot on this process: q (T, H, 2, d), keys (H, 2, n, d) -> ``search_pairs``."""
+    return search_pairs(q, keys[:, 0], keys[:, 1], knn)
 
 
 class _SelectedScores(torch.autograd.Function):
-    """``scores[t, h, s, j] = q[t, h, s] . keys[h, s, idx[t, h, s, j]]`` for already-found top-k
-    sub-keys, with a backward that touches only the selected keys (no (T, H, 2, n_keys) gradient).
+    """``scores[t, h, s, j] = q[t, h, s] . keys[h, s, idx[t, h, s, j]]`` for already-found sub-keys
+    of the selected pairs, with a backward that touches only those keys (no (T, H, 2, n_keys) gradient).
 
     q: (T, H, 2, d), keys: (H, 2, n, d), idx: (T, H, 2, k), selected: the scores themselves (no grad).
     """
@@ -96,6 +129,9 @@ class ProductKeys(nn.Module):
         if self.query.bias is not None:
             mark_no_reinit(tag_optim(self.query.bias, weight_decay=0.0))
         mark_no_reinit(tag_optim(self.sub_keys, weight_decay=0.0))
+        # (q (T, H, 2, d), keys (H, 2, n, d), knn) -> (indices, half scores) (T, H, 2, knn); the row
+        # layout swaps in a search over sharded slots
+        self.search = local_search
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -108,20 +144,13 @@ class ProductKeys(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn)).
 
-        The (T, H, 2, n_keys) half scores are computed without autograd; gradients reach the query
-        and the sub-keys through the k selected scores of each half only.
+        The search (``self.search``: this process's slots, or a sharded search) runs without
+        autograd; gradients reach the query and the sub-keys through the selected pairs only.
         """
         cfg = self.config
         q = normalise(self.query(x).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
         keys = normalise(self.sub_keys, cfg.query_norm)  # (H, 2, n_keys, k_dim/2)
-        with torch.no_grad():
-            # tokens in chunks: the (chunk, H, 2, n_keys) scores stay small enough for the allocator
-            # to reuse, instead of a fresh (T, H, 2, n_keys) block faulted in at every step
-            chunk = max(1, SEARCH_CHUNK_ELEMENTS // (cfg.heads * 2 * cfg.n_keys))
-            found = [torch.einsum("thsd,hsnd->thsn", part, keys).topk(cfg.knn, dim=-1) for part in q.split(chunk)]
-            top = torch.cat([f.values for f in found])  # (T, H, 2, k)
-            idx = torch.cat([f.indices for f in found])
-        top = _SelectedScores.apply(q, keys, idx, top)
-        scores, slots = combine_halves(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], cfg.n_keys)
-        weights = torch.softmax(scores / cfg.temperature, dim=-1)
-        return slots, weights
+        idx, halves = self.search(q.detach(), keys.detach(), cfg.knn)  # (T, H, 2, knn) each
+        halves = _SelectedScores.apply(q, keys, idx, halves)
+        weights = torch.softmax(halves.sum(2) / cfg.temperature, dim=-1)
+        return idx[:, :, 0] * cfg.n_keys + idx[:, :, 1], weights

@@ -60,7 +60,13 @@ class ValueTable(nn.Module):
         An embedding bag: no (T, N) matrix is formed. With ``sparse`` the weight's gradient is a
         sparse tensor holding only the rows read, each once.
         """
-        weights = weights.to(self.weight.dtype)
-        if self.sparse:
-            return _RowSparseRead.apply(self.weight, slots, weights)
-        return bag_read(slots, weights, self.weight)
+        return read_rows(self.weight, slots, weights, self.sparse)
+
+
+def read_rows(table: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """table (N, d), slots (T, R) long, weights (T, R) -> (T, d) weighted row sums; ``sparse``: the
+    table gradient holds only the rows read. Negative slots are skipped (their weights must be 0)."""
+    weights = weights.to(table.dtype)
+    if sparse:
+        return _RowSparseRead.apply(table, slots, weights)
+    return bag_read(slots, weights, table)

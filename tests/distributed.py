@@ -1,0 +1,30 @@
+"""Run a test body in W real processes joined by a gloo process group (CPU)."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, body, args) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        body(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(body, *args, world: int = 2) -> None:
+    """Call ``body(rank, world, *args)`` in ``world`` spawned processes; a failure in any rank fails
+    the caller with that rank's traceback. ``body`` must be a module-level function."""
+    mp.spawn(_entry, args=(world, free_port(), body, args), nprocs=world, join=True)

@@ -1,0 +1,104 @@
+"""Turning a model's memory layers into their ``memory.parallel`` layout, and what data-parallel
+training needs around sharded parameters: keep them out of DDP, average their gradients like DDP
+does, and save / load their optimizer state whole."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from zoo.memory.layer import MemoryPlus
+from zoo.memory.sharded_values import (
+    ColumnShardedValues,
+    RowShardedSearch,
+    RowShardedValues,
+    ShardedValues,
+    full_shape,
+    gather_full,
+    local_part,
+)
+from zoo.tags import shard_of
+
+LAYOUTS = {"rows": RowShardedValues, "columns": ColumnShardedValues}
+
+
+def shard_memory(model: nn.Module, group=None) -> nn.Module:
+    """Replace the value table of every memory layer whose ``config.parallel`` is rows or columns by
+    this rank's part (a table shared by several layers stays shared), in place. A no-op for local
+    memories and for layers already sharded. Raises ``ValueError`` without a process group or when
+    the world size cannot split the layout."""
+    layers = [m for m in model.modules() if isinstance(m, MemoryPlus) and m.config.parallel != "none"]
+    pending = [m for m in layers if not isinstance(m.values, ShardedValues)]
+    if not pending:
+        return model
+    parallel = pending[0].config.parallel
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"memory.parallel={parallel!r} needs a torch.distributed process group (train with trainer=ddp); "
+            "none is initialised. To load a sharded checkpoint in one process, set memory.parallel=none"
+        )
+    world = dist.get_world_size(group)
+    sharded: dict[int, ShardedValues] = {}
+    for layer in pending:
+        layer.config.check_world_size(layer.w1.in_features, world)
+        table = layer.values
+        if id(table) not in sharded:
+            sharded[id(table)] = LAYOUTS[layer.config.parallel](table, group)
+        layer.values = sharded[id(table)]
+        if layer.config.parallel == "rows":
+            layer.keys.search = RowShardedSearch(group)
+    return model
+
+
+def sharded_parameter_names(module: nn.Module) -> list[str]:
+    """Names of the parameters that differ per rank (what DDP must leave alone)."""
+    return [name for name, param in module.named_parameters() if shard_of(param) is not None]
+
+
+@torch.no_grad()
+def average_sharded_gradients(module: nn.Module, world_size: int) -> None:
+    """Divide sharded gradients by ``world_size``. A shard's gradient sums every rank's loss (the
+    collectives route all of them to it); DDP averages the replicated ones, so this makes a W-rank
+    step with per-rank batch b equal a one-rank step with batch W * b."""
+    if world_size == 1:
+        return
+    for param in module.parameters():
+        if shard_of(param) is not None and param.grad is not None:
+            param.grad = param.grad / world_size
+
+
+def save_and_load_whole_state(optimizer: torch.optim.Optimizer) -> None:
+    """Make the optimizer's checkpoints hold the full tensors of sharded parameters' state (gathered on
+    ``state_dict``, a collective) and slice them back on ``load_state_dict``, so optimizer state
+    written by any world size loads into any other. Works through ``DenseSparseAdam``'s inner ones."""
+    for inner in getattr(optimizer, "inner", [optimizer]):
+        params = [p for group in inner.param_groups for p in group["params"]]
+        shards = {i: (p, shard_of(p)) for i, p in enumerate(params) if shard_of(p) is not None}
+        if shards:
+            inner.register_state_dict_post_hook(partial(_gather_state, shards=shards))
+            inner.register_load_state_dict_pre_hook(partial(_slice_state, shards=shards))
+
+
+def _gather_state(optimizer, state_dict: dict, shards: dict) -> dict:
+    for idx, (param, shard) in shards.items():
+        entry = state_dict["state"].get(idx)
+        if entry is not None:  # a copy: the packed entry is the live state dict
+            state_dict["state"][idx] = {
+                k: gather_full(v, shard) if torch.is_tensor(v) and v.shape == param.shape else v for k, v in entry.items()
+            }
+    return state_dict
+
+
+def _slice_state(optimizer, state_dict: dict, shards: dict) -> dict:
+    state_dict["state"] = dict(state_dict["state"])  # the caller's checkpoint stays whole
+    for idx, (param, shard) in shards.items():
+        entry = state_dict["state"].get(idx)
+        if entry is not None:
+            whole = full_shape(param, shard)
+            state_dict["state"][idx] = {
+                k: local_part(v, shard) if torch.is_tensor(v) and v.shape == whole else v for k, v in entry.items()
+            }
+    return state_dict
