@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 IGNORE_INDEX = -100
 
@@ -27,8 +27,10 @@ class TokenDataset(Dataset):
 class GeneratedDataModule(L.LightningDataModule):
     """A datamodule whose subclasses implement ``generate(split) -> (inputs, targets)``.
 
-    Splits are generated lazily in ``setup`` (every rank generates the same data from the seed);
-    the train loader shuffles with a generator seeded from ``seed`` so data order is reproducible.
+    Splits are generated lazily in ``setup`` (every rank generates the same data from the seed).
+    The train order is a permutation drawn from ``seed`` and the epoch; with W ranks, rank r takes
+    every W-th example of it, so a global batch of W ranks x b is the batch of W * b one process
+    reads (the same samples: data-parallel runs match a single-process run).
     """
 
     splits = ("train", "val", "test")
@@ -50,23 +52,22 @@ class GeneratedDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = TokenDataset(*self.generate(split))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def train_dataloader(self) -> DataLoader:
         self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        trainer = self.trainer
+        ranks = {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer else {"num_replicas": 1, "rank": 0}
+        # a DistributedSampler even for one process: Lightning leaves it in place and sets its epoch
+        sampler = DistributedSampler(self.datasets["train"], shuffle=True, seed=self.seed, drop_last=True, **ranks)
         return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            drop_last=shuffle,
+            self.datasets["train"], batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, drop_last=True
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def _eval_loader(self, split: str) -> DataLoader:
+        self.setup()
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._eval_loader("test")

@@ -108,8 +108,8 @@ class LitLanguageModel(L.LightningModule):
                 continue
             counts = self.trainer.strategy.reduce(layer.usage.counts.double(), reduce_op="sum")
             mass = self.trainer.strategy.reduce(layer.usage.mass, reduce_op="sum")
-            self.log(f"memory/layer{idx}/usage", usage_fraction(counts), sync_dist=False)
-            self.log(f"memory/layer{idx}/kl_uniform", kl_from_uniform(mass), sync_dist=False)
+            self.log(f"memory/layer{idx}/usage", usage_fraction(counts), sync_dist=True)  # equal on every rank
+            self.log(f"memory/layer{idx}/kl_uniform", kl_from_uniform(mass), sync_dist=True)
             if self.trainer.is_global_zero and isinstance(self.logger, TensorBoardLogger):
                 self.logger.experiment.add_histogram(f"memory/layer{idx}/read_counts", counts, self.global_step)
 

@@ -11,6 +11,7 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,6 +46,20 @@ def model_config(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
+def check_memory_layout(model_values: dict[str, Any], trainer: L.Trainer) -> None:
+    """A sharded memory (``memory.parallel`` rows / columns) needs a data-parallel strategy and a
+    world size that splits it; raise ``ValueError`` before any compute otherwise."""
+    memory = ModelConfig.from_mapping(model_values).memory_config()
+    if memory is None or memory.parallel == "none":
+        return
+    if not isinstance(trainer.strategy, ParallelStrategy):
+        raise ValueError(
+            f"memory.parallel={memory.parallel!r} needs a process group: use trainer=ddp "
+            f"(this run's strategy is {type(trainer.strategy).__name__}), or memory.parallel=none"
+        )
+    memory.check_world_size(model_values["d_model"], trainer.world_size)
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Fit and test one configuration; writes config.yaml, tb/, checkpoints/ and metrics.json in ``run_dir``."""
     run_dir = Path(run_dir)
@@ -68,6 +83,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         logger=logger,
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
     )
+    check_memory_layout(model_values, trainer)
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule)
@@ -79,11 +95,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "embedding": module.model.embedding.weight.numel(),
         },
         "steps": int(trainer.global_step),
+        "world_size": trainer.world_size,
         "wall_time_s": round(time.perf_counter() - started, 2),
         "backbone": cfg.backbone.name,
         "memory": cfg.memory.name,
         "task": cfg.task.name,
     }
+    if module.memory_layers():
+        metrics["memory_comm_bytes_per_token"] = module.comm_bytes_per_token()
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
