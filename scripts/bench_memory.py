@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from zoo.bench import median_seconds
 from zoo.io import write_bench_results
 from zoo.memory import MemoryConfig, MemoryPlus
 from zoo.mlp import SwiGLU
@@ -52,16 +53,13 @@ def time_steps(layer: torch.nn.Module, tokens: int, d_model: int, steps: int, wa
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, tokens, d_model, generator=gen)
     grad_out = torch.randn(1, tokens, d_model, generator=gen)
-    times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
+
+    def step() -> None:
         layer(x).backward(grad_out)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    del optimizer
-    return sorted(times)[len(times) // 2]
+
+    return median_seconds(step, steps, warmup)
 
 
 def matmul_gflops(tokens: int, d_model: int, width: int, reps: int = 20) -> float:

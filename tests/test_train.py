@@ -120,10 +120,13 @@ def test_unknown_memory_key_in_run_config_is_an_error(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [[], ["memory=pkm"], ["backbone=hybrid"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["memory=pkm"], ["backbone=hybrid"], ["trainer=ddp", "trainer.devices=2", "memory=pkm", "memory.parallel=rows"]],
+)
 def test_default_mqar_is_solved(tmp_path, overrides):
-    """The README's runs: Transformer, Transformer + memory at layer 1, and the hybrid backbone reach
-    >= 0.99 test accuracy on the default MQAR."""
+    """The README's runs: Transformer, Transformer + memory at layer 1 (also row-sharded over 2 DDP
+    ranks), and the hybrid backbone reach >= 0.99 test accuracy on the default MQAR."""
     script = Path(sys.executable).parent / "memzoo-train"
     subprocess.run([str(script), *overrides, f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false"],
                    check=True, capture_output=True, text=True, timeout=900)
