@@ -24,7 +24,7 @@ from torch import nn
 from zoo.channels import CHANNELS
 from zoo.memory import MemoryConfig, make_value_table
 from zoo.mixers import MIXERS, PATTERN_LETTERS
-from zoo.tags import is_no_reinit, is_residual_projection, mark_no_decay
+from zoo.tags import is_no_reinit, is_residual_projection, mark_no_decay, shard_of
 
 INIT_STD = 0.02
 
@@ -185,8 +185,8 @@ class LanguageModel(nn.Module):
         return self.lm_head(self.norm(x))
 
     def num_parameters(self) -> int:
-        """Distinct trainable parameters (tied weights counted once)."""
-        return sum(p.numel() for p in self.parameters())
+        """Distinct trainable parameters (tied weights counted once, sharded ones at their full size)."""
+        return sum(p.numel() * (shard_of(p).world if shard_of(p) else 1) for p in self.parameters())
 
 
 def _build_layer(registry: dict, name: str, kind: str, d_model: int, layer_idx: int, kwargs: dict) -> nn.Module:
