@@ -4,8 +4,10 @@
 class; adding a task is one module plus one line here.
 """
 
+from tasks.facts import FactsDataModule
 from tasks.mqar import MQARDataModule
 
 TASKS = {
+    "facts": FactsDataModule,
     "mqar": MQARDataModule,
 }

@@ -81,6 +81,8 @@ class MQARDataModule(GeneratedDataModule):
     Args:
         vocab_size, seq_len, num_kv_pairs, power_a, random_non_queries: see ``generate_mqar``.
         num_train, num_test: examples per split; ``num_val`` defaults to ``num_test``.
+        test_seq_len, test_num_kv_pairs: the test split's length and pairs, for length extrapolation
+            (zoology's setting: train short, test long); None = the training values.
         batch_size: examples per batch. seed: base seed (split s uses ``3 * seed + offset(s)``).
     """
 
@@ -94,29 +96,35 @@ class MQARDataModule(GeneratedDataModule):
         num_train: int = 100_000,
         num_test: int = 3_000,
         num_val: int | None = None,
+        test_seq_len: int | None = None,
+        test_num_kv_pairs: int | None = None,
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
     ):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         check_mqar_sizes(vocab_size, seq_len, num_kv_pairs, power_a)
+        test_seq_len = seq_len if test_seq_len is None else test_seq_len
+        test_num_kv_pairs = num_kv_pairs if test_num_kv_pairs is None else test_num_kv_pairs
+        try:
+            check_mqar_sizes(vocab_size, test_seq_len, test_num_kv_pairs, power_a)
+        except ValueError as err:
+            raise ValueError(f"test split (task.test_seq_len / task.test_num_kv_pairs): {err}") from err
         num_val = num_test if num_val is None else num_val
         for name, value in [("num_train", num_train), ("num_test", num_test), ("num_val", num_val)]:
             if value < 1:
                 raise ValueError(f"task.{name}={value} must be >= 1")
         self.vocab_size = vocab_size
-        self.seq_len = seq_len
-        self.num_kv_pairs = num_kv_pairs
         self.power_a = power_a
         self.random_non_queries = random_non_queries
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.shapes = {"train": (seq_len, num_kv_pairs), "val": (seq_len, num_kv_pairs), "test": (test_seq_len, test_num_kv_pairs)}
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return generate_mqar(
             self.sizes[split],
             self.vocab_size,
-            self.seq_len,
-            self.num_kv_pairs,
+            *self.shapes[split],
             self.power_a,
             self.random_non_queries,
             seed=3 * self.seed + _SPLIT_OFFSET[split],

@@ -110,3 +110,17 @@ def test_datamodule_splits_deterministic_and_train_differs_from_test():
 def test_impossible_sizes_raise_before_generation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MQARDataModule(**kwargs)
+
+
+def test_test_split_can_be_longer_with_more_pairs_for_extrapolation():
+    dm = MQARDataModule(vocab_size=64, seq_len=32, num_kv_pairs=4, test_seq_len=64, test_num_kv_pairs=8,
+                        num_train=16, num_test=8, batch_size=4)
+    dm.setup()
+    assert dm.datasets["train"].inputs.shape == (16, 32) and dm.datasets["val"].inputs.shape == (8, 32)
+    test_targets = dm.datasets["test"].targets
+    assert test_targets.shape == (8, 64) and ((test_targets != IGNORE).sum(1) == 8).all()
+
+
+def test_impossible_test_split_sizes_name_the_test_fields():
+    with pytest.raises(ValueError, match=r"test split \(task.test_seq_len / task.test_num_kv_pairs\): task.seq_len=20"):
+        MQARDataModule(vocab_size=64, seq_len=32, num_kv_pairs=4, test_seq_len=20, test_num_kv_pairs=8)

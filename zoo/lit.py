@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
 
 from zoo.memory import MemoryPlus
+from zoo.metrics import BitsPerByte
 from zoo.memory.comm import comm_bytes_per_token
 from zoo.memory.sharding import (
     average_sharded_gradients,
@@ -34,9 +36,11 @@ class LitLanguageModel(L.LightningModule):
         optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``, ``min_lr_ratio``,
             optional ``group_lr`` (learning rate per tagged parameter group) and ``total_steps``
             (defaults to the trainer's ``max_steps``).
+        bytes_per_token: per split, the bytes of text a scored token covers (language modeling);
+            when given, perplexity (``{split}/ppl``) and bits per byte (``{split}/bpb``) are logged.
     """
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], bytes_per_token: dict[str, float] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model_config = ModelConfig.from_mapping(model)
@@ -49,6 +53,10 @@ class LitLanguageModel(L.LightningModule):
                 for split in ("train", "val", "test")
             }
         )
+        self.text_metrics = torch.nn.ModuleDict()
+        for split, per_token in (bytes_per_token or {}).items():
+            self.text_metrics[f"{split}_ppl"] = Perplexity(ignore_index=IGNORE_INDEX)
+            self.text_metrics[f"{split}_bpb"] = BitsPerByte(per_token, ignore_index=IGNORE_INDEX)
         self._step_started: float | None = None
 
     def configure_model(self) -> None:
@@ -81,6 +89,11 @@ class LitLanguageModel(L.LightningModule):
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step)
         self.log(f"{split}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        for name in ("ppl", "bpb"):
+            key = f"{split}_{name}"
+            if key in self.text_metrics:
+                self.text_metrics[key](logits.float(), targets)
+                self.log(f"{split}/{name}", self.text_metrics[key], on_step=on_step, on_epoch=not on_step)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

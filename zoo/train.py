@@ -36,10 +36,10 @@ def build_datamodule(task_cfg: dict[str, Any]) -> L.LightningDataModule:
         raise ValueError(f"bad options for task {name!r}: {err}") from err
 
 
-def model_config(cfg: DictConfig) -> dict[str, Any]:
-    """The ``ModelConfig`` fields of a run: the backbone group plus the task's vocabulary size."""
+def model_config(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
+    """The ``ModelConfig`` fields of a run: the backbone and memory groups plus the task's vocabulary size."""
     values = OmegaConf.to_container(cfg.backbone, resolve=True)
-    values["vocab_size"] = int(cfg.task.vocab_size)
+    values["vocab_size"] = int(vocab_size)
     if cfg.memory.name != "none":
         values["memory"] = OmegaConf.to_container(cfg.memory, resolve=True)
     ModelConfig.from_mapping(values).validate()
@@ -64,10 +64,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Fit and test one configuration; writes config.yaml, tb/, checkpoints/ and metrics.json in ``run_dir``."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    model_values = model_config(cfg)
     datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
+    model_values = model_config(cfg, datamodule.vocab_size)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = LitLanguageModel(model=model_values, optim=OmegaConf.to_container(cfg.optim, resolve=True))
+    datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
+    module = LitLanguageModel(
+        model=model_values,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        bytes_per_token=getattr(datamodule, "bytes_per_token", None),
+    )
 
     logger = TensorBoardLogger(save_dir=str(run_dir), name=cfg.logger.subdir, version="", default_hp_metric=False)
     checkpoint = ModelCheckpoint(
@@ -103,6 +108,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     }
     if module.memory_layers():
         metrics["memory_comm_bytes_per_token"] = module.comm_bytes_per_token()
+    if hasattr(datamodule, "summarize"):
+        metrics["task_metrics"] = datamodule.summarize(metrics["test"], metrics["params"]["total"])
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
