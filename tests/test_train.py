@@ -132,3 +132,19 @@ def test_default_mqar_is_solved(tmp_path, overrides):
                    check=True, capture_output=True, text=True, timeout=900)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test"]["test/acc"] >= 0.99
+
+
+TASK_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "task").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("task", TASK_CONFIGS)
+def test_every_task_trains_with_the_default_backbone_and_writes_metrics(task, tmp_path):
+    """``memzoo-train task=X`` for every shipped task (its own defaults, a few steps, no network)."""
+    overrides = [f"task={task}", "trainer.max_steps=3", "trainer.val_check_interval=3", "+trainer.limit_val_batches=2",
+                 "+trainer.limit_test_batches=2", "trainer.enable_progress_bar=false"]
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    metrics = train(cfg, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert metrics["task"] == task and metrics["steps"] == 3
+    assert 0.0 <= metrics["test"]["test/acc"] <= 1.0
