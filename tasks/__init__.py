@@ -5,9 +5,11 @@ class; adding a task is one module plus one line here.
 """
 
 from tasks.facts import FactsDataModule
+from tasks.lm import LanguageModelingDataModule
 from tasks.mqar import MQARDataModule
 
 TASKS = {
     "facts": FactsDataModule,
+    "lm": LanguageModelingDataModule,
     "mqar": MQARDataModule,
 }

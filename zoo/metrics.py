@@ -8,6 +8,11 @@ import torch
 from torchmetrics.text import Perplexity
 
 
+def bits_per_byte(loss_nats_per_token: float | torch.Tensor, bytes_per_token: float) -> float | torch.Tensor:
+    """Cross-entropy in nats per token -> bits per byte of the text those tokens cover."""
+    return loss_nats_per_token / math.log(2) / bytes_per_token
+
+
 class BitsPerByte(Perplexity):
     """Cross-entropy in bits per byte of text: ``ln(perplexity) / ln 2 / bytes_per_token``.
 
@@ -22,4 +27,4 @@ class BitsPerByte(Perplexity):
         self.bytes_per_token = bytes_per_token
 
     def compute(self) -> torch.Tensor:
-        return torch.log(super().compute()) / math.log(2) / self.bytes_per_token
+        return bits_per_byte(torch.log(super().compute()), self.bytes_per_token)
