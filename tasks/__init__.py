@@ -6,10 +6,24 @@ class; adding a task is one module plus one line here.
 
 from tasks.facts import FactsDataModule
 from tasks.lm import LanguageModelingDataModule
+from tasks.mad import (
+    CompressionDataModule,
+    FuzzyInContextRecallDataModule,
+    InContextRecallDataModule,
+    MemorizationDataModule,
+    NoisyInContextRecallDataModule,
+    SelectiveCopyingDataModule,
+)
 from tasks.mqar import MQARDataModule
 
 TASKS = {
+    "compression": CompressionDataModule,
     "facts": FactsDataModule,
+    "fuzzy_icr": FuzzyInContextRecallDataModule,
+    "icr": InContextRecallDataModule,
     "lm": LanguageModelingDataModule,
+    "memorization": MemorizationDataModule,
     "mqar": MQARDataModule,
+    "noisy_icr": NoisyInContextRecallDataModule,
+    "selective_copying": SelectiveCopyingDataModule,
 }

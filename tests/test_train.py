@@ -93,7 +93,7 @@ def test_bad_run_config_fails_before_training(tmp_path, overrides, match):
 def test_unknown_task_name_is_an_error(tmp_path):
     cfg = make_cfg()
     cfg.task.name = "wikitext"
-    with pytest.raises(ValueError, match=r"task.name='wikitext' is not a known task; allowed: \['facts', "):
+    with pytest.raises(ValueError, match=r"task.name='wikitext' is not a known task; allowed: \['compression', "):
         train(cfg, tmp_path)
 
 

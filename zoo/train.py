@@ -121,11 +121,8 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = HydraConfig.get().runtime.output_dir
     metrics = train(cfg, run_dir)
-    rank_zero_info(
-        f"test accuracy {metrics['test'].get('test/acc', float('nan')):.4f} "
-        f"in {metrics['wall_time_s']:.0f}s; metrics.json in {run_dir}"
-    )
-
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics["test"].items()))
+    rank_zero_info(f"{shown} in {metrics['wall_time_s']:.0f}s; metrics.json in {run_dir}")
 
 if __name__ == "__main__":
     main()
