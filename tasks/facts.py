@@ -51,7 +51,7 @@ class FactsDataModule(GeneratedDataModule):
         facts_per_seq: int = 8,
         seq_len: int = 48,
         num_train: int = 64000,
-        num_val: int | None = 1000,
+        num_val: int | None = None,
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,

@@ -42,7 +42,7 @@ class LitLanguageModel(L.LightningModule):
 
     def __init__(self, model: dict[str, Any], optim: dict[str, Any], bytes_per_token: dict[str, float] | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train() logs them once, with the final metrics
         self.model_config = ModelConfig.from_mapping(model)
         self.model = build_model(self.model_config)
         self.optim = dict(optim)

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from tasks import TASKS
+from zoo.flops import active_parameters, forward_flops_per_token
 from zoo.io import atomic_write_json, atomic_write_text
 from zoo.lit import LitLanguageModel
 from zoo.model import ModelConfig
@@ -60,6 +61,19 @@ def check_memory_layout(model_values: dict[str, Any], trainer: L.Trainer) -> Non
     memory.check_world_size(model_values["d_model"], trainer.world_size)
 
 
+def run_hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """What the HParams dashboard filters and sorts runs by: backbone, memory, size, lr, task knobs."""
+    values = {"backbone": cfg.backbone.name, "memory": cfg.memory.name, "task": cfg.task.name,
+              "d_model": cfg.backbone.d_model, "n_layers": cfg.backbone.n_layers, "lr": cfg.optim.lr,
+              "max_steps": cfg.trainer.max_steps}
+    for key, value in OmegaConf.to_container(cfg.task, resolve=True).items():
+        if key != "name" and isinstance(value, (int, float, str, bool)):
+            values[f"task.{key}"] = value
+    if cfg.memory.name != "none":
+        values.update({f"memory.{k}": cfg.memory[k] for k in ("n_keys", "heads", "knn", "k_dim", "parallel")})
+    return values
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Fit and test one configuration; writes config.yaml, tb/, checkpoints/ and metrics.json in ``run_dir``."""
     run_dir = Path(run_dir)
@@ -93,12 +107,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule)
     test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+    seq_len = datamodule.datasets["train"].inputs.shape[1]
     metrics = {
         "test": {k: float(v) for k, v in test_results[0].items()},
         "params": {
             "total": module.model.num_parameters(),
             "embedding": module.model.embedding.weight.numel(),
+            "active": active_parameters(module.model),
         },
+        "flops_per_token": forward_flops_per_token(module.model, seq_len),
         "steps": int(trainer.global_step),
         "world_size": trainer.world_size,
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -110,6 +127,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         metrics["memory_comm_bytes_per_token"] = module.comm_bytes_per_token()
     if hasattr(datamodule, "summarize"):
         metrics["task_metrics"] = datamodule.summarize(metrics["test"], metrics["params"]["total"])
+    logger.log_hyperparams(run_hyperparameters(cfg), {f"final/{k.split('/')[-1]}": v for k, v in metrics["test"].items()})
+    logger.finalize("success")  # flush: the writer Lightning closed after testing was reopened for these
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics

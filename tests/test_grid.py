@@ -1,0 +1,124 @@
+"""The benchmark grid: every cell trained through train(), results and figures written, finished
+cells skipped on a rerun, failed cells recorded, hparams and figures in TensorBoard."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from zoo.grid import expand, load_grid, main
+
+TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+        "backbone.d_model=16", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"]
+GRID = {
+    "name": "tiny",
+    "studies": {
+        "mqar": {"base": ["task.num_train=256", "task.num_test=64", "task.batch_size=32", *TINY],
+                 "axes": {"memory": ["none", "pkm"], "optim.lr": [0.003, 0.001]}},
+        "facts": {"base": ["task=facts", "task.num_entities=50", "task.num_train=200", "backbone.channel=mlp", *TINY],
+                  "axes": {"memory": ["none", "pkm"], "task.num_facts": [100, 200]}},
+        "lm": {"base": ["task=lm", "task.max_bytes=100000", *TINY], "axes": {"memory": ["none"]}},
+        "broken": {"base": ["memory=pkm", *TINY], "axes": {"memory.knn": [99]}},
+    },
+}
+
+
+def write_grid(tmp_path: Path) -> Path:
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(GRID))
+    return path
+
+
+def metrics_mtimes(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in root.glob("runs/*/*/metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    grid_file = write_grid(tmp)
+    main([str(grid_file), "--out", str(tmp / "results")])
+    return grid_file, tmp / "results" / "tiny"
+
+
+def test_grid_writes_a_row_per_cell_a_summary_and_the_three_figures(grid_run):
+    _, root = grid_run
+    rows = list(csv.DictReader((root / "results.csv").open()))
+    assert len(rows) == 4 + 4 + 1 + 1
+    done = [r for r in rows if r["status"] == "done"]
+    assert len(done) == 9
+    for r in done:
+        assert int(r["params"]) > 0 and int(r["active_params"]) > 0 and int(r["flops_per_token"]) > 0
+        assert float(r["wall_time_s"]) > 0 and r["backbone"] == "transformer"
+    (broken,) = [r for r in rows if r["status"] == "failed"]
+    assert "memory.knn=99 must be <= memory.n_keys=32" in broken["error"]
+    assert json.loads((root / "runs" / "broken" / "knn=99" / "error.json").read_text())["traceback"]
+    summary = (root / "summary.md").read_text()
+    assert "## mqar (best learning rate per cell)" in summary and "## failed cells" in summary
+    for name in ("mqar_accuracy_vs_d_model", "facts_recalled", "lm_val_bpb_vs_step"):
+        assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_best_of_lr_keeps_one_row_per_cell(grid_run):
+    _, root = grid_run
+    mqar_section = (root / "summary.md").read_text().split("## mqar")[1].split("##")[0]
+    mqar_rows = [line for line in mqar_section.splitlines() if line.startswith("| transformer")]
+    assert len(mqar_rows) == 2  # memory none / pkm, each the better of two learning rates
+
+
+def test_tensorboard_holds_run_hparams_and_grid_figures(grid_run):
+    _, root = grid_run
+    hparams, scalars = {}, set()
+    for events in next((root / "runs" / "mqar").glob("*/tb")).glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars.update(acc.Tags()["scalars"])
+        try:
+            hparams.update(acc.PluginTagToContent("hparams"))
+        except KeyError:  # an events file without hparams (Lightning starts one per fit / test)
+            pass
+    assert "_hparams_/session_start_info" in hparams and "_hparams_/experiment" in hparams
+    assert "final/acc" in scalars
+    grid_events = next((root / "tb").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(grid_events), size_guidance={"images": 0})
+    acc.Reload()
+    assert set(acc.Tags()["images"]) == {"grid/mqar_accuracy_vs_d_model", "grid/facts_recalled", "grid/lm_val_bpb_vs_step"}
+
+
+def test_rerun_trains_only_the_cells_without_metrics(grid_run):
+    grid_file, root = grid_run
+    before = metrics_mtimes(root)
+    main([str(grid_file), "--out", str(root.parent)])
+    assert metrics_mtimes(root) == before  # nothing retrained
+    interrupted = sorted(before)[0]
+    Path(interrupted).unlink()  # as if the run had been killed before finishing
+    main([str(grid_file), "--out", str(root.parent)])
+    after = metrics_mtimes(root)
+    assert set(after) == set(before)
+    assert [p for p in before if after[p] != before[p]] == [interrupted]
+
+
+@pytest.mark.parametrize("grid", ["quick", "zoology", "memory_scaling"])
+def test_every_cell_of_the_shipped_grids_composes(grid):
+    cells = expand(load_grid(grid))
+    assert cells
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
+        for cell in cells:
+            compose("train", overrides=list(cell.overrides))
+
+
+def test_unknown_grid_names_the_shipped_ones():
+    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['memory_scaling', 'quick', 'zoology'\]"):
+        load_grid("huge")
+
+
+def test_grid_with_unknown_keys_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nstudies:\n  s:\n    base: []\n    axis: {memory: [none]}\n")
+    with pytest.raises(ValueError, match=r"grid study 's' has unknown key\(s\) \['axis'\]"):
+        load_grid(str(path))

@@ -1,0 +1,188 @@
+"""A grid's records -> results.csv, summary.md (best learning rate per cell), PNG figures, and the
+figures as images in the grid's TensorBoard log."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+from zoo.io import atomic_write_text  # noqa: E402
+
+TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")
+
+
+def row(record: dict[str, Any]) -> dict[str, Any]:
+    """One results.csv row: settings from the run's resolved config, then its final metrics."""
+    out = {"study": record["study"], "cell": record["cell"], "group": record["group"], "status": record["status"]}
+    config_path = Path(record["dir"]) / "config.yaml"
+    if config_path.is_file():
+        cfg = OmegaConf.load(config_path)
+        out.update(backbone=cfg.backbone.name, memory=cfg.memory.name, d_model=cfg.backbone.d_model,
+                   n_layers=cfg.backbone.n_layers, channel=cfg.backbone.channel, task=cfg.task.name,
+                   lr=cfg.optim.lr, steps_planned=cfg.trainer.max_steps)
+        out.update({f"task.{k}": cfg.task[k] for k in TASK_KNOBS if k in cfg.task})
+    metrics = record.get("metrics")
+    if metrics:
+        out.update(params=metrics["params"]["total"], active_params=metrics["params"]["active"],
+                   flops_per_token=metrics["flops_per_token"], steps=metrics["steps"],
+                   wall_time_s=metrics["wall_time_s"])
+        out.update({k.replace("/", "_"): v for k, v in metrics["test"].items()})
+        out.update(metrics.get("task_metrics", {}))
+    if record["status"] == "failed":
+        out["error"] = record["error"]
+    return out
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    columns: list[str] = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def score(r: dict[str, Any]) -> float:
+    """Higher is better: accuracy, or minus bits per byte for language modeling."""
+    return -r["test_bpb"] if "test_bpb" in r else r["test_acc"]
+
+
+def best_of_lr(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each cell but its learning rate, the finished run with the best score."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "done":
+            groups[(r["study"], r["group"])].append(r)
+    return [max(group, key=score) for group in groups.values()]
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    best = best_of_lr(rows)
+    for study in dict.fromkeys(r["study"] for r in rows):
+        chosen = [r for r in best if r["study"] == study]
+        if not chosen:
+            continue
+        metric_cols = [c for c in ("test_acc", "test_bpb", "facts_recalled") if c in chosen[0]]
+        knob_cols = [c for c in chosen[0] if c.startswith("task.")]
+        cols = ["backbone", "memory", "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", *metric_cols, "wall_time_s"]
+        lines += [f"## {study} (best learning rate per cell)", "", "| " + " | ".join(cols) + " |",
+                  "|" + " --- |" * len(cols)]
+        for r in chosen:
+            lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+        lines.append("")
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        lines += ["## failed cells", ""] + [f"- {r['study']}/{r['cell']}: {r['error']}" for r in failed] + [""]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _line_label(r: dict[str, Any]) -> str:
+    return f"{r['backbone']} + {'memory' if r['memory'] != 'none' else r['channel'] if r['channel'] != 'none' else 'no channel'}"
+
+
+def mqar_figure(best: list[dict[str, Any]]):
+    """MQAR accuracy vs d_model, a line per backbone +- memory, a panel per (seq_len, pairs)."""
+    rows = [r for r in best if r.get("task") == "mqar"]
+    panels = sorted({(r["task.seq_len"], r["task.num_kv_pairs"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (seq_len, pairs) in zip(axes[0], panels):
+        lines = defaultdict(list)
+        for r in rows:
+            if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
+                lines[_line_label(r)].append((r["d_model"], r["test_acc"]))
+        for label, points in sorted(lines.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", linestyle="--" if "memory" in label else "-", label=label)
+        ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel="d_model", ylabel="MQAR test accuracy", ylim=(0, 1.02))
+        ax.set_xscale("log", base=2)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def facts_figure(best: list[dict[str, Any]]):
+    """Facts recalled vs facts in the knowledge base, MLP vs memory per backbone (FLOPs in the legend)."""
+    rows = [r for r in best if r.get("task") == "facts"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    lines = defaultdict(list)
+    for r in rows:
+        lines[(_line_label(r), r["flops_per_token"])].append((r["task.num_facts"], r["facts_recalled"]))
+    for (label, flops), points in sorted(lines.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", linestyle="--" if "memory" in label else "-", label=f"{label} ({flops / 1e3:.0f} kFLOP/tok)")
+    top = max((r["task.num_facts"] for r in rows), default=1)
+    ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="all facts")
+    ax.set(xlabel="facts in the knowledge base", ylabel="facts recalled (test)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def validation_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a scalar from a run's TensorBoard events."""
+    points = []
+    for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            points += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return sorted(points)
+
+
+def lm_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
+    """LM validation bits per byte vs step, a line per backbone +- memory."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for r in sorted((r for r in best if r.get("task") == "lm"), key=_line_label):
+        points = validation_curve(dirs[(r["study"], r["cell"])], "val/bpb")
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker=".", linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r))
+    ax.set(xlabel="training step", ylabel="validation bits per byte")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
+    """results.csv, summary.md, one PNG per task family present, and those figures in root/tb."""
+    rows = [row(r) for r in records]
+    paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary_markdown(rows))]
+    best = best_of_lr(rows)
+    dirs = {(r["study"], r["cell"]): Path(r["dir"]) for r in records}
+    tasks = {r.get("task") for r in best}
+    figures = {}
+    if "mqar" in tasks:
+        figures["mqar_accuracy_vs_d_model"] = mqar_figure(best)
+    if "facts" in tasks:
+        figures["facts_recalled"] = facts_figure(best)
+    if "lm" in tasks:
+        figures["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
+    with SummaryWriter(str(root / "tb")) as writer:
+        for name, fig in figures.items():
+            path = root / f"{name}.png"
+            tmp = path.with_suffix(".png.tmp")
+            fig.savefig(tmp, dpi=110, format="png")
+            tmp.replace(path)
+            writer.add_figure(f"grid/{name}", fig, close=True)
+            paths.append(path)
+    return paths
