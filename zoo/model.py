@@ -24,6 +24,7 @@ from torch import nn
 from zoo.channels import CHANNELS
 from zoo.memory import MemoryConfig, make_value_table
 from zoo.mixers import MIXERS, PATTERN_LETTERS
+from zoo.mixers.attention import Attention
 from zoo.tags import is_no_reinit, is_residual_projection, mark_no_decay, shard_of
 
 INIT_STD = 0.02
@@ -147,6 +148,13 @@ class Block(nn.Module):
             x = x + self.channel(self.channel_norm(x))
         return x
 
+    def step(self, x: torch.Tensor, cache: Any) -> torch.Tensor:
+        """One token: x (B, D) -> (B, D) through the mixer's recurrent ``step`` (``cache`` updated)."""
+        x = x + self.mixer.step(self.mixer_norm(x), cache)[0]
+        if self.channel is not None:
+            x = x + self.channel(self.channel_norm(x).unsqueeze(1)).squeeze(1)
+        return x
+
 
 class LanguageModel(nn.Module):
     """Token ids (B, L) -> next-token logits (B, L, vocab_size)."""
@@ -182,6 +190,25 @@ class LanguageModel(nn.Module):
         x = self.embedding(inputs)
         for block in self.blocks:
             x = block(x)
+        return self.lm_head(self.norm(x))
+
+    def allocate_caches(self, batch_size: int, max_len: int) -> list[Any]:
+        """One inference cache per layer: a KV cache of ``max_len`` positions for attention, the
+        recurrent state for Mamba / Mamba-2."""
+        caches = []
+        for block in self.blocks:
+            if isinstance(block.mixer, Attention):
+                caches.append(block.mixer.allocate_cache(batch_size, max_len))
+            else:
+                caches.append(block.mixer.allocate_cache(batch_size))
+        return caches
+
+    def step(self, tokens: torch.Tensor, caches: list[Any]) -> torch.Tensor:
+        """tokens (B,) long at the next position -> next-token logits (B, vocab_size); ``caches``
+        (from ``allocate_caches``) advance by one position."""
+        x = self.embedding(tokens)
+        for block, cache in zip(self.blocks, caches):
+            x = block.step(x, cache)
         return self.lm_head(self.norm(x))
 
     def num_parameters(self) -> int:

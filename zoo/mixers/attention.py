@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zoo.rotary import Rotary
 from zoo.tags import linear, mark_residual_projection
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the positions seen so far: (B, H, max_len, head_dim) each, ``length`` used."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    length: int = 0
 
 
 class Attention(nn.Module):
@@ -48,6 +59,27 @@ class Attention(nn.Module):
         self.qkv = linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = mark_residual_projection(linear(d_model, d_model, bias=bias))
         self.rotary = Rotary(head_dim, base=rotary_base)
+
+    def allocate_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> "KVCache":
+        """Empty key/value cache for ``step``, room for ``max_len`` positions."""
+        weight = self.qkv.weight
+        shape = (batch_size, self.n_heads, max_len, self.head_dim)
+        device, dtype = device or weight.device, dtype or weight.dtype
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def step(self, hidden: torch.Tensor, cache: "KVCache") -> tuple[torch.Tensor, "KVCache"]:
+        """One token: hidden (B, D) -> (B, D), attending to the cached positions and itself; the
+        token's key and value are appended to ``cache`` (in place)."""
+        batch, d_model = hidden.shape
+        if cache.length >= cache.keys.shape[2]:
+            raise ValueError(f"attention cache is full ({cache.keys.shape[2]} positions); allocate a longer one")
+        q, k, v = self.qkv(hidden).view(batch, 3, self.n_heads, 1, self.head_dim).unbind(1)  # (B, H, 1, hd)
+        q, k = self.rotary(q, offset=cache.length), self.rotary(k, offset=cache.length)
+        cache.keys[:, :, cache.length] = k[:, :, 0]
+        cache.values[:, :, cache.length] = v[:, :, 0]
+        cache.length += 1
+        y = F.scaled_dot_product_attention(q, cache.keys[:, :, : cache.length], cache.values[:, :, : cache.length])
+        return self.out_proj(y.reshape(batch, d_model)), cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D); position t attends to positions <= t."""

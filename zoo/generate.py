@@ -1,0 +1,77 @@
+"""Loading a trained model from a checkpoint, and autoregressive generation through the recurrent
+path (KV cache for attention, ``step`` for Mamba / Mamba-2): one forward per new token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from zoo.model import LanguageModel, ModelConfig, build_model
+
+
+def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
+    """A ``memzoo-train`` checkpoint -> its ``LanguageModel`` in eval mode, on one process (a sharded
+    memory is loaded whole: checkpoints hold the full table)."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    values = dict(checkpoint["hyper_parameters"]["model"])
+    if values.get("memory"):
+        values["memory"] = {**values["memory"], "parallel": "none"}
+    model = build_model(ModelConfig.from_mapping(values))
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@torch.no_grad()
+def generate(
+    model: LanguageModel,
+    prompt_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """prompt_ids (B, P) long -> (B, P + max_new_tokens): the prompt followed by sampled tokens.
+
+    temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature), restricted
+    to the ``top_k`` most likely tokens when given. The prompt is fed one token at a time through the
+    layers' recurrent ``step`` (attention: KV cache), so every token costs one single-position pass.
+    """
+    if prompt_ids.dim() != 2 or prompt_ids.shape[1] < 1:
+        raise ValueError(f"prompt_ids must be (batch, length >= 1), got shape {tuple(prompt_ids.shape)}")
+    vocab = model.config.vocab_size
+    if prompt_ids.min() < 0 or prompt_ids.max() >= vocab:
+        raise ValueError(f"prompt token ids must be in [0, {vocab}); got {int(prompt_ids.min())}..{int(prompt_ids.max())}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    if top_k is not None and not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k={top_k} must be in [1, vocab_size={vocab}] or None")
+    batch, prompt_len = prompt_ids.shape
+    caches = model.allocate_caches(batch, prompt_len + max_new_tokens)
+    out = [prompt_ids]
+    logits = None
+    for t in range(prompt_len):
+        logits = model.step(prompt_ids[:, t], caches)
+    for _ in range(max_new_tokens):
+        token = _pick(logits, temperature, top_k, generator)
+        out.append(token.unsqueeze(1))
+        logits = model.step(token, caches)
+    return torch.cat(out, dim=1)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V) -> next tokens (B,)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        threshold = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
