@@ -24,6 +24,20 @@ class TokenDataset(Dataset):
         return {"inputs": self.inputs[idx], "targets": self.targets[idx]}
 
 
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` whose next pass can start ``skip`` examples in: a run resumed from a
+    mid-epoch checkpoint continues the epoch where the checkpoint left it, not from its start."""
+
+    def __init__(self, *args, skip: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip = skip
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0  # only the resumed pass is shortened
+        return iter(indices[skip:])
+
+
 class GeneratedDataModule(L.LightningDataModule):
     """A datamodule whose subclasses implement ``generate(split) -> (inputs, targets)``.
 
@@ -56,8 +70,12 @@ class GeneratedDataModule(L.LightningDataModule):
         self.setup()
         trainer = self.trainer
         ranks = {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer else {"num_replicas": 1, "rank": 0}
+        # batches already trained in this epoch: nonzero when resuming from a mid-epoch checkpoint
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer else 0
         # a DistributedSampler even for one process: Lightning leaves it in place and sets its epoch
-        sampler = DistributedSampler(self.datasets["train"], shuffle=True, seed=self.seed, drop_last=True, **ranks)
+        sampler = ResumableSampler(self.datasets["train"], shuffle=True, seed=self.seed, drop_last=True, **ranks)
+        if done * self.batch_size < len(sampler):
+            sampler.skip = done * self.batch_size
         return DataLoader(
             self.datasets["train"], batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, drop_last=True
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -13,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from zoo.memory import MemoryPlus
+from zoo.guards import check_same_model, first_non_finite_gradient, first_non_finite_output
 from zoo.metrics import BitsPerByte
 from zoo.memory.comm import comm_bytes_per_token
 from zoo.memory.sharding import (
@@ -97,7 +100,36 @@ class LitLanguageModel(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        loss = self._shared_step(batch, "train")
+        if not torch.isfinite(loss):
+            where = first_non_finite_output(self.model, batch["inputs"])
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}, first in {where}; "
+                "the run stops here and checkpoints/ keeps the last good checkpoint"
+            )
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        where = first_non_finite_gradient(self.model)
+        if where is not None:
+            raise FloatingPointError(
+                f"non-finite gradient at step {self.global_step} in {where}; "
+                "the run stops here and checkpoints/ keeps the last good checkpoint"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model (naming what differs); restore the RNG states."""
+        check_same_model(checkpoint["hyper_parameters"]["model"], self.hparams["model"])
+        states = checkpoint.get("rng_states")
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            np.random.set_state(states["numpy"])
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")

@@ -109,10 +109,16 @@ class ModelConfig:
         memory = self.memory_config()
         if memory is not None:
             memory.validate(self.d_model, self.n_layers)
-        self.layer_channels()
+        channels = self.layer_channels()
         for name in self.mixer:
             if name not in MIXERS:
                 raise ValueError(f"backbone.mixer has options for unknown mixer {name!r}; allowed: {sorted(MIXERS)}")
+        # each mixer's (and the MLP's) own argument checks, run on the meta device: nothing is allocated
+        with torch.device("meta"):
+            for name in dict.fromkeys(self.layer_mixers()):
+                _build_layer(MIXERS, name, "mixer", self.d_model, 0, self.mixer.get(name, {}))
+            if "mlp" in channels:
+                _build_layer(CHANNELS, "mlp", "channel", self.d_model, 0, self.mlp)
 
 
 def _plain(value: Any) -> Any:

@@ -178,6 +178,8 @@ class DenseSparseAdam(torch.optim.Optimizer):
                 )
             if opt is not None:
                 opt.load_state_dict(state_dict[key])
+        # loading replaces the inner optimizers' group dicts; schedulers set lr on ours, so re-point
+        self.param_groups = [g for opt in self.inner for g in opt.param_groups]
 
 
 def build_optimizer(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.Optimizer:

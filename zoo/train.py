@@ -16,7 +16,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from tasks import TASKS
+from zoo.checkpointing import AtomicCheckpointIO, resume_path
 from zoo.flops import active_parameters, forward_flops_per_token
+from zoo.guards import check_token_ids
 from zoo.io import atomic_write_json, atomic_write_text
 from zoo.lit import LitLanguageModel
 from zoo.model import ModelConfig
@@ -82,11 +84,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     model_values = model_config(cfg, datamodule.vocab_size)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
-    module = LitLanguageModel(
-        model=model_values,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        bytes_per_token=getattr(datamodule, "bytes_per_token", None),
-    )
+    check_token_ids(datamodule.datasets, model_values["vocab_size"])
+    resume = resume_path(cfg.get("ckpt"), run_dir)
 
     logger = TensorBoardLogger(save_dir=str(run_dir), name=cfg.logger.subdir, version="", default_hp_metric=False)
     checkpoint = ModelCheckpoint(
@@ -101,11 +100,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         default_root_dir=str(run_dir),
         logger=logger,
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        plugins=[AtomicCheckpointIO()],
     )
-    check_memory_layout(model_values, trainer)
+    check_memory_layout(model_values, trainer)  # the last cross-field check: all of them precede the model
+    module = LitLanguageModel(
+        model=model_values,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        bytes_per_token=getattr(datamodule, "bytes_per_token", None),
+    )
     if trainer.is_global_zero:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     test_results = trainer.test(module, datamodule=datamodule, verbose=False)
     seq_len = datamodule.datasets["train"].inputs.shape[1]
     metrics = {
