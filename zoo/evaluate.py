@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.guards import check_token_ids
-from zoo.io import atomic_write_json
+from zoo.io import atomic_write_json, format_metrics
 from zoo.lit import LitLanguageModel
 from zoo.train import build_datamodule
 
@@ -57,8 +57,7 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = HydraConfig.get().runtime.output_dir
     metrics = evaluate(cfg, run_dir)
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics["test"].items()))
-    rank_zero_info(f"{shown} on {metrics['test_shape']}; metrics.json in {run_dir}")
+    rank_zero_info(f"{format_metrics(metrics['test'])} on {metrics['test_shape']}; metrics.json in {run_dir}")
 
 
 if __name__ == "__main__":

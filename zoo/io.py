@@ -37,3 +37,8 @@ def write_bench_results(json_path: str | os.PathLike, result: Any, table: str) -
     json_path = Path(json_path)
     atomic_write_json(json_path, result)
     atomic_write_text(json_path.with_suffix(".md"), table)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``{"test/acc": 0.5, ...}`` -> ``"test/acc 0.5, ..."`` (sorted, 4 significant digits)."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))

@@ -19,7 +19,7 @@ from tasks import TASKS
 from zoo.checkpointing import AtomicCheckpointIO, resume_path
 from zoo.flops import active_parameters, forward_flops_per_token
 from zoo.guards import check_token_ids
-from zoo.io import atomic_write_json, atomic_write_text
+from zoo.io import atomic_write_json, atomic_write_text, format_metrics
 from zoo.lit import LitLanguageModel
 from zoo.model import ModelConfig
 
@@ -145,8 +145,8 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = HydraConfig.get().runtime.output_dir
     metrics = train(cfg, run_dir)
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics["test"].items()))
-    rank_zero_info(f"{shown} in {metrics['wall_time_s']:.0f}s; metrics.json in {run_dir}")
+    rank_zero_info(f"{format_metrics(metrics['test'])} in {metrics['wall_time_s']:.0f}s; metrics.json in {run_dir}")
+
 
 if __name__ == "__main__":
     main()
