@@ -4,9 +4,9 @@ grid through ``zoo.train.train``, then write results.csv, summary.md, figures an
 A grid (``configs/bench/<name>.yaml``, or a path to such a file) has a ``name`` and ``studies``;
 each study has ``base`` overrides (any ``memzoo-train`` override) and ``axes`` (override key -> list
 of values); its cells are the product of the axes. Cell ``c`` of study ``s`` runs in
-``<out>/<grid>/runs/<s>/<c>/`` like a ``memzoo-train`` run. A cell with a ``metrics.json`` is done
-and is skipped when the grid runs again (so an interrupted grid resumes); a cell that raises is
-recorded in ``error.json`` and the grid goes on.
+``<out>/<grid>/runs/<s>/<c>/`` like a ``memzoo-train`` run. A cell with a ``metrics.json`` (and
+the same overrides in its ``cell.json``) is done and is skipped when the grid runs again, so an
+interrupted grid resumes; a cell that raises is recorded in ``error.json`` and the grid goes on.
 """
 
 from __future__ import annotations
@@ -98,13 +98,23 @@ def expand(grid: dict[str, Any]) -> list[Cell]:
     return cells
 
 
+def is_done(cell: Cell, run_dir: Path) -> bool:
+    """A finished run of exactly this cell: metrics.json beside a cell.json with the same overrides
+    (a cell whose grid entry changed is trained again)."""
+    record = run_dir / "cell.json"
+    if not (run_dir / "metrics.json").is_file() or not record.is_file():
+        return False
+    return json.loads(record.read_text())["overrides"] == list(cell.overrides)
+
+
 def run_cell(cell: Cell, run_dir: Path) -> dict[str, Any]:
     """Train one cell (fresh directory); returns its metrics.json content."""
     from zoo.train import train
 
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # a cell interrupted half-way starts over
+        shutil.rmtree(run_dir)  # a cell interrupted half-way, or changed, starts over
     run_dir.mkdir(parents=True)
+    atomic_write_json(run_dir / "cell.json", {"study": cell.study, "overrides": list(cell.overrides)})
     with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
         cfg = compose("train", overrides=list(cell.overrides))
     return train(cfg, run_dir)
@@ -120,9 +130,8 @@ def run_grid(grid: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         run_dir = root / "runs" / cell.study / cell.name
         bar.set_postfix_str(f"{cell.study}/{cell.name}")
         record = {"study": cell.study, "cell": cell.name, "group": cell.group, "dir": str(run_dir)}
-        metrics_path = run_dir / "metrics.json"
-        if metrics_path.is_file():
-            record.update(status="done", metrics=json.loads(metrics_path.read_text()))
+        if is_done(cell, run_dir):
+            record.update(status="done", metrics=json.loads((run_dir / "metrics.json").read_text()))
         else:
             started = time.perf_counter()
             try:
