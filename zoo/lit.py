@@ -118,9 +118,10 @@ class LitLanguageModel(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()
-        }
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        # plain types and tensors only, so the checkpoint loads with torch.load(weights_only=True)
+        numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another model (naming what differs); restore the RNG states."""
@@ -129,7 +130,8 @@ class LitLanguageModel(L.LightningModule):
         if states is not None:
             torch.set_rng_state(states["torch"])
             random.setstate(states["python"])
-            np.random.set_state(states["numpy"])
+            name, keys, pos, has_gauss, cached = states["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
