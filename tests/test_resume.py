@@ -87,7 +87,7 @@ def test_kill_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path):
         "import torch, sys; from zoo.checkpointing import atomic_torch_save; "
         "atomic_torch_save({'step': 2, 'w': torch.zeros(200_000_000)}, sys.argv[1])"), str(path)])
     deadline = time.monotonic() + 120
-    while not any(p.stat().st_size > 0 for p in tmp_path.glob(".last.ckpt.tmp-*")) and time.monotonic() < deadline:
+    while not any(p.stat().st_size > 0 for p in tmp_path.glob(".last.ckpt.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.001)
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait()

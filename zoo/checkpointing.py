@@ -11,22 +11,12 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from zoo.io import atomic_write
+
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` via a temporary file + fsync + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to ``path`` through ``atomic_write`` (temp file + fsync + rename)."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -48,3 +38,19 @@ def resume_path(ckpt: str | None, run_dir: Path) -> Path | None:
         hint = " (resume in the same run directory: pass the run's hydra.run.dir=DIR)" if ckpt == "last" else ""
         raise ValueError(f"ckpt={ckpt!r}: no checkpoint at {path}{hint}")
     return path
+
+
+def read_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``memzoo-train`` checkpoint file -> (the checkpoint, its model config for one process).
+
+    A sharded memory (``memory.parallel`` rows / columns) becomes ``none``: checkpoints hold the full
+    table, so one process reads it whole. Raises ``ValueError`` when the file does not exist.
+    """
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    values = dict(checkpoint["hyper_parameters"]["model"])
+    if values.get("memory"):
+        values["memory"] = {**values["memory"], "parallel": "none"}
+    return checkpoint, values

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.checkpointing import read_checkpoint
 from zoo.guards import check_token_ids
 from zoo.io import atomic_write_json, format_metrics
 from zoo.lit import LitLanguageModel
@@ -23,25 +23,22 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Test ``cfg.ckpt`` on ``cfg.task``; returns (and writes to run_dir/metrics.json) the metrics."""
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    ckpt = Path(cfg.ckpt)
-    if not ckpt.is_file():
-        raise ValueError(f"ckpt={cfg.ckpt!r} does not exist")
+    checkpoint, model_values = read_checkpoint(cfg.ckpt)  # read once: model config and weights
     datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
     datamodule.setup("test")
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
-    model_values = dict(hparams["model"])
-    if model_values.get("memory"):  # one process reads the whole table
-        model_values["memory"] = {**model_values["memory"], "parallel": "none"}
     check_token_ids({"test": datamodule.datasets["test"]}, model_values["vocab_size"])
-    module = LitLanguageModel.load_from_checkpoint(
-        ckpt, map_location="cpu", model=model_values, bytes_per_token=getattr(datamodule, "bytes_per_token", None)
+    module = LitLanguageModel(
+        model=model_values,
+        optim=checkpoint["hyper_parameters"]["optim"],
+        bytes_per_token=getattr(datamodule, "bytes_per_token", None),
     )
+    module.load_state_dict(checkpoint["state_dict"])
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False, default_root_dir=str(run_dir))
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {
         "test": {k: float(v) for k, v in results[0].items()},
-        "ckpt": str(ckpt),
+        "ckpt": str(cfg.ckpt),
         "task": cfg.task.name,
         "test_shape": list(datamodule.datasets["test"].inputs.shape),
         "wall_time_s": round(time.perf_counter() - started, 2),

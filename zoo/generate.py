@@ -7,19 +7,14 @@ from pathlib import Path
 
 import torch
 
+from zoo.checkpointing import read_checkpoint
 from zoo.model import LanguageModel, ModelConfig, build_model
 
 
 def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
     """A ``memzoo-train`` checkpoint -> its ``LanguageModel`` in eval mode, on one process (a sharded
     memory is loaded whole: checkpoints hold the full table)."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    values = dict(checkpoint["hyper_parameters"]["model"])
-    if values.get("memory"):
-        values["memory"] = {**values["memory"], "parallel": "none"}
+    checkpoint, values = read_checkpoint(ckpt, map_location)
     model = build_model(ModelConfig.from_mapping(values))
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}

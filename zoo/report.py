@@ -17,7 +17,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from zoo.io import atomic_write_text  # noqa: E402
+from zoo.io import atomic_write, atomic_write_text  # noqa: E402
 
 TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")
 
@@ -179,10 +179,7 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
         figures["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
     with SummaryWriter(str(root / "tb")) as writer:
         for name, fig in figures.items():
-            path = root / f"{name}.png"
-            tmp = path.with_suffix(".png.tmp")
-            fig.savefig(tmp, dpi=110, format="png")
-            tmp.replace(path)
+            path = atomic_write(root / f"{name}.png", lambda handle: fig.savefig(handle, dpi=110, format="png"))
             writer.add_figure(f"grid/{name}", fig, close=True)
             paths.append(path)
     return paths

@@ -78,27 +78,21 @@ def save_and_load_whole_state(optimizer: torch.optim.Optimizer) -> None:
         params = [p for group in inner.param_groups for p in group["params"]]
         shards = {i: (p, shard_of(p)) for i, p in enumerate(params) if shard_of(p) is not None}
         if shards:
-            inner.register_state_dict_post_hook(partial(_gather_state, shards=shards))
-            inner.register_load_state_dict_pre_hook(partial(_slice_state, shards=shards))
+            inner.register_state_dict_post_hook(partial(_convert_state, shards=shards, whole=True))
+            inner.register_load_state_dict_pre_hook(partial(_convert_state, shards=shards, whole=False))
 
 
-def _gather_state(optimizer, state_dict: dict, shards: dict) -> dict:
+def _convert_state(optimizer, state_dict: dict, shards: dict, whole: bool) -> dict:
+    """Sharded parameters' state tensors: this rank's part -> the full tensor (``whole``, on save),
+    or the full tensor -> this rank's part (on load). Entries are replaced, not edited: on save the
+    packed entries are the live state, on load they belong to the caller's checkpoint."""
+    state_dict["state"] = dict(state_dict["state"])
     for idx, (param, shard) in shards.items():
         entry = state_dict["state"].get(idx)
-        if entry is not None:  # a copy: the packed entry is the live state dict
-            state_dict["state"][idx] = {
-                k: gather_full(v, shard) if torch.is_tensor(v) and v.shape == param.shape else v for k, v in entry.items()
-            }
-    return state_dict
-
-
-def _slice_state(optimizer, state_dict: dict, shards: dict) -> dict:
-    state_dict["state"] = dict(state_dict["state"])  # the caller's checkpoint stays whole
-    for idx, (param, shard) in shards.items():
-        entry = state_dict["state"].get(idx)
-        if entry is not None:
-            whole = full_shape(param, shard)
-            state_dict["state"][idx] = {
-                k: local_part(v, shard) if torch.is_tensor(v) and v.shape == whole else v for k, v in entry.items()
-            }
+        if entry is None:
+            continue
+        shape, convert = (param.shape, gather_full) if whole else (full_shape(param, shard), local_part)
+        state_dict["state"][idx] = {
+            k: convert(v, shard) if torch.is_tensor(v) and v.shape == shape else v for k, v in entry.items()
+        }
     return state_dict
