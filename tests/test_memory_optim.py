@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from zoo import build_model
+from zoo import ModelConfig, build_model
 from zoo.memory import VALUE_GROUP
 from zoo.optim import DenseSparseAdam, RowAdam, build_optimizer, clip_grad_norm, param_groups
 
@@ -122,3 +122,40 @@ def test_row_adam_equals_a_per_row_lazy_adam_loop():
             ref[r] -= 0.1 / (1 - 0.8**step) * m[r] / ((v[r] / (1 - 0.9**step)).sqrt() + 1e-8)
         torch.testing.assert_close(table.detach(), ref, rtol=1e-12, atol=1e-12)
     assert torch.equal(table.detach()[[3, 4]], ref[[3, 4]])
+
+
+def test_row_wise_second_moment_equals_a_per_row_loop_with_one_v_per_row():
+    gen = torch.Generator().manual_seed(1)
+    table = torch.nn.Parameter(torch.randn(6, 4, generator=gen, dtype=torch.float64))
+    ref = table.detach().clone()
+    m, v = torch.zeros_like(ref), torch.zeros(6, dtype=torch.float64)
+    opt = RowAdam([table], lr=0.1, betas=(0.8, 0.9), eps=1e-8, second_moment="row")
+    for step, rows in enumerate([[0, 2, 2], [2, 5], [1, 5]], start=1):
+        idx = torch.tensor(rows)
+        vals = torch.randn(len(rows), 4, generator=gen, dtype=torch.float64)
+        table.grad = torch.sparse_coo_tensor(idx[None], vals, table.shape, check_invariants=True)
+        opt.step()
+        dense = torch.zeros_like(ref).index_add_(0, idx, vals)
+        for r in sorted(set(rows)):
+            m[r] = 0.8 * m[r] + 0.2 * dense[r]
+            v[r] = 0.9 * v[r] + 0.1 * (dense[r] ** 2).mean()
+            ref[r] -= 0.1 / (1 - 0.8**step) * m[r] / ((v[r] / (1 - 0.9**step)).sqrt() + 1e-8)
+        torch.testing.assert_close(table.detach(), ref, rtol=1e-12, atol=1e-12)
+    assert opt.state[table]["exp_avg_sq"].shape == (6,)
+    assert torch.equal(table.detach()[[3, 4]], ref[[3, 4]])
+
+
+def test_memory_second_moment_row_reaches_the_value_optimizer():
+    memory = dict(n_keys=4, heads=1, knn=2, k_dim=8, layers=[0], second_moment="row")
+    model = build_model(ModelConfig(vocab_size=8, d_model=8, n_layers=1, memory=memory))
+    optimizer = build_optimizer(param_groups(model, lr=1e-3, weight_decay=0.1))
+    model(torch.randint(0, 8, (2, 5))).sum().backward()
+    optimizer.step()
+    table = model.blocks[0].channel.values.weight
+    assert optimizer.sparse.state[table]["exp_avg_sq"].shape == (16,)
+    assert optimizer.sparse.state[table]["exp_avg"].shape == (16, 8)
+
+
+def test_row_adam_refuses_an_unknown_second_moment_layout():
+    with pytest.raises(ValueError, match=r"second_moment='diag'; allowed: \['full', 'row'\]"):
+        RowAdam([torch.nn.Parameter(torch.zeros(2, 2))], second_moment="diag")

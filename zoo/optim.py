@@ -73,7 +73,8 @@ def _evaluate(closure):
         return closure()
 
 
-ROW_CHUNK_ELEMENTS = 1 << 22  # moment rows gathered at once by RowAdam (16 MiB fp32)
+ROW_CHUNK_ELEMENTS = 1 << 20  # rows updated at once on the PyTorch path (4 MiB fp32 per temporary, cache-sized)
+SECOND_MOMENTS = ("full", "row")
 
 
 def coalesced(grad: torch.Tensor) -> torch.Tensor:
@@ -88,18 +89,48 @@ def coalesced(grad: torch.Tensor) -> torch.Tensor:
     return grad.coalesce()
 
 
+@torch.no_grad()
+def row_adam_update_(
+    param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
+    lr: float, beta1: float, beta2: float, eps: float, step: int,
+) -> None:
+    """Lazy Adam on ``rows`` only, in place: param (N, d) any float dtype, exp_avg (N, d) float32+,
+    exp_avg_sq (N, d) or (N,) (one second moment per row, updated with the row's mean g^2), rows (U,)
+    unique, grad (U, d). Arithmetic in the moments' dtype; param is written back in its own dtype.
+    Each chunk reads and writes every state row once (gather, update in place, copy back)."""
+    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+    rowwise = exp_avg_sq.dim() == 1
+    chunk = max(1, ROW_CHUNK_ELEMENTS // max(1, param[0].numel()))
+    for idx, g in zip(rows.split(chunk), grad.split(chunk)):
+        g = g.to(exp_avg.dtype)
+        m = exp_avg.index_select(0, idx).lerp_(g, 1 - beta1)
+        g_sq = g.square().mean(1) if rowwise else g.square()
+        v = exp_avg_sq.index_select(0, idx).mul_(beta2).add_(g_sq, alpha=1 - beta2)
+        exp_avg.index_copy_(0, idx, m)
+        exp_avg_sq.index_copy_(0, idx, v)
+        denom = v.div_(bias2).sqrt_().add_(eps)
+        p = param.index_select(0, idx).to(m.dtype)
+        p.addcdiv_(m, denom.unsqueeze(1) if rowwise else denom, value=-lr / bias1)
+        param.index_copy_(0, idx, p.to(param.dtype))
+
+
 class RowAdam(torch.optim.Optimizer):
     """Lazy Adam for parameters with sparse (row) gradients: only the rows present in the gradient
     have their moments and values updated; bias correction counts the optimizer's steps.
 
     The update of a touched row is AdamW's without weight decay
     (``p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)``), so a first step equals AdamW's.
-    Unlike ``torch.optim.SparseAdam`` it updates the rows with direct index operations, which keeps
-    the step cost proportional to the rows touched.
+    ``second_moment="row"`` keeps one ``v`` per row (the mean of the row's squared gradient, as
+    FBGEMM's partial-rowwise Adam), so the state is one table (``m``) plus N floats instead of two
+    tables. Moments are float32 (or the parameter's dtype when wider), also for a bfloat16 table.
+    On CUDA with Triton, one fused kernel does a chunk's whole update.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__(params, defaults={"lr": lr, "betas": betas, "eps": eps})
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 second_moment: str = "full"):
+        if second_moment not in SECOND_MOMENTS:
+            raise ValueError(f"second_moment={second_moment!r}; allowed: {list(SECOND_MOMENTS)}")
+        super().__init__(params, defaults={"lr": lr, "betas": betas, "eps": eps, "second_moment": second_moment})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -112,25 +143,27 @@ class RowAdam(torch.optim.Optimizer):
                 if not param.grad.is_sparse:
                     raise ValueError("RowAdam needs sparse gradients; use AdamW for dense parameters")
                 grad = coalesced(param.grad)
-                rows, values = grad.indices()[0], grad.values()
                 state = self.state[param]
                 if not state:
+                    work = torch.promote_types(param.dtype, torch.float32)
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
+                    state["exp_avg"] = torch.zeros_like(param, dtype=work)
+                    v_shape = param.shape[:1] if group["second_moment"] == "row" else param.shape
+                    state["exp_avg_sq"] = torch.zeros(v_shape, dtype=work, device=param.device)
                 state["step"] += 1
-                bias1 = 1 - beta1 ** state["step"]
-                bias2 = 1 - beta2 ** state["step"]
-                # rows in chunks so the temporaries stay small enough for the allocator to reuse
-                chunk = max(1, ROW_CHUNK_ELEMENTS // max(1, values[0].numel()))
-                for idx, g in zip(rows.split(chunk), values.split(chunk)):
-                    m = state["exp_avg"].index_select(0, idx).lerp_(g, 1 - beta1)
-                    v = state["exp_avg_sq"].index_select(0, idx).mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    state["exp_avg"].index_copy_(0, idx, m)
-                    state["exp_avg_sq"].index_copy_(0, idx, v)
-                    denom = v.div_(bias2).sqrt_().add_(group["eps"])
-                    param.index_add_(0, idx, m.div_(denom), alpha=-group["lr"] / bias1)
+                update = fused_row_adam() if param.is_cuda else None
+                (update or row_adam_update_)(
+                    param, state["exp_avg"], state["exp_avg_sq"], grad.indices()[0], grad.values(),
+                    group["lr"], beta1, beta2, group["eps"], state["step"],
+                )
         return loss
+
+
+def fused_row_adam():
+    """The Triton row-Adam kernel (same arguments as ``row_adam_update_``), or None without Triton."""
+    from zoo.memory import triton_ops  # lazily: optim must not import the memory package at import time
+
+    return triton_ops.row_adam_ if triton_ops.available() else None
 
 
 class DenseSparseAdam(torch.optim.Optimizer):

@@ -9,6 +9,8 @@ from typing import Any
 
 QUERY_NORMS = ("none", "layernorm", "rmsnorm")
 PARALLEL_LAYOUTS = ("none", "rows", "columns")
+VALUE_DTYPES = ("float32", "bfloat16")
+SECOND_MOMENTS = ("full", "row")
 
 
 @dataclass
@@ -29,6 +31,11 @@ class MemoryConfig:
     shared: one value table serves every memory layer (each keeps its own query, keys, W1, W2).
     sparse_updates: values get sparse gradients and a rows-only lazy Adam update (RowAdam).
     value_lr: learning rate of the value table (same warmup + cosine schedule as the rest).
+    value_dtype: float32 | bfloat16, the value table's storage (bfloat16 halves the bytes read; reads
+        still accumulate in float32 and the optimizer's moments stay float32). Needs sparse_updates.
+    second_moment: full | row. ``row`` keeps one Adam second moment per value row (partial-rowwise
+        Adam) instead of one per element, so optimizer state is ~1x the table instead of 2x.
+        Needs sparse_updates.
     parallel: none | rows | columns. ``rows``: each rank owns 1/W of the slots (a block of first
         sub-key indices) with their values, searches them for every rank's tokens, and the global
         top-k is merged from the ranks' candidates. ``columns``: each rank owns 1/W of every value
@@ -48,6 +55,8 @@ class MemoryConfig:
     shared: bool = True
     sparse_updates: bool = True
     value_lr: float = 1e-3
+    value_dtype: str = "float32"
+    second_moment: str = "full"
     parallel: str = "none"
 
     @property
@@ -88,6 +97,16 @@ class MemoryConfig:
             raise ValueError(f"memory.temperature={self.temperature} must be > 0")
         if self.parallel not in PARALLEL_LAYOUTS:
             raise ValueError(f"memory.parallel={self.parallel!r}; allowed: {list(PARALLEL_LAYOUTS)}")
+        if self.value_dtype not in VALUE_DTYPES:
+            raise ValueError(f"memory.value_dtype={self.value_dtype!r}; allowed: {list(VALUE_DTYPES)}")
+        if self.second_moment not in SECOND_MOMENTS:
+            raise ValueError(f"memory.second_moment={self.second_moment!r}; allowed: {list(SECOND_MOMENTS)}")
+        for name, default in (("value_dtype", "float32"), ("second_moment", "full")):
+            if getattr(self, name) != default and not self.sparse_updates:
+                raise ValueError(
+                    f"memory.{name}={getattr(self, name)!r} needs memory.sparse_updates=true "
+                    f"(the rows-only optimizer); with dense updates only {default!r} is allowed"
+                )
         if not self.value_lr > 0:
             raise ValueError(f"memory.value_lr={self.value_lr} must be > 0")
         if n_layers is not None:

@@ -15,7 +15,10 @@ from zoo.tags import linear, mark_residual_projection
 
 def make_value_table(config: MemoryConfig, d_model: int) -> ValueTable:
     """A fresh value table sized by ``config``."""
-    return ValueTable(config.n_slots, config.resolved_v_dim(d_model), lr=config.value_lr, sparse=config.sparse_updates)
+    return ValueTable(
+        config.n_slots, config.resolved_v_dim(d_model), lr=config.value_lr, sparse=config.sparse_updates,
+        dtype=getattr(torch, config.value_dtype), second_moment=config.second_moment,
+    )
 
 
 class MemoryPlus(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -25,21 +26,33 @@ def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
     return x
 
 
+@functools.cache
+def candidate_pairs(k1: int, k2: int, knn: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (i, j) in two descending-sorted candidate lists that can be among the ``knn`` best
+    pairs: those with ``(i + 1) * (j + 1) <= knn``. Every pair (i', j') with i' <= i and j' <= j scores
+    at least as much as (i, j), so a pair with more than ``knn`` such pairs is never needed: about
+    knn * ln(knn) candidates remain instead of k1 * k2 (119 instead of 1024 at knn = 32).
+    Returns (first positions, second positions), each (C,) long."""
+    pairs = [(i, j) for i in range(k1) for j in range(k2) if (i + 1) * (j + 1) <= knn]
+    first, second = zip(*pairs)
+    return torch.tensor(first, device=device), torch.tensor(second, device=device)
+
+
 def best_pairs(
     top1: torch.Tensor, idx1: torch.Tensor, top2: torch.Tensor, idx2: torch.Tensor, knn: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each half's best candidates -> the ``knn`` best pairs by summed score.
 
-    top1, idx1: (..., k1) scores and sub-key indices of the first half; top2, idx2: (..., k2) of the
-    second. Returns (pair sub-key indices (..., 2, knn), pair half scores (..., 2, knn)), pairs sorted
-    by decreasing ``half1 + half2``. Requires ``knn <= k1 * k2``.
+    top1, idx1: (..., k1) scores sorted descending and sub-key indices of the first half; top2, idx2:
+    (..., k2) of the second. Returns (pair sub-key indices (..., 2, knn), pair half scores
+    (..., 2, knn)), pairs sorted by decreasing ``half1 + half2``. Requires ``knn <= k1 * k2``.
     """
-    k2 = top2.shape[-1]
-    sums = (top1.unsqueeze(-1) + top2.unsqueeze(-2)).flatten(-2)  # (..., k1*k2)
-    flat = sums.topk(knn, dim=-1).indices
-    first, second = flat // k2, flat % k2
-    idx = torch.stack([idx1.gather(-1, first), idx2.gather(-1, second)], dim=-2)
-    halves = torch.stack([top1.gather(-1, first), top2.gather(-1, second)], dim=-2)
+    first, second = candidate_pairs(top1.shape[-1], top2.shape[-1], knn, top1.device)
+    top1, idx1 = top1.index_select(-1, first), idx1.index_select(-1, first)  # (..., C)
+    top2, idx2 = top2.index_select(-1, second), idx2.index_select(-1, second)
+    best = (top1 + top2).topk(knn, dim=-1).indices
+    idx = torch.stack([idx1.gather(-1, best), idx2.gather(-1, best)], dim=-2)
+    halves = torch.stack([top1.gather(-1, best), top2.gather(-1, best)], dim=-2)
     return idx, halves
 
 
@@ -142,15 +155,20 @@ class ProductKeys(nn.Module):
             nn.init.zeros_(self.query.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn)).
+        """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn) in at least float32).
 
+        Only the query projection follows autocast; normalisation, the search, the selected scores and
+        the softmax run in at least float32 (bf16 scores would tie and reorder near-equal slots).
         The search (``self.search``: this process's slots, or a sharded search) runs without
         autograd; gradients reach the query and the sub-keys through the selected pairs only.
         """
         cfg = self.config
-        q = normalise(self.query(x).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
-        keys = normalise(self.sub_keys, cfg.query_norm)  # (H, 2, n_keys, k_dim/2)
-        idx, halves = self.search(q.detach(), keys.detach(), cfg.knn)  # (T, H, 2, knn) each
-        halves = _SelectedScores.apply(q, keys, idx, halves)
-        weights = torch.softmax(halves.sum(2) / cfg.temperature, dim=-1)
+        q = self.query(x)
+        work = torch.promote_types(self.sub_keys.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = normalise(q.to(work).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
+            keys = normalise(self.sub_keys.to(work), cfg.query_norm)  # (H, 2, n_keys, k_dim/2)
+            idx, halves = self.search(q.detach(), keys.detach(), cfg.knn)  # (T, H, 2, knn) each
+            halves = _SelectedScores.apply(q, keys, idx, halves)
+            weights = torch.softmax(halves.sum(2) / cfg.temperature, dim=-1)
         return idx[:, :, 0] * cfg.n_keys + idx[:, :, 1], weights

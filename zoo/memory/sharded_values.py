@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from zoo.memory.bags import work_dtype
 from zoo.memory.collectives import gather_tokens, send_to_owners, token_counts
 from zoo.memory.product_keys import search_pairs
 from zoo.memory.values import ValueTable, read_rows
@@ -54,7 +55,7 @@ class ShardedValues(nn.Module):
     def gather_reads(self, slots: torch.Tensor, weights: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """This rank's reads (T_r, R) -> (token counts per rank, every rank's slots and weights (T, R))."""
         counts = token_counts(slots.shape[0], slots.device, self.group)
-        weights = weights.to(self.weight.dtype)
+        weights = weights.to(work_dtype(self.weight))
         return counts, gather_tokens(slots, counts, self.group), gather_tokens(weights, counts, self.group)
 
 
