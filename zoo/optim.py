@@ -123,7 +123,7 @@ class RowAdam(torch.optim.Optimizer):
     ``second_moment="row"`` keeps one ``v`` per row (the mean of the row's squared gradient, as
     FBGEMM's partial-rowwise Adam), so the state is one table (``m``) plus N floats instead of two
     tables. Moments are float32 (or the parameter's dtype when wider), also for a bfloat16 table.
-    On CUDA with Triton, one fused kernel does a chunk's whole update.
+    On CUDA with Triton, one fused kernel reads and writes each touched row once (``row_update``).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -151,19 +151,23 @@ class RowAdam(torch.optim.Optimizer):
                     v_shape = param.shape[:1] if group["second_moment"] == "row" else param.shape
                     state["exp_avg_sq"] = torch.zeros(v_shape, dtype=work, device=param.device)
                 state["step"] += 1
-                update = fused_row_adam() if param.is_cuda else None
-                (update or row_adam_update_)(
+                row_update(param, state["exp_avg"])(
                     param, state["exp_avg"], state["exp_avg_sq"], grad.indices()[0], grad.values(),
                     group["lr"], beta1, beta2, group["eps"], state["step"],
                 )
         return loss
 
 
-def fused_row_adam():
-    """The Triton row-Adam kernel (same arguments as ``row_adam_update_``), or None without Triton."""
-    from zoo.memory import triton_ops  # lazily: optim must not import the memory package at import time
+def row_update(param: torch.Tensor, exp_avg: torch.Tensor):
+    """The rows-only Adam update for ``param``: memzoo's fused Triton kernel for a CUDA float32 /
+    bfloat16 / float16 table with float32 moments when Triton loads, else ``row_adam_update_``
+    (the reference; same arithmetic)."""
+    if param.is_cuda and param.dtype in (torch.float32, torch.bfloat16, torch.float16) and exp_avg.dtype == torch.float32:
+        from zoo.memory import triton_ops  # lazily: the optimizer does not need the memory package otherwise
 
-    return triton_ops.row_adam_ if triton_ops.available() else None
+        if triton_ops.available():
+            return triton_ops.row_adam_
+    return row_adam_update_
 
 
 class DenseSparseAdam(torch.optim.Optimizer):

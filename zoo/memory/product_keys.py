@@ -48,8 +48,10 @@ def best_pairs(
     (..., 2, knn)), pairs sorted by decreasing ``half1 + half2``. Requires ``knn <= k1 * k2``.
     """
     first, second = candidate_pairs(top1.shape[-1], top2.shape[-1], knn, top1.device)
-    top1, idx1 = top1.index_select(-1, first), idx1.index_select(-1, first)  # (..., C)
-    top2, idx2 = top2.index_select(-1, second), idx2.index_select(-1, second)
+    first, second = first.expand(*top1.shape[:-1], -1), second.expand(*top2.shape[:-1], -1)
+    # gather with an expanded index: torch's CPU index_select along the last dim is ~15x slower
+    top1, idx1 = top1.gather(-1, first), idx1.gather(-1, first)  # (..., C)
+    top2, idx2 = top2.gather(-1, second), idx2.gather(-1, second)
     best = (top1 + top2).topk(knn, dim=-1).indices
     idx = torch.stack([idx1.gather(-1, best), idx2.gather(-1, best)], dim=-2)
     halves = torch.stack([top1.gather(-1, best), top2.gather(-1, best)], dim=-2)

@@ -6,15 +6,17 @@ import torch
 from torch import nn
 
 from zoo.memory.bags import bag_read, bag_weight_grad, sorted_reads, sum_rows_by_slot, work_dtype
+from zoo.memory.workspace import Workspace
 from zoo.tags import mark_no_reinit, tag_optim
 
 VALUE_GROUP = "memory_values"
 
 
 def fast_kernels(table: torch.Tensor):
-    """memzoo's Triton kernels for a CUDA table (``zoo.memory.triton_ops``), or None: on CPU, or
-    without Triton, reads run the PyTorch path (the reference; same numbers up to summation order)."""
-    if not table.is_cuda:
+    """memzoo's Triton kernels for a CUDA float32 / bfloat16 table (``zoo.memory.triton_ops``), or
+    None: on CPU, for float64, or without Triton, reads run the PyTorch path (the reference; same
+    numbers up to summation order)."""
+    if not table.is_cuda or table.dtype not in (torch.float32, torch.bfloat16):
         return None
     from zoo.memory import triton_ops
 
@@ -26,8 +28,9 @@ class _RowSparseRead(torch.autograd.Function):
     tensor holding one row per slot read (instead of one row per read)."""
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, table: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, workspace) -> torch.Tensor:
         ctx.save_for_backward(table, slots, weights)
+        ctx.workspace = workspace
         kernels = fast_kernels(table)
         return kernels.bag_read(slots, weights, table) if kernels else bag_read(slots, weights, table)
 
@@ -35,24 +38,26 @@ class _RowSparseRead(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         table, slots, weights = ctx.saved_tensors
         kernels = fast_kernels(table)
+        reads = sorted_reads(slots)  # (order, unique, offsets, counts): both gradients walk the reads by slot
         grad_table = grad_weights = None
         if ctx.needs_input_grad[2]:
             if kernels:
                 grad_weights = kernels.bag_weight_grad(slots, table, grad_out)
             else:
-                grad_weights = bag_weight_grad(slots, table, grad_out)
+                grad_weights = bag_weight_grad(slots, table, grad_out, reads)
             grad_weights = grad_weights.to(weights.dtype)
         if ctx.needs_input_grad[0]:
+            order, unique, offsets, counts = reads
             if kernels:
-                order, unique, offsets, counts = sorted_reads(slots)
-                weights_sorted = weights.flatten()[order].float()
+                weights_sorted = weights.flatten().index_select(0, order).float()
                 rows = kernels.rows_grad(order, offsets, counts, weights_sorted, grad_out, slots.shape[1])
             else:
-                unique, rows = sum_rows_by_slot(slots, weights, grad_out)
+                out = None if ctx.workspace is None else ctx.workspace.take(len(unique), grad_out.shape[1], grad_out.dtype)
+                unique, rows = sum_rows_by_slot(slots, weights, grad_out, reads, out)
             grad_table = torch.sparse_coo_tensor(
                 unique.unsqueeze(0), rows.to(table.dtype), table.shape, is_coalesced=True, check_invariants=False
             )
-        return grad_table, None, grad_weights
+        return grad_table, None, grad_weights, None
 
 
 class ValueTable(nn.Module):
@@ -72,6 +77,7 @@ class ValueTable(nn.Module):
         if sparse:
             tags["second_moment"] = second_moment
         mark_no_reinit(tag_optim(self.weight, **tags))
+        self.workspace = Workspace()  # the CPU gradient rows' memory, reused across steps
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -84,15 +90,18 @@ class ValueTable(nn.Module):
         A bag read: no (T, N) matrix is formed. With ``sparse`` the weight's gradient is a sparse
         tensor holding only the rows read, each once.
         """
-        return read_rows(self.weight, slots, weights, self.sparse)
+        return read_rows(self.weight, slots, weights, self.sparse, self.workspace)
 
 
-def read_rows(table: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, sparse: bool) -> torch.Tensor:
+def read_rows(
+    table: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, sparse: bool, workspace: Workspace | None = None
+) -> torch.Tensor:
     """table (N, d), slots (T, R) long, weights (T, R) -> (T, d) weighted row sums in
-    ``work_dtype(table)``; ``sparse``: the table gradient holds only the rows read. Negative slots are
-    skipped (their weights must be 0). Runs outside autocast: weights stay in the work dtype."""
+    ``work_dtype(table)``; ``sparse``: the table gradient holds only the rows read (on CPU in
+    ``workspace``'s memory when given). Negative slots are skipped (their weights must be 0). Runs
+    outside autocast: weights stay in the work dtype."""
     weights = weights.to(work_dtype(table))
     with torch.autocast(device_type=table.device.type, enabled=False):
         if sparse:
-            return _RowSparseRead.apply(table, slots, weights)
+            return _RowSparseRead.apply(table, slots, weights, workspace)
         return bag_read(slots, weights, table)
