@@ -148,7 +148,7 @@ def run_grid(grid: dict[str, Any], out: Path) -> list[dict[str, Any]]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train a benchmark grid and write its tables and figures.")
-    parser.add_argument("grid", help="a shipped grid (configs/bench/<name>.yaml: quick, zoology, memory_scaling) or a .yaml path")
+    parser.add_argument("grid", help="a shipped grid (configs/bench/<name>.yaml: quick, zoology, memory_scaling, second_moment) or a .yaml path")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/<grid name>/")
     parser.add_argument("--list", action="store_true", help="print the cells and their overrides, train nothing")
     args = parser.parse_args(argv)
