@@ -113,7 +113,7 @@ def test_every_cell_of_the_shipped_grids_composes(grid):
 
 
 def test_unknown_grid_names_the_shipped_ones():
-    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['memory_scaling', 'quick', 'zoology'\]"):
+    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['memory_scaling', 'quick', 'second_moment', 'zoology'\]"):
         load_grid("huge")
 
 
