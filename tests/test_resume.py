@@ -4,6 +4,7 @@ memzoo-eval tests a checkpoint at twice its training length."""
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -28,8 +29,8 @@ def train_cmd(run_dir: Path, *extra: str) -> list[str]:
 
 def checkpoint_step(path: Path) -> int:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
-    except (FileNotFoundError, EOFError, RuntimeError):
+        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+    except (FileNotFoundError, EOFError, RuntimeError, pickle.UnpicklingError):
         return -1
 
 
@@ -63,6 +64,40 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(uninterrup
     sparse_a, sparse_b = a["optimizer_states"][0]["sparse"]["state"], b["optimizer_states"][0]["sparse"]["state"]
     for idx, state in sparse_b.items():
         assert torch.equal(sparse_a[idx]["exp_avg_sq"], state["exp_avg_sq"])
+
+
+def stop_with(signum: int, cmd: list[str], last: Path, after_step: int = 30) -> tuple[int, str]:
+    """Start ``cmd``, send ``signum`` once ``last`` holds a step >= ``after_step``; (exit code, stderr)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while checkpoint_step(last) < after_step and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def test_sigterm_saves_the_current_step_exits_143_and_resumes_like_an_uninterrupted_run(uninterrupted, tmp_path):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    code, err = stop_with(signal.SIGTERM, train_cmd(tmp_path), last)
+    stopped_at = checkpoint_step(last)
+    assert code == 143, err[-2000:]
+    assert 30 <= stopped_at < 200 and f"stopped by SIGTERM: checkpoint at step {stopped_at} in" in err
+    assert not (tmp_path / "metrics.json").exists()
+
+    subprocess.run(train_cmd(tmp_path, "ckpt=last"), check=True, capture_output=True, timeout=600)
+    resumed = json.loads((tmp_path / "metrics.json").read_text())
+    whole = json.loads((uninterrupted / "metrics.json").read_text())
+    assert resumed["test"] == whole["test"] and resumed["steps"] == whole["steps"] == 200
+
+
+def test_sigint_stops_a_sweep_with_exit_130_and_a_checkpoint_at_the_current_step(tmp_path):
+    sweep = [str(BIN / "memzoo-train"), "-m", *RUN, "optim.lr=0.003,0.001", f"hydra.sweep.dir={tmp_path}"]
+    last = tmp_path / "0" / "checkpoints" / "last.ckpt"
+    code, err = stop_with(signal.SIGINT, sweep, last)
+    assert code == 130, err[-2000:]
+    assert f"stopped by SIGINT: checkpoint at step {checkpoint_step(last)} in" in err
+    assert not (tmp_path / "1").exists()  # the sweep's second run never started
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path):

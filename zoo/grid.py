@@ -7,6 +7,8 @@ of values); its cells are the product of the axes. Cell ``c`` of study ``s`` run
 ``<out>/<grid>/runs/<s>/<c>/`` like a ``memzoo-train`` run. A cell with a ``metrics.json`` (and
 the same overrides in its ``cell.json``) is done and is skipped when the grid runs again, so an
 interrupted grid resumes; a cell that raises is recorded in ``error.json`` and the grid goes on.
+Every cell is composed before any trains. SIGTERM / SIGINT stop the current cell at its checkpoint,
+write the report of the finished cells and exit 143 / 130; any failed cell makes the exit code 1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import logging
 import re
 import shutil
+import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from zoo.io import atomic_write_json, atomic_write_text
+from zoo.signals import RunInterrupted, StopSignals
 
 GRID_KEYS = {"name", "studies"}
 LR_KEY = "optim.lr"
@@ -107,6 +112,24 @@ def is_done(cell: Cell, run_dir: Path) -> bool:
     return json.loads(record.read_text())["overrides"] == list(cell.overrides)
 
 
+def compose_cell(cell: Cell):
+    """The cell's ``memzoo-train`` config (Hydra composition checks every override key and value)."""
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
+        return compose("train", overrides=list(cell.overrides))
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Compose and check every cell (``zoo.train.check_run_config``) before any trains: a typo or an
+    impossible setting in the last cell fails at once, naming the cell. Raises ``ValueError``."""
+    from zoo.train import check_run_config
+
+    for cell in cells:
+        try:
+            check_run_config(compose_cell(cell))
+        except Exception as err:  # noqa: BLE001 - Hydra and the checks raise several kinds
+            raise ValueError(f"grid cell {cell.study}/{cell.name} is invalid: {err}") from err
+
+
 def run_cell(cell: Cell, run_dir: Path) -> dict[str, Any]:
     """Train one cell (fresh directory); returns its metrics.json content."""
     from zoo.train import train
@@ -115,13 +138,13 @@ def run_cell(cell: Cell, run_dir: Path) -> dict[str, Any]:
         shutil.rmtree(run_dir)  # a cell interrupted half-way, or changed, starts over
     run_dir.mkdir(parents=True)
     atomic_write_json(run_dir / "cell.json", {"study": cell.study, "overrides": list(cell.overrides)})
-    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
-        cfg = compose("train", overrides=list(cell.overrides))
-    return train(cfg, run_dir)
+    return train(compose_cell(cell), run_dir)
 
 
-def run_grid(grid: dict[str, Any], out: Path) -> list[dict[str, Any]]:
-    """Run (or skip, when done) every cell; returns one record per cell."""
+def run_grid(grid: dict[str, Any], out: Path, stop: StopSignals | None = None) -> list[dict[str, Any]]:
+    """Run (or skip, when done) every cell; returns one record per cell reached. With ``stop``, a
+    signal ends the grid after the current cell stops (its checkpoint saved): the records so far
+    are returned and ``stop.received`` says which signal."""
     root = out / grid["name"]
     records = []
     cells = expand(grid)
@@ -136,6 +159,9 @@ def run_grid(grid: dict[str, Any], out: Path) -> list[dict[str, Any]]:
             started = time.perf_counter()
             try:
                 record.update(status="done", metrics=run_cell(cell, run_dir))
+            except RunInterrupted:
+                tqdm.write(f"cell {cell.study}/{cell.name} stopped by a signal; the grid stops (rerun to resume)")
+                break
             except Exception as err:  # noqa: BLE001 - a failed cell is recorded; the grid goes on
                 error = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
                          "overrides": list(cell.overrides), "wall_time_s": round(time.perf_counter() - started, 2)}
@@ -143,6 +169,8 @@ def run_grid(grid: dict[str, Any], out: Path) -> list[dict[str, Any]]:
                 record.update(status="failed", error=error["error"].splitlines()[0])
                 tqdm.write(f"cell {cell.study}/{cell.name} failed: {error['error']}")
         records.append(record)
+        if stop is not None and stop.received is not None:
+            break
     return records
 
 
@@ -161,12 +189,20 @@ def main(argv=None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     from zoo.report import write_report
 
-    records = run_grid(grid, args.out)
-    paths = write_report(records, args.out / grid["name"])
+    check_cells(expand(grid))
+    with StopSignals() as stop:
+        records = run_grid(grid, args.out, stop)
+        paths = write_report(records, args.out / grid["name"]) if records else []
     failed = [r for r in records if r["status"] == "failed"]
-    print(f"{len(records) - len(failed)} of {len(records)} cells done; " + ", ".join(str(p) for p in paths))
+    total = len(expand(grid))
+    print(f"{len(records) - len(failed)} of {total} cells done; " + ", ".join(str(p) for p in paths))
     if failed:
         print("failed: " + ", ".join(f"{r['study']}/{r['cell']} ({r['error']})" for r in failed))
+    if stop.received is not None:
+        print(f"stopped by {signal.Signals(stop.received).name}: rerun `memzoo-bench {args.grid}` to continue", file=sys.stderr)
+        sys.exit(128 + stop.received)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

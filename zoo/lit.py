@@ -26,7 +26,7 @@ from zoo.memory.sharding import (
 )
 from zoo.memory.usage import kl_from_uniform, usage_fraction
 from zoo.model import ModelConfig, build_model
-from zoo.optim import build_optimizer, clip_grad_norm, param_groups, warmup_cosine_scheduler
+from zoo.optim import build_optimizer, clip_grad_norm, default_warmup, param_groups, warmup_cosine_scheduler
 
 IGNORE_INDEX = -100
 
@@ -36,7 +36,7 @@ class LitLanguageModel(L.LightningModule):
 
     Args:
         model: ``ModelConfig`` fields (a mapping) for ``build_model``.
-        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``, ``min_lr_ratio``,
+        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps`` (None: a tenth of the schedule), ``min_lr_ratio``,
             optional ``group_lr`` (learning rate per tagged parameter group) and ``total_steps``
             (defaults to the trainer's ``max_steps``).
         bytes_per_token: per split, the bytes of text a scored token covers (language modeling);
@@ -184,7 +184,8 @@ class LitLanguageModel(L.LightningModule):
         total = opt.get("total_steps") or self.trainer.max_steps
         if total is None or total < 1:
             total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine_scheduler(optimizer, opt.get("warmup_steps", 0), total, opt.get("min_lr_ratio", 0.1))
+        warmup = default_warmup(opt.get("warmup_steps"), total)
+        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, opt.get("min_lr_ratio", 0.1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

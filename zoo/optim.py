@@ -51,15 +51,21 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def default_warmup(warmup_steps: int | None, total_steps: int) -> int:
+    """``optim.warmup_steps``, where None means a tenth of the schedule."""
+    return total_steps // 10 if warmup_steps is None else warmup_steps
+
+
 def warmup_cosine_scheduler(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """``LambdaLR`` following ``warmup_cosine`` (scales every group's own base lr)."""
-    if warmup_steps < 0 or total_steps < 1 or not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(
-            f"optim.warmup_steps={warmup_steps} must be >= 0, total steps={total_steps} >= 1, "
-            f"optim.min_lr_ratio={min_lr_ratio} in [0, 1]"
-        )
+    if warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={warmup_steps} must be >= 0")
+    if total_steps < 1:
+        raise ValueError(f"the schedule's total steps={total_steps} must be >= 1 (optim.total_steps or trainer.max_steps)")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"optim.min_lr_ratio={min_lr_ratio} must be in [0, 1]")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -12,13 +13,15 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ParallelStrategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tasks import TASKS
-from zoo.checkpointing import AtomicCheckpointIO, resume_path
+from zoo.checkpointing import AtomicCheckpointIO, load_checkpoint_file, resume_path
+from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
+from zoo.signals import CheckpointOnSignal, RunInterrupted, StopSignals
 from zoo.flops import active_parameters, forward_flops_per_token
-from zoo.guards import check_token_ids
+from zoo.guards import check_same_model, check_token_ids
 from zoo.io import atomic_write_json, atomic_write_text, format_metrics
 from zoo.lit import LitLanguageModel
 from zoo.model import ModelConfig
@@ -76,42 +79,66 @@ def run_hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
+def check_run_config(cfg: DictConfig) -> None:
+    """The checks a run makes before it generates data or builds a model (schedule, task arguments,
+    model settings), for callers that want them early (``memzoo-bench`` checks every cell first)."""
+    check_schedule(OmegaConf.to_container(cfg.optim, resolve=True), OmegaConf.to_container(cfg.trainer, resolve=True))
+    model_config(cfg, build_datamodule(OmegaConf.to_container(cfg.task, resolve=True)).vocab_size)
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Fit and test one configuration; writes config.yaml, tb/, checkpoints/ and metrics.json in ``run_dir``."""
+    """Fit and test one configuration; writes config.yaml, tb/, checkpoints/ and metrics.json in ``run_dir``.
+
+    Everything that can be checked is checked before any data, model or file is made. SIGTERM or
+    SIGINT saves checkpoints/last.ckpt at the current step and raises ``RunInterrupted``.
+    """
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
-    model_values = model_config(cfg, datamodule.vocab_size)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
-    check_token_ids(datamodule.datasets, model_values["vocab_size"])
-    resume = resume_path(cfg.get("ckpt"), run_dir)
-
-    logger = TensorBoardLogger(save_dir=str(run_dir), name=cfg.logger.subdir, version="", default_hp_metric=False)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-    )
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = L.Trainer(
-        **trainer_options,
-        default_root_dir=str(run_dir),
-        logger=logger,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
-        plugins=[AtomicCheckpointIO()],
-    )
-    check_memory_layout(model_values, trainer)  # the last cross-field check: all of them precede the model
-    module = LitLanguageModel(
-        model=model_values,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        bytes_per_token=getattr(datamodule, "bytes_per_token", None),
-    )
-    if trainer.is_global_zero:
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+    optim_options = OmegaConf.to_container(cfg.optim, resolve=True)
+    check_schedule(optim_options, trainer_options)
+    resume = resume_path(cfg.get("ckpt"), run_dir)
+    if rank_zero_only.rank == 0:  # the ranks Lightning or torchrun start later share rank 0's directory
+        claim_run_dir(run_dir, resuming=resume is not None, overwrite=bool(cfg.get("overwrite", False)))
+        remove_stale_temp_files(run_dir)
+    with StopSignals() as stop:
+        datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
+        model_values = model_config(cfg, datamodule.vocab_size)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
+        check_token_ids(datamodule.datasets, model_values["vocab_size"])
+        if resume is not None:  # refuse another model's checkpoint before anything is written
+            check_same_model(load_checkpoint_file(resume, mmap=True)["hyper_parameters"]["model"], model_values)
+        stop.check("before training started")
+
+        logger = TensorBoardLogger(save_dir=str(run_dir), name=cfg.logger.subdir, version="", default_hp_metric=False)
+        checkpoint = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+        )
+        on_signal = CheckpointOnSignal(stop, run_dir / "checkpoints")
+        trainer = L.Trainer(
+            **trainer_options,
+            default_root_dir=str(run_dir),
+            logger=logger,
+            callbacks=[checkpoint, on_signal, LearningRateMonitor(logging_interval="step")],
+            plugins=[AtomicCheckpointIO()],
+        )
+        check_batches({k: len(v) for k, v in datamodule.datasets.items()}, datamodule.batch_size, trainer.world_size)
+        check_memory_layout(model_values, trainer)  # the last cross-field check: all of them precede the model
+        module = LitLanguageModel(
+            model=model_values,
+            optim=optim_options,
+            bytes_per_token=getattr(datamodule, "bytes_per_token", None),
+        )
+        if trainer.is_global_zero:
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)  # a signal: RunInterrupted
+        stop.check(f"after training (step {trainer.global_step}, checkpoint in {run_dir / 'checkpoints'})")
+        test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+        stop.check("after the test")
     seq_len = datamodule.datasets["train"].inputs.shape[1]
     metrics = {
         "test": {k: float(v) for k, v in test_results[0].items()},
@@ -144,7 +171,11 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = HydraConfig.get().runtime.output_dir
-    metrics = train(cfg, run_dir)
+    try:
+        metrics = train(cfg, run_dir)
+    except RunInterrupted as stopped:  # 143 (SIGTERM) / 130 (SIGINT): a sweep stops here too
+        print(f"{stopped}; resume with: memzoo-train ... hydra.run.dir={run_dir} ckpt=last", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     rank_zero_info(f"{format_metrics(metrics['test'])} in {metrics['wall_time_s']:.0f}s; metrics.json in {run_dir}")
 
 

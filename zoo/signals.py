@@ -1,0 +1,90 @@
+"""Stopping on SIGTERM / SIGINT without losing work: the signal is recorded, training stops at the
+end of the current step after saving ``last.ckpt`` there, and the process exits 128 + the signal
+number (143 for SIGTERM, 130 for SIGINT), never 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class RunInterrupted(Exception):
+    """A run (or a grid) stopped by a signal; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, detail: str = ""):
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}{': ' + detail if detail else ''}")
+
+
+class StopSignals:
+    """While open, SIGTERM and SIGINT set ``received`` (the signal number) instead of ending the
+    process, and are passed on to the handlers that were there before (an enclosing ``StopSignals``,
+    e.g. a grid around its runs). Outside the main thread it does nothing (signals go to the main one)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def reinstall(self) -> None:
+        """Take the signals back from a handler installed since (Lightning puts its own SIGTERM
+        handler in place during fit and restores ours when the fit ends)."""
+        if self._previous and threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._handle)
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = self.received or signum
+        previous = self._previous.get(signum)
+        if isinstance(getattr(previous, "__self__", None), StopSignals):  # an enclosing StopSignals
+            previous(signum, frame)
+
+    def check(self, detail: str = "") -> None:
+        """Raise ``RunInterrupted`` if a signal arrived."""
+        if self.received is not None:
+            raise RunInterrupted(self.received, detail)
+
+
+
+class CheckpointOnSignal(Callback):
+    """At the end of the training step during which a stop signal arrived (on any rank), save
+    ``checkpoints/last.ckpt`` at that step (atomically, like every checkpoint; the state a periodic
+    checkpoint of that step holds) and raise ``RunInterrupted``. A validation in progress finishes
+    first; a test stops at the end of the current batch. Every rank takes part, so all of them save
+    at the same step. Lightning's own SIGTERM handling (a stop without a checkpoint) is replaced."""
+
+    def __init__(self, stop: StopSignals, checkpoint_dir: Path):
+        self.stop, self.checkpoint_dir = stop, checkpoint_dir
+
+    def _any_rank_signalled(self, trainer: L.Trainer) -> bool:
+        return trainer.strategy.reduce_boolean_decision(self.stop.received is not None, all=False)
+
+    def _signum(self) -> int:
+        return self.stop.received or signal.SIGTERM  # another rank's signal: report SIGTERM
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.stop.reinstall()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._any_rank_signalled(trainer):
+            path = self.checkpoint_dir / "last.ckpt"
+            trainer.save_checkpoint(path)
+            raise RunInterrupted(self._signum(), f"checkpoint at step {trainer.global_step} in {path}")
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self._any_rank_signalled(trainer):
+            raise RunInterrupted(self._signum(), "during the test, after training finished")
