@@ -38,6 +38,39 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[skip:])
 
 
+class EvalShardSampler(DistributedSampler):
+    """Evaluation order for rank r of W: examples r, r + W, ... once each. Ranks short of an example
+    get one index past the dataset's end (``IgnoredPadding`` serves it with no target scored), so
+    every rank runs the same number of batches (a sharded memory's collectives need that) while
+    every example counts exactly once (``DistributedSampler`` repeats examples instead)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = -(-len(dataset) // num_replicas)
+
+    def __iter__(self):
+        return iter(range(self.rank, self.num_samples * self.num_replicas, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class IgnoredPadding(Dataset):
+    """``dataset`` whose indices past its end serve its first example with every target ignored."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        if idx < len(self.dataset):
+            return self.dataset[idx]
+        item = self.dataset[0]
+        return {"inputs": item["inputs"], "targets": torch.full_like(item["targets"], IGNORE_INDEX)}
+
+
 class GeneratedDataModule(L.LightningDataModule):
     """A datamodule whose subclasses implement ``generate(split) -> (inputs, targets)``.
 
@@ -82,7 +115,11 @@ class GeneratedDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         self.setup()
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, num_workers=self.num_workers)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        dataset = IgnoredPadding(self.datasets[split])
+        sampler = EvalShardSampler(dataset, num_replicas=world, rank=rank)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -83,14 +83,16 @@ class LitLanguageModel(L.LightningModule):
     def _shared_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         inputs, targets = batch["inputs"], batch["targets"]
         logits = self(inputs)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-        )
         scored = targets != IGNORE_INDEX
+        if not scored.any():  # an evaluation batch of padding only (EvalShardSampler): nothing to count
+            return logits.sum() * 0.0
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         accuracy = self.accuracy[f"{split}_acc"]
         accuracy(logits[scored].argmax(-1), targets[scored])
         on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step)
+        rows = None if on_step else int(scored.any(-1).sum())  # padding rows (EvalShardSampler) weigh nothing
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step,
+                 batch_size=rows)
         self.log(f"{split}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True)
         for name in ("ppl", "bpb"):
             key = f"{split}_{name}"
