@@ -15,6 +15,7 @@ import ast
 import importlib.util
 import os
 import sysconfig
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,23 @@ def _cap(data: bytes, max_bytes: int | None) -> bytes:
     return data if max_bytes is None else data[: _utf8_boundary(data, max_bytes)]
 
 
+REPLACEMENT = "\ufffd"
+TEXT_CONTROLS = set("\t\n\r\f\v")
+MAX_NON_TEXT_FRACTION = 0.05  # a corpus with more undecodable or control characters is not text
+
+
 def _utf8(raw: bytes) -> bytes:
     """``raw`` as valid UTF-8: undecodable bytes become U+FFFD, so byte-level BPE sees the same bytes."""
     return raw.decode("utf-8", errors="replace").encode("utf-8")
+
+
+def text_report(corpus: bytes) -> dict[str, int]:
+    """Characters of a repaired (``_utf8``) corpus, how many are U+FFFD (undecodable byte sequences
+    replaced while reading, or the rare genuine one), and how many are control characters other than
+    tab, newlines, vertical tab and form feed."""
+    text = corpus.decode("utf-8")
+    controls = sum(1 for ch in text if ch < " " and ch not in TEXT_CONTROLS)
+    return {"chars": len(text), "replaced": text.count(REPLACEMENT), "controls": controls}
 
 
 def _read_files(files: list[Path], max_bytes: int | None) -> bytes:
@@ -210,6 +225,7 @@ class LanguageModelingDataModule(GeneratedDataModule):
         hf_split: str = "train",
         hf_text_field: str = "text",
         max_bytes: int | None = 4_000_000,
+        allow_binary: bool = False,
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         batch_size: int = 32,
@@ -259,6 +275,8 @@ class LanguageModelingDataModule(GeneratedDataModule):
         self.path = path
         self.hf = (hf_dataset, hf_split, hf_text_field)
         self.max_bytes = max_bytes
+        self.allow_binary = allow_binary
+        self.corpus_report: dict[str, int] = {}
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.tokenizer = None
@@ -285,6 +303,16 @@ class LanguageModelingDataModule(GeneratedDataModule):
         corpus = self.load_corpus()
         if not corpus:
             raise ValueError(f"{self._source()} gives an empty corpus")
+        self.corpus_report = report = text_report(corpus)
+        non_text = (report["replaced"] + report["controls"]) / max(1, report["chars"])
+        if non_text > MAX_NON_TEXT_FRACTION and not self.allow_binary:
+            raise ValueError(
+                f"{self._source()} does not look like text: {report['replaced']} undecodable byte sequences and "
+                f"{report['controls']} control characters in {report['chars']} characters ({non_text:.0%} > "
+                f"{MAX_NON_TEXT_FRACTION:.0%}); pass task.allow_binary=true to train on it anyway"
+            )
+        if report["replaced"]:
+            warnings.warn(f"{self._source()}: {report['replaced']} undecodable byte sequences replaced by U+FFFD")
         self.split_bytes = split_corpus(corpus, self.val_fraction, self.test_fraction)
         if self.tokenizer_name == "bpe":
             self.tokenizer = train_bpe(self.split_bytes["train"], self.vocab_size)

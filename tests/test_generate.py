@@ -58,11 +58,25 @@ def test_sampling_respects_top_k_and_is_seeded():
     "prompt,kwargs,match",
     [
         (torch.tensor([[1, 23]]), {}, r"prompt token ids must be in \[0, 23\); got 1..23"),
-        (torch.tensor([1, 2]), {}, r"prompt_ids must be \(batch, length >= 1\)"),
+        (torch.tensor([1, 2]), {}, r"prompt_ids must be \(batch >= 1, length >= 1\)"),
+        (torch.zeros(0, 3, dtype=torch.long), {}, r"prompt_ids must be \(batch >= 1, length >= 1\), got shape \(0, 3\)"),
+        (torch.tensor([[1]]), {"temperature": float("nan")}, r"temperature=nan must be a finite number >= 0"),
+        (torch.tensor([[1]]), {"top_k": 2.5}, r"top_k=2.5 must be an int"),
         (torch.tensor([[1]]), {"temperature": -1.0}, r"temperature=-1.0 must be >= 0"),
-        (torch.tensor([[1]]), {"top_k": 24}, r"top_k=24 must be in \[1, vocab_size=23\]"),
+        (torch.tensor([[1]]), {"top_k": 24}, r"top_k=24 must be an int in \[1, vocab_size=23\]"),
     ],
 )
 def test_bad_generation_arguments_are_errors(prompt, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate(model_for("transformer"), prompt, 3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "prompt, max_new, match",
+    [(torch.tensor([[1.0, 2.0]]), 3, r"prompt_ids must be an integer \(long\) tensor of token ids, got torch.float32"),
+     ([[1, 2]], 3, r"prompt_ids must be an integer \(long\) tensor of token ids, got list"),
+     (torch.tensor([[1]]), 2.5, r"max_new_tokens must be an int, got 2.5")],
+)
+def test_generation_arguments_of_the_wrong_type_are_type_errors(prompt, max_new, match):
+    with pytest.raises(TypeError, match=match):
+        generate(model_for("transformer"), prompt, max_new)

@@ -211,3 +211,24 @@ def test_empty_or_too_short_corpus_raises_with_the_sizes(tmp_path):
     sizes = r"\(train 90 bytes, val 5 bytes, test 5 bytes\)"
     with pytest.raises(ValueError, match=r"val split has 5 tokens, .*seq_len \+ 1 = 33 " + sizes):
         _byte_dm(path=str(tmp_path / "short.txt"))
+
+
+def test_a_corpus_that_is_not_text_is_refused_unless_allowed(tmp_path):
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(bytes(range(256)) * 200)
+    module = LanguageModelingDataModule(path=str(binary), seq_len=16, max_bytes=None, batch_size=4)
+    with pytest.raises(ValueError, match=r"blob.bin' does not look like text: \d+ undecodable byte sequences and \d+ control characters"):
+        module.setup()
+    allowed = LanguageModelingDataModule(path=str(binary), seq_len=16, max_bytes=None, batch_size=4, allow_binary=True)
+    with pytest.warns(UserWarning, match=r"undecodable byte sequences replaced by U\+FFFD"):
+        allowed.setup()
+    assert allowed.corpus_report["replaced"] > 0
+
+
+def test_a_text_corpus_with_a_few_bad_bytes_trains_and_reports_how_many_were_replaced(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_bytes(("hello world, " * 400).encode() + b"\xff\xfe" + b" and more text" * 20)
+    module = LanguageModelingDataModule(path=str(text), seq_len=16, max_bytes=None, batch_size=4)
+    with pytest.warns(UserWarning, match=r"notes.txt'\): 2 undecodable byte sequences replaced|notes.txt': 2 undecodable"):
+        module.setup()
+    assert module.corpus_report["replaced"] == 2

@@ -3,6 +3,7 @@ path (KV cache for attention, ``step`` for Mamba / Mamba-2): one forward per new
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -22,6 +23,28 @@ def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> La
     return model.eval()
 
 
+def check_generation_arguments(model: LanguageModel, prompt_ids, max_new_tokens, temperature, top_k) -> None:
+    """``ValueError`` (``TypeError`` for a wrong type) naming the argument, its value and what is allowed."""
+    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dtype not in (torch.int64, torch.int32):
+        what = prompt_ids.dtype if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
+        raise TypeError(f"prompt_ids must be an integer (long) tensor of token ids, got {what}")
+    if prompt_ids.dim() != 2 or prompt_ids.shape[0] < 1 or prompt_ids.shape[1] < 1:
+        raise ValueError(f"prompt_ids must be (batch >= 1, length >= 1), got shape {tuple(prompt_ids.shape)}")
+    vocab = model.config.vocab_size
+    if prompt_ids.min() < 0 or prompt_ids.max() >= vocab:
+        raise ValueError(f"prompt token ids must be in [0, {vocab}); got {int(prompt_ids.min())}..{int(prompt_ids.max())}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature):
+        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab):
+        raise ValueError(f"top_k={top_k!r} must be an int in [1, vocab_size={vocab}] or None")
+
+
 @torch.no_grad()
 def generate(
     model: LanguageModel,
@@ -37,17 +60,7 @@ def generate(
     to the ``top_k`` most likely tokens when given. The prompt is fed one token at a time through the
     layers' recurrent ``step`` (attention: KV cache), so every token costs one single-position pass.
     """
-    if prompt_ids.dim() != 2 or prompt_ids.shape[1] < 1:
-        raise ValueError(f"prompt_ids must be (batch, length >= 1), got shape {tuple(prompt_ids.shape)}")
-    vocab = model.config.vocab_size
-    if prompt_ids.min() < 0 or prompt_ids.max() >= vocab:
-        raise ValueError(f"prompt token ids must be in [0, {vocab}); got {int(prompt_ids.min())}..{int(prompt_ids.max())}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k is not None and not 1 <= top_k <= vocab:
-        raise ValueError(f"top_k={top_k} must be in [1, vocab_size={vocab}] or None")
+    check_generation_arguments(model, prompt_ids, max_new_tokens, temperature, top_k)
     batch, prompt_len = prompt_ids.shape
     caches = model.allocate_caches(batch, prompt_len + max_new_tokens)
     out = [prompt_ids]
