@@ -25,7 +25,8 @@ class RunInterrupted(Exception):
 class StopSignals:
     """While open, SIGTERM and SIGINT set ``received`` (the signal number) instead of ending the
     process, and are passed on to the handlers that were there before (an enclosing ``StopSignals``,
-    e.g. a grid around its runs). Outside the main thread it does nothing (signals go to the main one)."""
+    e.g. a grid around its runs); a second signal exits at once. Outside the main thread it does
+    nothing (signals go to the main one)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -48,7 +49,9 @@ class StopSignals:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame) -> None:
-        self.received = self.received or signum
+        if self.received is not None:  # a second signal: stop now, without waiting for the step
+            raise SystemExit(128 + signum)
+        self.received = signum
         previous = self._previous.get(signum)
         if isinstance(getattr(previous, "__self__", None), StopSignals):  # an enclosing StopSignals
             previous(signum, frame)
