@@ -182,29 +182,30 @@ def test_row_adam_rejects_moments_of_the_wrong_shape():
 
 def test_value_table_read_through_the_triton_kernels_equals_the_pytorch_path(monkeypatch):
     """The wiring the CUDA path uses (sorted reads -> rows_grad, weight gradient, sparse gradient),
-    with the kernels forced onto CPU tensors, against the PyTorch path on the same inputs."""
+    with the kernels forced (on CPU tensors under the interpreter), against the PyTorch path forced on
+    the same inputs."""
     from zoo.memory import ValueTable, values
 
     torch.manual_seed(0)
-    table = ValueTable(40, 12, lr=1e-2, sparse=True)
-    slots, weights = bags(9, 5, 40, seed=3)
+    table = ValueTable(40, 12, lr=1e-2, sparse=True).to(DEVICE)
+    slots, weights = on(*bags(9, 5, 40, seed=3))
     weights.requires_grad_()
-    grad_out = torch.randn(9, 12)
+    grad_out = torch.randn(9, 12, device=DEVICE)
 
-    def run():
+    def run(kernels):
+        monkeypatch.setattr(values, "fast_kernels", lambda t: kernels)
         table.zero_grad(set_to_none=True)
         weights.grad = None
-        table.read(slots, weights).backward(grad_out)
-        return table.weight.grad.coalesce(), weights.grad.clone()
+        out = table.read(slots, weights)
+        out.backward(grad_out)
+        return out.detach(), table.weight.grad.coalesce(), weights.grad.clone()
 
-    ref_grad, ref_wgrad = run()
-    ref_out = table.read(slots, weights).detach()
-    monkeypatch.setattr(values, "fast_kernels", lambda t: triton_ops)
-    grad, wgrad = run()
-    torch.testing.assert_close(table.read(slots, weights).detach(), ref_out, rtol=1e-5, atol=1e-6)
+    ref_out, ref_grad, ref_wgrad = run(None)
+    out, grad, wgrad = run(triton_ops)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     assert torch.equal(grad.indices(), ref_grad.indices())
     torch.testing.assert_close(grad.values(), ref_grad.values(), rtol=1e-5, atol=1e-6)
-    kept = slots >= 0  # a read served elsewhere has weight 0 and no gradient use; the kernels give it 0
+    kept = slots >= 0  # a read served elsewhere has weight 0 and no gradient use; both paths give it 0
     torch.testing.assert_close(wgrad[kept], ref_wgrad[kept], rtol=1e-5, atol=1e-6)
 
 
@@ -213,16 +214,15 @@ def test_row_adam_through_the_triton_kernel_equals_the_pytorch_update(monkeypatc
     from zoo import optim
 
     torch.manual_seed(0)
-    tables = [torch.nn.Parameter(torch.randn(30, 6)) for _ in range(2)]
+    tables = [torch.nn.Parameter(torch.randn(30, 6, device=DEVICE)) for _ in range(2)]
     tables[1].data.copy_(tables[0].data)
     optimizers = [optim.RowAdam([t], lr=0.05, second_moment=second_moment) for t in tables]
+    updates = [optim.row_adam_update_, triton_ops.row_adam_]  # reference, kernel
     for step in range(3):
-        rows = torch.randperm(30)[:7].sort().values
-        grad = torch.randn(7, 6)
-        for k, (t, opt) in enumerate(zip(tables, optimizers)):
+        rows = torch.randperm(30)[:7].sort().values.to(DEVICE)
+        grad = torch.randn(7, 6, device=DEVICE)
+        for t, opt, update in zip(tables, optimizers, updates):
             t.grad = torch.sparse_coo_tensor(rows[None], grad, t.shape, is_coalesced=True)
-            with monkeypatch.context() as mp:
-                if k == 1:
-                    mp.setattr(optim, "row_update", lambda param, exp_avg: triton_ops.row_adam_)
-                opt.step()
+            monkeypatch.setattr(optim, "row_update", lambda param, exp_avg, update=update: update)
+            opt.step()
     torch.testing.assert_close(tables[1].detach(), tables[0].detach(), rtol=1e-5, atol=1e-6)

@@ -52,7 +52,8 @@ class _RowSparseRead(torch.autograd.Function):
                 weights_sorted = weights.flatten().index_select(0, order).float()
                 rows = kernels.rows_grad(order, offsets, counts, weights_sorted, grad_out, slots.shape[1])
             else:
-                out = None if ctx.workspace is None else ctx.workspace.take(len(unique), grad_out.shape[1], grad_out.dtype)
+                reuse = ctx.workspace is not None and grad_out.device.type == "cpu"  # CUDA's allocator caches already
+                out = ctx.workspace.take(len(unique), grad_out.shape[1], grad_out.dtype) if reuse else None
                 unique, rows = sum_rows_by_slot(slots, weights, grad_out, reads, out)
             grad_table = torch.sparse_coo_tensor(
                 unique.unsqueeze(0), rows.to(table.dtype), table.shape, is_coalesced=True, check_invariants=False
