@@ -85,7 +85,7 @@ class CheckpointOnSignal(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._any_rank_signalled(trainer):
             path = self.checkpoint_dir / "last.ckpt"
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the full state: model, optimizer, loops
             raise RunInterrupted(self._signum(), f"checkpoint at step {trainer.global_step} in {path}")
 
     def on_test_batch_end(self, trainer: L.Trainer, *args) -> None:
