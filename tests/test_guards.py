@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from tasks.base import TokenDataset
 from tasks.mqar import MQARDataModule
-from zoo.checkpointing import AtomicCheckpointIO
+from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.guards import check_same_model, check_token_ids
 from zoo.lit import LitLanguageModel
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.checkpointing import AtomicCheckpointIO, atomic_torch_save
+from zoo.checkpoint_io import AtomicCheckpointIO
+from zoo.checkpointing import atomic_torch_save
 
 BIN = Path(sys.executable).parent
 RUN = ["backbone.d_model=16", "memory=pkm", "memory.n_keys=8", "memory.knn=4", "task.seq_len=32",

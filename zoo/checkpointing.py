@@ -1,6 +1,8 @@
 """Checkpoint files that are whole or absent: written to a temporary file beside the target, flushed
 to disk, then renamed over it (a rename within one directory is atomic), so a process killed while
-saving leaves the previous checkpoint intact. Read with ``weights_only=True``: no file runs code."""
+saving leaves the previous checkpoint intact. Read with ``weights_only=True``: no file runs code.
+Lightning's side of this (``AtomicCheckpointIO``) lives in ``zoo.checkpoint_io``, so that
+``import zoo`` (models, loading, generation) needs no Lightning."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from zoo.io import atomic_write
 
@@ -19,19 +20,6 @@ from zoo.io import atomic_write
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` through ``atomic_write`` (temp file + fsync + rename)."""
     return atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO with ``atomic_torch_save`` for writing."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        """Resume reads go through ``load_checkpoint_file`` too: weights only, clear errors."""
-        return load_checkpoint_file(path, map_location)
 
 
 def resume_path(ckpt: str | None, run_dir: Path) -> Path | None:

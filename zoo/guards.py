@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tasks.base import IGNORE_INDEX
 from zoo.memory import MemoryPlus
 
 IGNORED_DIFFERENCES = {"memory.parallel"}  # a checkpoint holds the full table: any layout loads it
@@ -17,7 +18,7 @@ def check_token_ids(splits: dict[str, Any], vocab_size: int) -> None:
     """splits: name -> dataset with ``inputs`` / ``targets`` (N, L); raise ``ValueError`` naming the
     split and the id when a token (or a scored target) is outside ``[0, vocab_size)``."""
     for name, data in splits.items():
-        for field, ids in (("inputs", data.inputs), ("targets", data.targets[data.targets != -100])):
+        for field, ids in (("inputs", data.inputs), ("targets", data.targets[data.targets != IGNORE_INDEX])):
             if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
                 bad = int(ids.max()) if ids.max() >= vocab_size else int(ids.min())
                 raise ValueError(

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from tasks.base import IGNORE_INDEX
 from zoo.memory import MemoryPlus
 from zoo.guards import check_same_model, first_non_finite_gradient, first_non_finite_output
 from zoo.metrics import BitsPerByte
@@ -27,8 +28,6 @@ from zoo.memory.sharding import (
 from zoo.memory.usage import kl_from_uniform, usage_fraction
 from zoo.model import ModelConfig, build_model
 from zoo.optim import build_optimizer, clip_grad_norm, default_warmup, param_groups, warmup_cosine_scheduler
-
-IGNORE_INDEX = -100
 
 
 class LitLanguageModel(L.LightningModule):

@@ -17,14 +17,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tasks import TASKS
-from zoo.checkpointing import AtomicCheckpointIO, load_checkpoint_file, resume_path
-from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
-from zoo.signals import CheckpointOnSignal, RunInterrupted, StopSignals
+from zoo.checkpoint_io import AtomicCheckpointIO
+from zoo.checkpointing import load_checkpoint_file, resume_path
 from zoo.flops import active_parameters, forward_flops_per_token
 from zoo.guards import check_same_model, check_token_ids
 from zoo.io import atomic_write_json, atomic_write_text, format_metrics
 from zoo.lit import LitLanguageModel
 from zoo.model import ModelConfig
+from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
+from zoo.signals import CheckpointOnSignal, RunInterrupted, StopSignals
 
 # lightning's pytree helper trips a torch deprecation on every step; it is not ours to act on
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
