@@ -88,13 +88,13 @@ class MQARDataModule(GeneratedDataModule):
 
     def __init__(
         self,
-        vocab_size: int = 8192,
+        vocab_size: int = 128,
         seq_len: int = 64,
         num_kv_pairs: int = 4,
         power_a: float = 0.01,
         random_non_queries: bool = True,
         num_train: int = 100_000,
-        num_test: int = 3_000,
+        num_test: int = 1_000,
         num_val: int | None = None,
         test_seq_len: int | None = None,
         test_num_kv_pairs: int | None = None,

@@ -30,14 +30,19 @@ from zoo.model import ModelConfig, build_model
 from zoo.optim import build_optimizer, clip_grad_norm, default_warmup, param_groups, warmup_cosine_scheduler
 
 
+# optimizer settings a run may leave out (configs/train.yaml states the same values; a test checks)
+OPTIM_DEFAULTS = {"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "warmup_steps": None,
+                  "min_lr_ratio": 0.1, "group_lr": {}, "total_steps": None}
+
+
 class LitLanguageModel(L.LightningModule):
     """Trains ``build_model(model)`` on ``{"inputs", "targets"}`` batches.
 
     Args:
         model: ``ModelConfig`` fields (a mapping) for ``build_model``.
-        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps`` (None: a tenth of the schedule), ``min_lr_ratio``,
-            optional ``group_lr`` (learning rate per tagged parameter group) and ``total_steps``
-            (defaults to the trainer's ``max_steps``).
+        optim: ``lr`` and, optionally (``OPTIM_DEFAULTS``), ``weight_decay``, ``betas``, ``eps``,
+            ``warmup_steps`` (None: a tenth of the schedule), ``min_lr_ratio``, ``group_lr`` (learning
+            rate per tagged parameter group) and ``total_steps`` (None: the trainer's ``max_steps``).
         bytes_per_token: per split, the bytes of text a scored token covers (language modeling);
             when given, perplexity (``{split}/ppl``) and bits per byte (``{split}/bpb``) are logged.
     """
@@ -47,7 +52,7 @@ class LitLanguageModel(L.LightningModule):
         self.save_hyperparameters(logger=False)  # train() logs them once, with the final metrics
         self.model_config = ModelConfig.from_mapping(model)
         self.model = build_model(self.model_config)
-        self.optim = dict(optim)
+        self.optim = {**OPTIM_DEFAULTS, **optim}
         vocab = self.model_config.vocab_size
         self.accuracy = torch.nn.ModuleDict(
             {
@@ -179,14 +184,14 @@ class LitLanguageModel(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
-        groups = param_groups(self.model, opt["lr"], opt["weight_decay"], opt.get("group_lr"))
-        optimizer = build_optimizer(groups, betas=tuple(opt.get("betas", (0.9, 0.95))), eps=opt.get("eps", 1e-8))
+        groups = param_groups(self.model, opt["lr"], opt["weight_decay"], opt["group_lr"])
+        optimizer = build_optimizer(groups, betas=tuple(opt["betas"]), eps=opt["eps"])
         save_and_load_whole_state(optimizer)
-        total = opt.get("total_steps") or self.trainer.max_steps
+        total = opt["total_steps"] or self.trainer.max_steps
         if total is None or total < 1:
             total = int(self.trainer.estimated_stepping_batches)
-        warmup = default_warmup(opt.get("warmup_steps"), total)
-        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, opt.get("min_lr_ratio", 0.1))
+        warmup = default_warmup(opt["warmup_steps"], total)
+        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, opt["min_lr_ratio"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
