@@ -1,48 +1,40 @@
-"""Per-token cost of a model: parameters a token touches and forward FLOPs, estimated from shapes."""
+"""Per-token cost of a model: parameters a token touches and forward FLOPs, from what each layer
+declares (``active_parameters`` / ``flops_per_token`` of mixers and channels): no layer is special-cased."""
 
 from __future__ import annotations
 
-from torch import nn
-
-from zoo.memory import MemoryPlus
-from zoo.memory.sharded_values import ShardedValues
-from zoo.memory.values import ValueTable
-from zoo.mixers.attention import Attention
-from zoo.mixers.mamba import Mamba
-from zoo.mixers.mamba2 import Mamba2
 from zoo.model import LanguageModel
+from zoo.tags import parameter_count
 
 
-def _value_tables(model: nn.Module) -> list[nn.Module]:
-    seen = {}
-    for module in model.modules():
-        if isinstance(module, (ValueTable, ShardedValues)):
-            seen[id(module)] = module
-    return list(seen.values())
+def _outside_blocks(model: LanguageModel) -> int:
+    """Parameters used per token outside the mixers and channels: the LM head (the tied embedding
+    when tied; an embedding lookup is not counted) and every RMSNorm."""
+    norms = parameter_count(model.norm) + sum(
+        parameter_count(block.mixer_norm) + (parameter_count(block.channel_norm) if block.channel_norm else 0)
+        for block in model.blocks
+    )
+    return model.lm_head.weight.numel() + norms
 
 
 def active_parameters(model: LanguageModel) -> int:
     """Parameters one token's forward pass uses: everything but the embedding table (a lookup) and
-    the value rows a memory layer does not read (each memory layer reads heads * knn rows)."""
-    total = model.num_parameters() - model.embedding.weight.numel()
-    if model.config.tie_embeddings:
-        total += model.embedding.weight.numel()  # the tied weight is the LM head's matmul
-    for table in _value_tables(model):
-        total -= table.n_slots * table.v_dim
-    for layer in (m for m in model.modules() if isinstance(m, MemoryPlus)):
-        total += layer.config.heads * layer.config.knn * layer.values.v_dim
+    the value rows a memory layer does not read."""
+    total = _outside_blocks(model)
+    for block in model.blocks:
+        total += parameter_count(block.mixer)
+        if block.channel is not None:
+            total += block.channel.active_parameters()
     return total
 
 
 def forward_flops_per_token(model: LanguageModel, seq_len: int) -> int:
-    """Forward FLOPs per token (2 per multiply-add): 2 x active parameters, plus what parameters do
-    not count: attention scores and weighted sums over the causal context (mean length seq_len / 2)
-    and the selective scan's state updates. (The memory's scoring of every sub-key is in the active
-    parameters already: each sub-key weight is one multiply-add per token.)"""
-    flops = 2 * active_parameters(model)
-    for module in model.modules():
-        if isinstance(module, Attention):
-            flops += 2 * 2 * (seq_len // 2) * module.n_heads * module.head_dim
-        elif isinstance(module, (Mamba, Mamba2)):
-            flops += 6 * module.d_inner * module.d_state
+    """Forward FLOPs per token (2 per multiply-add) at sequence length ``seq_len``: each mixer's and
+    channel's own count (attention's context-dependent scores, the scans' state updates included)
+    plus the LM head and norms."""
+    flops = 2 * _outside_blocks(model)
+    for block in model.blocks:
+        flops += block.mixer.flops_per_token(seq_len)
+        if block.channel is not None:
+            flops += block.channel.flops_per_token(seq_len)
     return flops

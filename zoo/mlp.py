@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.tags import linear, mark_residual_projection
+from zoo.tags import linear, mark_residual_projection, parameter_count
 
 
 class SwiGLU(nn.Module):
@@ -36,3 +36,11 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D)."""
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+    def active_parameters(self) -> int:
+        """Parameters one token uses: all of them."""
+        return parameter_count(self)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token: one multiply-add per weight (2 FLOPs)."""
+        return 2 * self.active_parameters()

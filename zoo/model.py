@@ -24,7 +24,6 @@ from torch import nn
 from zoo.channels import CHANNELS
 from zoo.memory import MemoryConfig, make_value_table
 from zoo.mixers import MIXERS, PATTERN_LETTERS
-from zoo.mixers.attention import Attention
 from zoo.tags import is_no_reinit, is_residual_projection, mark_no_decay, shard_of
 
 INIT_STD = 0.02
@@ -201,13 +200,7 @@ class LanguageModel(nn.Module):
     def allocate_caches(self, batch_size: int, max_len: int) -> list[Any]:
         """One inference cache per layer: a KV cache of ``max_len`` positions for attention, the
         recurrent state for Mamba / Mamba-2."""
-        caches = []
-        for block in self.blocks:
-            if isinstance(block.mixer, Attention):
-                caches.append(block.mixer.allocate_cache(batch_size, max_len))
-            else:
-                caches.append(block.mixer.allocate_cache(batch_size))
-        return caches
+        return [block.mixer.allocate_cache(batch_size, max_len) for block in self.blocks]
 
     def step(self, tokens: torch.Tensor, caches: list[Any]) -> torch.Tensor:
         """tokens (B,) long at the next position -> next-token logits (B, vocab_size); ``caches``

@@ -43,6 +43,12 @@ def optim_tags(param: nn.Parameter) -> dict:
     return dict(getattr(param, _OPTIM_ATTR, {}))
 
 
+def parameter_count(module: nn.Module, skip: str | None = None) -> int:
+    """Elements of ``module``'s parameters, leaving out those under the submodule named ``skip``."""
+    prefix = None if skip is None else skip + "."
+    return sum(p.numel() for name, p in module.named_parameters() if prefix is None or not name.startswith(prefix))
+
+
 def mark_no_decay(module: nn.Module) -> nn.Module:
     """Tag every parameter directly owned by ``module`` (norm weights, embeddings) with weight_decay=0."""
     for param in module.parameters(recurse=False):

@@ -10,7 +10,7 @@ from zoo.memory.config import MemoryConfig
 from zoo.memory.product_keys import ProductKeys
 from zoo.memory.usage import UsageTracker
 from zoo.memory.values import ValueTable
-from zoo.tags import linear, mark_residual_projection
+from zoo.tags import linear, mark_residual_projection, parameter_count
 
 
 def make_value_table(config: MemoryConfig, d_model: int) -> ValueTable:
@@ -57,6 +57,16 @@ class MemoryPlus(nn.Module):
         slots, weights = self.keys(x)  # (T, H, k) each
         self.usage.update(slots, weights, self.config.n_slots)
         return self.values.read(slots.flatten(1), weights.flatten(1))
+
+    def active_parameters(self) -> int:
+        """Parameters one token uses: query, sub-keys (each scored once), W1, W2, the gate, and the
+        heads * knn value rows it reads (not the whole table)."""
+        reads = self.config.heads * self.config.knn * self.values.v_dim
+        return parameter_count(self, skip="values") + reads
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token: one multiply-add (2 FLOPs) per active parameter."""
+        return 2 * self.active_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D)."""

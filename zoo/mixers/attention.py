@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.rotary import Rotary
-from zoo.tags import linear, mark_residual_projection
+from zoo.tags import linear, mark_residual_projection, parameter_count
 
 
 @dataclass
@@ -59,6 +59,15 @@ class Attention(nn.Module):
         self.qkv = linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = mark_residual_projection(linear(d_model, d_model, bias=bias))
         self.rotary = Rotary(head_dim, base=rotary_base)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token (2 per multiply-add): the projections, plus q.k scores and the
+        weighted sum of values over the causal context (seq_len / 2 positions on average)."""
+        return 2 * parameter_count(self) + 2 * 2 * (seq_len // 2) * self.n_heads * self.head_dim
+
+    def state_size(self, seq_len: int) -> int:
+        """Bytes of inference state per sequence of ``seq_len`` tokens: the keys and values cached."""
+        return 2 * seq_len * self.n_heads * self.head_dim * self.qkv.weight.element_size()
 
     def allocate_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> "KVCache":
         """Empty key/value cache for ``step``, room for ``max_len`` positions."""

@@ -17,7 +17,7 @@ from torch import nn
 from zoo.mixers import kernels
 from zoo.mixers.scan import selective_scan
 from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, dt_bias_init
-from zoo.tags import linear, mark_no_reinit, mark_residual_projection, tag_optim
+from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
 
 
 @dataclass
@@ -110,8 +110,17 @@ class Mamba(nn.Module):
         )
         return self.out_proj(y.transpose(1, 2))
 
-    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> MambaCache:
-        """Zero state for ``step``."""
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token (2 per multiply-add): the projections and convolution, plus the
+        selective scan's state update and readout (about 6 per state element)."""
+        return 2 * parameter_count(self) + 6 * self.d_inner * self.d_state
+
+    def state_size(self, seq_len: int) -> int:
+        """Bytes of inference state per sequence (any length): convolution window + SSM state."""
+        return (self.d_inner * self.d_conv + self.d_inner * self.d_state) * self.in_proj.weight.element_size()
+
+    def allocate_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> MambaCache:
+        """Zero state for ``step`` (a fixed size: ``max_len`` is not needed)."""
         weight = self.in_proj.weight
         device, dtype = device or weight.device, dtype or weight.dtype
         return MambaCache(

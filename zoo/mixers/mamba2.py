@@ -20,7 +20,7 @@ from torch import nn
 
 from zoo.mixers import kernels
 from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, dt_bias_init
-from zoo.tags import linear, mark_no_reinit, mark_residual_projection, tag_optim
+from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
 
 
 def _segment_sum(log_decay: torch.Tensor) -> torch.Tensor:
@@ -226,8 +226,19 @@ class Mamba2(nn.Module):
         y = self._scan(x, dt, b, c)  # (B, L, nheads, headdim)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
-    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Mamba2Cache:
-        """Zero state for ``step``: conv_state (B, conv_dim, d_conv), ssm_state (B, nheads, headdim, d_state)."""
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token (2 per multiply-add): the projections and convolution, plus the
+        scan's state update and readout (about 6 per state element, as for Mamba)."""
+        return 2 * parameter_count(self) + 6 * self.d_inner * self.d_state
+
+    def state_size(self, seq_len: int) -> int:
+        """Bytes of inference state per sequence (any length): convolution window + SSM state."""
+        elements = self.conv_dim * self.d_conv + self.nheads * self.headdim * self.d_state
+        return elements * self.in_proj.weight.element_size()
+
+    def allocate_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> Mamba2Cache:
+        """Zero state for ``step`` (a fixed size: ``max_len`` is not needed): conv_state
+        (B, conv_dim, d_conv), ssm_state (B, nheads, headdim, d_state)."""
         weight = self.in_proj.weight
         device, dtype = device or weight.device, dtype or weight.dtype
         return Mamba2Cache(

@@ -1,0 +1,75 @@
+"""Every registered mixer and channel answers the declared interface: step equals forward, FLOPs
+per token equal a hand count, inference state size equals the bytes its cache allocates."""
+
+import pytest
+import torch
+
+from zoo.channels import CHANNELS
+from zoo.memory import MemoryConfig
+from zoo.mixers import MIXERS
+
+D, L = 16, 12
+
+
+def params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def hand_flops(name: str, mixer) -> int:
+    """FLOPs per token counted from each mixer's shapes, written out here independently."""
+    if name == "attention":
+        h, hd = mixer.n_heads, mixer.head_dim
+        projections = D * 3 * D + D * D  # qkv and out (no bias by default)
+        return 2 * projections + 2 * 2 * (L // 2) * h * hd
+    if name == "mamba":
+        di, ds, r, k = mixer.d_inner, mixer.d_state, mixer.dt_rank, mixer.d_conv
+        weights = D * 2 * di + di * k + di + di * (r + 2 * ds) + r * di + di + di * ds + di + di * D
+        return 2 * weights + 6 * di * ds
+    if name == "mamba2":
+        di, ds, k, h, g = mixer.d_inner, mixer.d_state, mixer.d_conv, mixer.nheads, mixer.ngroups
+        conv_dim = di + 2 * g * ds
+        weights = D * (2 * di + 2 * g * ds + h) + conv_dim * k + conv_dim + 3 * h + di + di * D
+        return 2 * weights + 6 * di * ds
+    raise AssertionError(f"no hand count for mixer {name!r}: add one when registering it")
+
+
+def cache_bytes(cache) -> int:
+    return sum(v.numel() * v.element_size() for v in vars(cache).values() if isinstance(v, torch.Tensor))
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_every_mixer_steps_like_its_forward_and_counts_its_flops_and_state(name):
+    torch.manual_seed(0)
+    mixer = MIXERS[name](D, 0).double().eval()
+    x = torch.randn(2, L, D, dtype=torch.float64)
+    full = mixer(x)
+    cache = mixer.allocate_cache(2, L)
+    steps = torch.stack([mixer.step(x[:, t], cache)[0] for t in range(L)], dim=1)
+    torch.testing.assert_close(steps, full, rtol=1e-8, atol=1e-10)
+    assert mixer.flops_per_token(L) == hand_flops(name, mixer) > 0
+    assert mixer.state_size(L) * 2 == cache_bytes(mixer.allocate_cache(2, L))  # per sequence, batch of 2
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cls in CHANNELS.items() if cls is not None))
+def test_every_channel_counts_the_parameters_a_token_uses_and_their_flops(name):
+    torch.manual_seed(0)
+    if name == "memory":
+        config = MemoryConfig(n_keys=6, heads=2, knn=3, k_dim=8, v_dim=10, layers=[0], gate=True)
+        channel = CHANNELS[name](D, 0, config=config)
+        table = 36 * 10
+        expected = params(channel) - table + 2 * 3 * 10  # the table minus the rows a token reads
+    else:
+        channel = CHANNELS[name](D, 0)
+        expected = params(channel)
+    assert channel(torch.randn(2, L, D)).shape == (2, L, D)
+    assert channel.active_parameters() == expected
+    assert channel.flops_per_token(L) == 2 * expected
+
+
+def test_the_memory_hand_count_matches_its_config():
+    config = MemoryConfig(n_keys=6, heads=2, knn=3, k_dim=8, v_dim=10, layers=[0], gate=True)
+    channel = CHANNELS["memory"](D, 0, config=config)
+    query = D * 2 * 8 + 2 * 8
+    sub_keys = 2 * 2 * 6 * 4
+    gate_w1_w2 = (D + 1) + D * 10 + 10 * D  # linear(D, 1) with bias, W1, W2 (no biases)
+    assert channel.active_parameters() == query + sub_keys + gate_w1_w2 + 2 * 3 * 10
