@@ -10,22 +10,18 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from tasks.base import IGNORE_INDEX
-from zoo.memory import MemoryPlus
 from zoo.guards import check_same_model, first_non_finite_gradient, first_non_finite_output
 from zoo.metrics import BitsPerByte
-from zoo.memory.comm import comm_bytes_per_token
 from zoo.memory.sharding import (
     average_sharded_gradients,
     save_and_load_whole_state,
     shard_memory,
     sharded_parameter_names,
 )
-from zoo.memory.usage import kl_from_uniform, usage_fraction
 from zoo.model import ModelConfig, build_model
 from zoo.optim import build_optimizer, clip_grad_norm, default_warmup, param_groups, warmup_cosine_scheduler
 
@@ -71,14 +67,6 @@ class LitLanguageModel(L.LightningModule):
         and keep their parts out of DDP's gradient averaging."""
         shard_memory(self.model)
         self._ddp_params_and_buffers_to_ignore = sharded_parameter_names(self)
-
-    def comm_bytes_per_token(self) -> dict[str, float]:
-        """Bytes one memory layer sends per token (forward / backward) in this run's layout."""
-        memory = self.model_config.memory_config()
-        if memory is None:
-            return {"forward": 0.0, "backward": 0.0}
-        element_bytes = self.model.embedding.weight.element_size()
-        return comm_bytes_per_token(memory, self.model_config.d_model, self.trainer.world_size, element_bytes)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs: (B, L) long -> logits (B, L, V)."""
@@ -144,32 +132,6 @@ class LitLanguageModel(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
-
-    def memory_layers(self) -> dict[int, MemoryPlus]:
-        """Memory channels by layer index."""
-        return {m.layer_idx: m for m in self.model.modules() if isinstance(m, MemoryPlus)}
-
-    def on_validation_epoch_start(self) -> None:
-        for layer in self.memory_layers().values():
-            layer.usage.start()
-
-    def on_validation_epoch_end(self) -> None:
-        """Per memory layer: usage fraction, KL(read mass || uniform), read-count histogram."""
-        for idx, layer in self.memory_layers().items():
-            layer.usage.stop()
-            if self.trainer.sanity_checking or layer.usage.counts is None:
-                continue
-            counts = self.trainer.strategy.reduce(layer.usage.counts.double(), reduce_op="sum")
-            mass = self.trainer.strategy.reduce(layer.usage.mass, reduce_op="sum")
-            self.log(f"memory/layer{idx}/usage", usage_fraction(counts), sync_dist=True)  # equal on every rank
-            self.log(f"memory/layer{idx}/kl_uniform", kl_from_uniform(mass), sync_dist=True)
-            if self.trainer.is_global_zero and isinstance(self.logger, TensorBoardLogger):
-                self.logger.experiment.add_histogram(f"memory/layer{idx}/read_counts", counts, self.global_step)
-
-    def on_train_start(self) -> None:
-        if self.logger is not None and self.memory_layers():
-            sent = self.comm_bytes_per_token()
-            self.logger.log_metrics({f"memory/comm_bytes_per_token/{k}": v for k, v in sent.items()}, step=0)
 
     def on_after_backward(self) -> None:
         average_sharded_gradients(self.model, self.trainer.world_size)

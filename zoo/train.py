@@ -23,6 +23,7 @@ from zoo.flops import active_parameters, forward_flops_per_token
 from zoo.guards import check_same_model, check_token_ids
 from zoo.io import atomic_write_json, atomic_write_text, format_metrics
 from zoo.lit import LitLanguageModel
+from zoo.memory.monitor import MemoryMonitor, memory_layers, sent_bytes_per_token
 from zoo.model import ModelConfig
 from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
 from zoo.signals import CheckpointOnSignal, RunInterrupted, StopSignals
@@ -124,7 +125,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             **trainer_options,
             default_root_dir=str(run_dir),
             logger=logger,
-            callbacks=[checkpoint, on_signal, LearningRateMonitor(logging_interval="step")],
+            callbacks=[checkpoint, on_signal, MemoryMonitor(), LearningRateMonitor(logging_interval="step")],
             plugins=[AtomicCheckpointIO()],
         )
         check_batches({k: len(v) for k, v in datamodule.datasets.items()}, datamodule.batch_size, trainer.world_size)
@@ -156,8 +157,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "memory": cfg.memory.name,
         "task": cfg.task.name,
     }
-    if module.memory_layers():
-        metrics["memory_comm_bytes_per_token"] = module.comm_bytes_per_token()
+    if memory_layers(module):
+        metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(module, trainer.world_size)
     if hasattr(datamodule, "summarize"):
         metrics["task_metrics"] = datamodule.summarize(metrics["test"], metrics["params"]["total"])
     logger.log_hyperparams(run_hyperparameters(cfg), {f"final/{k.split('/')[-1]}": v for k, v in metrics["test"].items()})
