@@ -4,6 +4,7 @@
 class; adding a task is one module plus one line here.
 """
 
+from tasks.base import GeneratedDataModule
 from tasks.facts import FactsDataModule
 from tasks.lm import LanguageModelingDataModule
 from tasks.mad import (
@@ -16,7 +17,7 @@ from tasks.mad import (
 )
 from tasks.mqar import MQARDataModule
 
-TASKS = {
+TASKS: dict[str, type] = {
     "compression": CompressionDataModule,
     "facts": FactsDataModule,
     "fuzzy_icr": FuzzyInContextRecallDataModule,
@@ -27,3 +28,16 @@ TASKS = {
     "noisy_icr": NoisyInContextRecallDataModule,
     "selective_copying": SelectiveCopyingDataModule,
 }
+
+
+def build_datamodule(task_cfg: dict) -> GeneratedDataModule:
+    """``task`` config (a mapping with ``name``) -> the task's datamodule; ``ValueError`` naming an
+    unknown task or bad options."""
+    options = dict(task_cfg)
+    name = options.pop("name")
+    if name not in TASKS:
+        raise ValueError(f"task.name={name!r} is not a known task; allowed: {sorted(TASKS)}")
+    try:
+        return TASKS[name](**options)
+    except TypeError as err:
+        raise ValueError(f"bad options for task {name!r}: {err}") from err

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 IGNORE_INDEX = -100
+SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
 class TokenDataset(Dataset):
@@ -90,6 +91,11 @@ class GeneratedDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.datasets: dict[str, TokenDataset] = {}
+
+    def split_seed(self, split: str, salt: int = 0) -> int:
+        """The seed of ``split``'s generator, ``salt + 3 * seed + offset(split)``: splits never share
+        a seed, and a task that also draws something else from ``seed`` salts its splits apart."""
+        return salt + 3 * self.seed + SPLIT_OFFSET[split]
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -22,7 +22,6 @@ from tasks.base import IGNORE_INDEX, GeneratedDataModule
 
 ARROW = 0
 TOKENS_PER_FACT = 4
-_SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
 class FactsDataModule(GeneratedDataModule):
@@ -97,7 +96,7 @@ class FactsDataModule(GeneratedDataModule):
         return pairs // self.num_relations + entity_base, pairs % self.num_relations + relation_base, values
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(1000 + 3 * self.seed + _SPLIT_OFFSET[split])
+        gen = torch.Generator().manual_seed(self.split_seed(split, salt=1000))  # apart from the knowledge base's seed
         if split == "train":
             passes = math.ceil(self.num_train / math.ceil(self.num_facts / self.facts_per_seq))
             order = [self._pass_sequences(torch.randperm(self.num_facts, generator=gen)) for _ in range(passes)]

@@ -27,7 +27,6 @@ import torch
 
 from tasks.base import IGNORE_INDEX, GeneratedDataModule
 
-_SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
 def _check_num_examples(num_examples: int) -> None:
@@ -323,7 +322,7 @@ def generate_memorization(
 
 
 class _SplitsDataModule(GeneratedDataModule):
-    """Split sizes checked up front; split s is generated from seed ``3 * seed + offset(s)``."""
+    """Split sizes checked up front; split s is generated from ``split_seed(s)``."""
 
     def __init__(
         self, num_train: int, num_test: int, num_val: int | None, batch_size: int, seed: int, num_workers: int
@@ -334,10 +333,6 @@ class _SplitsDataModule(GeneratedDataModule):
             if value < 1:
                 raise ValueError(f"task.{name}={value} must be >= 1")
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-
-    def split_seed(self, split: str) -> int:
-        """The seed of ``split``'s generator."""
-        return 3 * self.seed + _SPLIT_OFFSET[split]
 
 
 class _RecallDataModule(_SplitsDataModule):

@@ -13,7 +13,6 @@ import torch
 
 from tasks.base import IGNORE_INDEX, GeneratedDataModule
 
-_SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
 def check_mqar_sizes(vocab_size: int, seq_len: int, num_kv_pairs: int, power_a: float) -> None:
@@ -127,5 +126,5 @@ class MQARDataModule(GeneratedDataModule):
             *self.shapes[split],
             self.power_a,
             self.random_non_queries,
-            seed=3 * self.seed + _SPLIT_OFFSET[split],
+            seed=self.split_seed(split),
         )

@@ -12,11 +12,11 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from tasks import build_datamodule
 from zoo.checkpointing import read_checkpoint
 from zoo.guards import check_token_ids
 from zoo.io import atomic_write_json, format_metrics
 from zoo.lit import LitLanguageModel
-from zoo.train import build_datamodule
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:

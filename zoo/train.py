@@ -16,7 +16,7 @@ from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tasks import TASKS
+from tasks import build_datamodule
 from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.checkpointing import load_checkpoint_file, resume_path
 from zoo.flops import active_parameters, forward_flops_per_token
@@ -30,18 +30,6 @@ from zoo.signals import CheckpointOnSignal, RunInterrupted, StopSignals
 
 # lightning's pytree helper trips a torch deprecation on every step; it is not ours to act on
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-
-
-def build_datamodule(task_cfg: dict[str, Any]) -> L.LightningDataModule:
-    """``task`` config (with ``name``) -> the task's LightningDataModule."""
-    options = dict(task_cfg)
-    name = options.pop("name")
-    if name not in TASKS:
-        raise ValueError(f"task.name={name!r} is not a known task; allowed: {sorted(TASKS)}")
-    try:
-        return TASKS[name](**options)
-    except TypeError as err:
-        raise ValueError(f"bad options for task {name!r}: {err}") from err
 
 
 def model_config(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
