@@ -237,20 +237,21 @@ def build(kind: str, impl: str, args, log2: int, device: torch.device) -> nn.Mod
         n_keys=2 ** (log2 // 2), heads=args.heads, knn=args.knn, k_dim=args.k_dim, layers=[0],
         sparse_updates=impl == "sparse", value_dtype="bfloat16" if args.dtype == "bf16" and impl == "sparse" else "float32",
     )
-    if impl == "lucidrains":
-        from product_key_memory import PKM
+    with device:  # built where it runs: initialising a 2^22 x 1024 table on the host alone takes ~30 s
+        if impl == "lucidrains":
+            from product_key_memory import PKM
 
-        module = PKM(args.d_model, heads=args.heads, num_keys=cfg.n_keys, topk=args.knn, dim_head=args.k_dim // 2)
-        return module.to(device=device, dtype=DTYPES[args.dtype])
-    module = MemoryPlus(args.d_model, 0, cfg) if kind == "memory" else MemoryRead(args.d_model, cfg)
-    return module.to(device)
+            module = PKM(args.d_model, heads=args.heads, num_keys=cfg.n_keys, topk=args.knn, dim_head=args.k_dim // 2)
+            return module.to(dtype=DTYPES[args.dtype])
+        return MemoryPlus(args.d_model, 0, cfg) if kind == "memory" else MemoryRead(args.d_model, cfg)
 
 
 def step_floor_seconds(args, log2: int, device: torch.device, copy_bps: float) -> float:
     """The bandwidth floor of one step at N = 2^log2 (the same for every implementation of the shape):
     ``floor_bytes`` with the distinct rows memzoo's search touches on the benchmark's input."""
     cfg = MemoryConfig(n_keys=2 ** (log2 // 2), heads=args.heads, knn=args.knn, k_dim=args.k_dim)
-    touched = touched_rows(MemoryRead(args.d_model, cfg).to(device), args.tokens, args.d_model, device)
+    with device:
+        touched = touched_rows(MemoryRead(args.d_model, cfg), args.tokens, args.d_model, device)
     element_bytes = DTYPES[args.dtype].itemsize
     return floor_bytes(args.tokens, cfg, args.d_model, touched, element_bytes) / copy_bps
 
