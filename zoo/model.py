@@ -36,8 +36,8 @@ class ModelConfig:
     pattern: mixer of each layer, as a string of letters (``"AAMA"``; see ``PATTERN_LETTERS``) or a
         list of mixer names; a pattern shorter than ``n_layers`` is repeated if its length divides it.
     channel: ``"mlp"`` / ``"none"`` for every layer, or a list with one entry per layer.
-    memory: ``MemoryConfig`` fields (or None): the layers in ``memory["layers"]`` get the memory+
-        channel instead of ``channel``.
+    memory: a ``MemoryConfig`` or its fields as a mapping (parsed once, here), or None: the layers
+        in ``memory.layers`` get the memory+ channel instead of ``channel``.
     mixer: keyword arguments per mixer name, e.g. ``{"attention": {"n_heads": 4}}``.
     mlp: keyword arguments of the MLP channel.
     """
@@ -51,8 +51,12 @@ class ModelConfig:
     mlp: dict[str, Any] = field(default_factory=dict)
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
-    memory: dict[str, Any] | None = None
+    memory: MemoryConfig | Mapping[str, Any] | None = None
     name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.memory is not None and not isinstance(self.memory, MemoryConfig):
+            self.memory = MemoryConfig.from_mapping(self.memory)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ModelConfig":
@@ -84,7 +88,7 @@ class ModelConfig:
         return _expand_per_layer(names, self.n_layers, "backbone.pattern")
 
     def memory_config(self) -> MemoryConfig | None:
-        return None if self.memory is None else MemoryConfig.from_mapping(self.memory)
+        return self.memory
 
     def layer_channels(self) -> list[str]:
         """Channel name of each layer (memory layers say ``"memory"``)."""
