@@ -313,8 +313,8 @@ def main(argv=None) -> dict:
         "knn": args.knn,
         "k_dim": args.k_dim,
         "query_width": query_width,
-        "matmul_gflops": round(matmul_gflops(args.tokens, args.d_model, query_width, device, DTYPES[args.dtype]), 2),
-        "copy_gbs": round(copy_bps / 1e9, 2),
+        "matmul_gflops": float(f"{matmul_gflops(args.tokens, args.d_model, query_width, device, DTYPES[args.dtype]):.4g}"),
+        "copy_gbs": float(f"{copy_bps / 1e9:.4g}"),
         "rows": [],
     }
     mlp = SwiGLU(args.d_model).to(device)
