@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zoo.optim import SECOND_MOMENTS  # the layouts RowAdam keeps
+
 QUERY_NORMS = ("none", "layernorm", "rmsnorm")
 PARALLEL_LAYOUTS = ("none", "rows", "columns")
 VALUE_DTYPES = ("float32", "bfloat16")
-SECOND_MOMENTS = ("full", "row")
 
 
 @dataclass
