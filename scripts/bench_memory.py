@@ -26,7 +26,6 @@ import gc
 import importlib.util
 import math
 import platform
-import time
 from pathlib import Path
 
 import torch

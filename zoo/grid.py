@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from zoo.io import atomic_write_json, atomic_write_text
+from zoo.io import atomic_write_json
 from zoo.signals import RunInterrupted, StopSignals
 
 GRID_KEYS = {"name", "studies"}
