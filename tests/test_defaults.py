@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tasks import TASKS
-from zoo.lit import OPTIM_DEFAULTS
+from zoo.optim import OPTIM_DEFAULTS
 from zoo.memory import MemoryConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -38,7 +38,8 @@ def load_checkpoint_file(
     path: str | os.PathLike, map_location: str | torch.device | None = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so no file can run
-    code (``mmap``: tensors stay on disk until used, for reading the settings only). Raises ``ValueError`` naming the path and what is wrong for a missing, truncated, corrupt or
+    code (``mmap``: tensors stay on disk until used, for reading the settings only). Raises
+    ``ValueError`` naming the path and what is wrong for a missing, truncated, corrupt or
     code-carrying file, and for one that is not a memzoo (Lightning) checkpoint."""
     path = Path(path)
     if not path.is_file():

@@ -189,13 +189,13 @@ def main(argv=None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     from zoo.report import write_report
 
-    check_cells(expand(grid))
+    cells = expand(grid)
+    check_cells(cells)
     with StopSignals() as stop:
         records = run_grid(grid, args.out, stop)
         paths = write_report(records, args.out / grid["name"]) if records else []
     failed = [r for r in records if r["status"] == "failed"]
-    total = len(expand(grid))
-    print(f"{len(records) - len(failed)} of {total} cells done; " + ", ".join(str(p) for p in paths))
+    print(f"{len(records) - len(failed)} of {len(cells)} cells done; " + ", ".join(str(p) for p in paths))
     if failed:
         print("failed: " + ", ".join(f"{r['study']}/{r['cell']} ({r['error']})" for r in failed))
     if stop.received is not None:

@@ -23,12 +23,16 @@ from zoo.memory.sharding import (
     sharded_parameter_names,
 )
 from zoo.model import ModelConfig, build_model
-from zoo.optim import build_optimizer, clip_grad_norm, default_warmup, param_groups, warmup_cosine_scheduler
+from zoo.optim import (
+    OPTIM_DEFAULTS,
+    build_optimizer,
+    clip_grad_norm,
+    default_warmup,
+    param_groups,
+    warmup_cosine_scheduler,
+)
 
 
-# optimizer settings a run may leave out (configs/train.yaml states the same values; a test checks)
-OPTIM_DEFAULTS = {"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "warmup_steps": None,
-                  "min_lr_ratio": 0.1, "group_lr": {}, "total_steps": None}
 
 
 class LitLanguageModel(L.LightningModule):

@@ -51,21 +51,34 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# optimizer settings a run may leave out (configs/train.yaml states the same values; a test checks)
+OPTIM_DEFAULTS = {"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "warmup_steps": None,
+                  "min_lr_ratio": 0.1, "group_lr": {}, "total_steps": None}
+
+
 def default_warmup(warmup_steps: int | None, total_steps: int) -> int:
     """``optim.warmup_steps``, where None means a tenth of the schedule."""
     return total_steps // 10 if warmup_steps is None else warmup_steps
+
+
+def check_warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> None:
+    """``ValueError`` naming the field unless warmup_steps >= 0, total_steps >= 1 (integers) and
+    0 <= min_lr_ratio <= 1."""
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={warmup_steps!r} must be an integer >= 0")
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(
+            f"the schedule's total steps={total_steps!r} must be an integer >= 1 (optim.total_steps or trainer.max_steps)"
+        )
+    if not isinstance(min_lr_ratio, (int, float)) or not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"optim.min_lr_ratio={min_lr_ratio!r} must be in [0, 1]")
 
 
 def warmup_cosine_scheduler(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """``LambdaLR`` following ``warmup_cosine`` (scales every group's own base lr)."""
-    if warmup_steps < 0:
-        raise ValueError(f"optim.warmup_steps={warmup_steps} must be >= 0")
-    if total_steps < 1:
-        raise ValueError(f"the schedule's total steps={total_steps} must be >= 1 (optim.total_steps or trainer.max_steps)")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"optim.min_lr_ratio={min_lr_ratio} must be in [0, 1]")
+    check_warmup_cosine(warmup_steps, total_steps, min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
     )

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from zoo.optim import default_warmup
+from zoo.optim import OPTIM_DEFAULTS, check_warmup_cosine, default_warmup
 
 RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints", "tb")  # what a started or finished run leaves
 
@@ -27,18 +27,15 @@ def check_schedule(optim: dict[str, Any], trainer: dict[str, Any]) -> None:
     max_steps = trainer.get("max_steps")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"trainer.max_steps={max_steps!r} must be an integer >= 1")
-    total = optim.get("total_steps") or max_steps
+    optim = {**OPTIM_DEFAULTS, **optim}
+    total = optim["total_steps"] or max_steps
     if not isinstance(total, int) or total < 1:
-        raise ValueError(f"optim.total_steps={optim.get('total_steps')!r} must be an integer >= 1 or null (= trainer.max_steps)")
-    warmup = default_warmup(optim.get("warmup_steps"), total)
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"optim.warmup_steps={warmup!r} must be an integer >= 0")
+        raise ValueError(f"optim.total_steps={optim['total_steps']!r} must be an integer >= 1 or null (= trainer.max_steps)")
+    warmup = default_warmup(optim["warmup_steps"], total)
+    check_warmup_cosine(warmup, total, optim["min_lr_ratio"])
     if warmup >= total:
         raise ValueError(f"optim.warmup_steps={warmup} must be < the schedule's {total} steps "
                          "(optim.total_steps, or trainer.max_steps when that is null)")
-    ratio = optim.get("min_lr_ratio", 0.1)
-    if not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"optim.min_lr_ratio={ratio!r} must be in [0, 1]")
 
 
 def check_batches(split_sizes: dict[str, int], batch_size: int, world_size: int) -> None:

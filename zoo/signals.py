@@ -62,7 +62,6 @@ class StopSignals:
             raise RunInterrupted(self.received, detail)
 
 
-
 class CheckpointOnSignal(Callback):
     """At the end of the training step during which a stop signal arrived (on any rank), save
     ``checkpoints/last.ckpt`` at that step (atomically, like every checkpoint; the state a periodic

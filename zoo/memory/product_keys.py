@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.memory.bags import bag_read, sum_rows_by_slot
+from zoo.memory.bags import bag_read, sum_rows_by_slot, work_dtype
 from zoo.memory.config import MemoryConfig
 from zoo.tags import mark_no_reinit, tag_optim
 
@@ -166,7 +166,7 @@ class ProductKeys(nn.Module):
         """
         cfg = self.config
         q = self.query(x)
-        work = torch.promote_types(self.sub_keys.dtype, torch.float32)
+        work = work_dtype(self.sub_keys)
         with torch.autocast(device_type=x.device.type, enabled=False):
             q = normalise(q.to(work).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
             keys = normalise(self.sub_keys.to(work), cfg.query_norm)  # (H, 2, n_keys, k_dim/2)
