@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -39,7 +42,7 @@ class StopSignals:
 
     def reinstall(self) -> None:
         """Take the signals back from a handler installed since (Lightning puts its own SIGTERM
-        handler in place during fit and restores ours when the fit ends)."""
+        handler in place for each fit or test and restores ours when it ends)."""
         if self._previous and threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 signal.signal(signum, self._handle)
@@ -56,6 +59,17 @@ class StopSignals:
         if isinstance(getattr(previous, "__self__", None), StopSignals):  # an enclosing StopSignals
             previous(signum, frame)
 
+    @contextmanager
+    def lightning_stops_as_interrupts(self) -> Iterator[None]:
+        """Inside, Lightning's own stop on SIGTERM (``SIGTERMException``, a ``SystemExit`` that
+        would end the process with exit code 0) becomes ``RunInterrupted``. Lightning stops that way
+        only for a signal in the moment before ``CheckpointOnSignal`` takes the signals back, so no
+        checkpoint of the current step exists; the periodic ones are kept."""
+        try:
+            yield
+        except SIGTERMException:
+            raise RunInterrupted(self.received or signal.SIGTERM, "Lightning stopped the run before a checkpoint of this step") from None
+
     def check(self, detail: str = "") -> None:
         """Raise ``RunInterrupted`` if a signal arrived."""
         if self.received is not None:
@@ -67,7 +81,12 @@ class CheckpointOnSignal(Callback):
     ``checkpoints/last.ckpt`` at that step (atomically, like every checkpoint; the state a periodic
     checkpoint of that step holds) and raise ``RunInterrupted``. A validation in progress finishes
     first; a test stops at the end of the current batch. Every rank takes part, so all of them save
-    at the same step. Lightning's own SIGTERM handling (a stop without a checkpoint) is replaced."""
+    at the same step.
+
+    Lightning's own SIGTERM handling (a ``SIGTERMException``, a ``SystemExit`` that exits 0, at a
+    point of its choosing and without a checkpoint) is replaced: Lightning installs its handler
+    after ``on_fit_start``, so the signals are taken back at the first hooks after that, the start
+    of the sanity check, of training and of a test."""
 
     def __init__(self, stop: StopSignals, checkpoint_dir: Path):
         self.stop, self.checkpoint_dir = stop, checkpoint_dir
@@ -78,7 +97,13 @@ class CheckpointOnSignal(Callback):
     def _signum(self) -> int:
         return self.stop.received or signal.SIGTERM  # another rank's signal: report SIGTERM
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.stop.reinstall()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.stop.reinstall()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module) -> None:
         self.stop.reinstall()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:

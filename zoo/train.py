@@ -125,9 +125,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         )
         if trainer.is_global_zero:
             atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)  # a signal: RunInterrupted
+        with stop.lightning_stops_as_interrupts():  # a signal: RunInterrupted
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         stop.check(f"after training (step {trainer.global_step}, checkpoint in {run_dir / 'checkpoints'})")
-        test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+        with stop.lightning_stops_as_interrupts():
+            test_results = trainer.test(module, datamodule=datamodule, verbose=False)
         stop.check("after the test")
     seq_len = datamodule.datasets["train"].inputs.shape[1]
     metrics = {
