@@ -1,7 +1,8 @@
-"""Optional mamba-ssm / causal-conv1d CUDA kernels, looked up lazily and never required.
+"""Optional CUDA kernels (mamba-ssm, causal-conv1d, flash-linear-attention), looked up lazily and
+never required.
 
-Importing memzoo never imports mamba-ssm; the first CUDA forward of a mixer looks the kernels up
-(once per process), and without them the mixer runs memzoo's own PyTorch path (same numbers).
+Importing memzoo never imports them; the first CUDA forward of a mixer looks the kernels up (once
+per process), and without them the mixer runs memzoo's own PyTorch path (same numbers).
 """
 
 from __future__ import annotations
@@ -36,3 +37,21 @@ def mamba_chunk_scan() -> Callable | None:
 def causal_conv1d() -> Callable | None:
     """causal-conv1d's ``causal_conv1d_fn``, or None."""
     return _optional("causal_conv1d", "causal_conv1d_fn")
+
+
+@functools.cache
+def fla_chunk_gla() -> Callable | None:
+    """flash-linear-attention's ``chunk_gla`` (gated linear attention), or None."""
+    return _optional("fla.ops.gla", "chunk_gla")
+
+
+@functools.cache
+def fla_chunk_gated_delta_rule() -> Callable | None:
+    """flash-linear-attention's ``chunk_gated_delta_rule`` (Gated DeltaNet), or None."""
+    return _optional("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
+
+
+@functools.cache
+def fla_parallel_based() -> Callable | None:
+    """flash-linear-attention's ``parallel_based`` (BASED's Taylor linear attention), or None."""
+    return _optional("fla.ops.based", "parallel_based")
