@@ -6,7 +6,9 @@ import torch
 
 from zoo.channels import CHANNELS
 from zoo.memory import MemoryConfig
-from zoo.mixers import MIXERS
+from zoo.mixers import MIXERS, PATTERN_LETTERS
+from zoo.model import build_model
+from zoo.optim import build_optimizer, param_groups
 
 D, L = 16, 12
 
@@ -21,6 +23,10 @@ def hand_flops(name: str, mixer) -> int:
         h, hd = mixer.n_heads, mixer.head_dim
         projections = D * 3 * D + D * D  # qkv and out (no bias by default)
         return 2 * projections + 2 * 2 * (L // 2) * h * hd
+    if name == "sliding_window":
+        h, hd = mixer.n_heads, mixer.head_dim
+        projections = D * 3 * D + D * D
+        return 2 * projections + 2 * 2 * min(L // 2, mixer.window) * h * hd
     if name == "mamba":
         di, ds, r, k = mixer.d_inner, mixer.d_state, mixer.dt_rank, mixer.d_conv
         weights = D * 2 * di + di * k + di + di * (r + 2 * ds) + r * di + di + di * ds + di + di * D
@@ -73,3 +79,21 @@ def test_the_memory_hand_count_matches_its_config():
     sub_keys = 2 * 2 * 6 * 4
     gate_w1_w2 = (D + 1) + D * 10 + 10 * D  # linear(D, 1) with bias, W1, W2 (no biases)
     assert channel.active_parameters() == query + sub_keys + gate_w1_w2 + 2 * 3 * 10
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_every_mixer_learns_in_a_backbone_with_a_memory_channel(name):
+    torch.manual_seed(0)
+    letter = next(k for k, v in PATTERN_LETTERS.items() if v == name)
+    model = build_model({"d_model": 32, "n_layers": 2, "pattern": letter, "vocab_size": 16,
+                         "memory": {"n_keys": 8, "heads": 2, "knn": 4, "k_dim": 16, "layers": [1]}})
+    tokens = torch.randint(16, (4, 24))
+    optimizer = build_optimizer(param_groups(model, lr=3e-3, weight_decay=0.0))
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses

@@ -17,15 +17,18 @@ a layer pattern string (``"AAAA"``) to those names. Adding a mixer is one module
 from zoo.mixers.attention import Attention
 from zoo.mixers.mamba import Mamba
 from zoo.mixers.mamba2 import Mamba2
+from zoo.mixers.sliding_window import SlidingWindowAttention
 
 MIXERS = {
     "attention": Attention,
     "mamba": Mamba,
     "mamba2": Mamba2,
+    "sliding_window": SlidingWindowAttention,
 }
 
 PATTERN_LETTERS = {
     "A": "attention",
     "M": "mamba",
     "S": "mamba2",
+    "W": "sliding_window",
 }

@@ -1,0 +1,92 @@
+"""Sliding-window causal attention: position t attends to positions t - window + 1 .. t only.
+
+Compute and inference state are linear in length: the forward pass works in query blocks of
+``window`` positions, each attending to its own block and the one before it (a banded mask), and
+the inference cache is a ring buffer of the last ``window`` keys and values.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from zoo.mixers.attention import Attention, KVCache
+from zoo.tags import parameter_count
+
+
+class SlidingWindowAttention(Attention):
+    """Causal MHA restricted to the last ``window`` positions (the token itself included), with
+    rotary embedding. The parameters are ``Attention``'s: a state dict moves between the two.
+
+    Args:
+        window: positions each token attends to (>= 1); a sequence no longer than ``window`` is
+            plain causal attention.
+        d_model, layer_idx, n_heads, rotary_base, bias, dropout: as for ``Attention``.
+    """
+
+    def __init__(self, d_model: int, layer_idx: int = 0, window: int = 64, **attention_options):
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"sliding_window window={window!r} must be a positive integer")
+        super().__init__(d_model, layer_idx, **attention_options)
+        self.window = window
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per token: the projections, plus scores and weighted values over the
+        average causal context ``seq_len / 2``, capped at the window (an upper bound past it)."""
+        context = min(seq_len // 2, self.window)
+        return 2 * parameter_count(self) + 2 * 2 * context * self.n_heads * self.head_dim
+
+    def state_size(self, seq_len: int) -> int:
+        """Bytes of inference state per sequence: keys and values of at most ``window`` positions."""
+        return super().state_size(min(seq_len, self.window))
+
+    def allocate_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        """A ring buffer of ``min(max_len, window)`` positions; ``length`` counts every token seen."""
+        return super().allocate_cache(batch_size, min(max_len, self.window), device, dtype)
+
+    def step(self, hidden: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """One token: hidden (B, D) -> (B, D), attending to the cached window and itself; the token's
+        key and value overwrite the oldest slot of ``cache`` (in place). Rotary is applied at the
+        absolute position before caching, so the order of the slots does not matter."""
+        batch, d_model = hidden.shape
+        slots = cache.keys.shape[2]
+        q, k, v = self.qkv(hidden).view(batch, 3, self.n_heads, 1, self.head_dim).unbind(1)  # (B, H, 1, hd)
+        q, k = self.rotary(q, offset=cache.length), self.rotary(k, offset=cache.length)
+        slot = cache.length % slots
+        cache.keys[:, :, slot] = k[:, :, 0]
+        cache.values[:, :, slot] = v[:, :, 0]
+        cache.length += 1
+        used = min(cache.length, slots)
+        y = F.scaled_dot_product_attention(q, cache.keys[:, :, :used], cache.values[:, :, :used])
+        return self.out_proj(y.reshape(batch, d_model)), cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D); position t attends to positions max(0, t - window + 1) .. t."""
+        batch, length, d_model = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, hd)
+        q, k = self.rotary(q), self.rotary(k)
+        dropout = self.dropout if self.training else 0.0
+        if length <= self.window:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = self._banded(q, k, v, dropout)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, length, d_model))
+
+    def _banded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+        """q, k, v (B, H, L, hd) -> (B, H, L, hd): query block b (``window`` positions) attends to
+        key blocks b - 1 and b under the band mask; L is padded up to whole blocks."""
+        w, length = self.window, q.shape[2]
+        blocks = -(-length // w)
+        pad = blocks * w - length
+        # one block of zeros in front (the block before the first) and the tail padding behind
+        q = F.pad(q, (0, 0, 0, pad)).unflatten(2, (blocks, w))  # (B, H, nb, w, hd)
+        k, v = (F.pad(t, (0, 0, w, pad)).unflatten(2, (blocks + 1, w)) for t in (k, v))
+        keys = torch.cat([k[:, :, :-1], k[:, :, 1:]], dim=3)  # (B, H, nb, 2w, hd): blocks b - 1, b
+        values = torch.cat([v[:, :, :-1], v[:, :, 1:]], dim=3)
+        query_pos = torch.arange(blocks, device=q.device)[:, None, None] * w + torch.arange(w, device=q.device)[:, None]
+        key_pos = torch.arange(blocks, device=q.device)[:, None, None] * w - w + torch.arange(2 * w, device=q.device)
+        behind = query_pos - key_pos  # (nb, w, 2w)
+        mask = (behind >= 0) & (behind < w) & (key_pos >= 0)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)
+        return y.flatten(2, 3)[:, :, :length]
