@@ -16,12 +16,7 @@ from torchmetrics.text import Perplexity
 from tasks.base import IGNORE_INDEX
 from zoo.guards import check_same_model, first_non_finite_gradient, first_non_finite_output
 from zoo.metrics import BitsPerByte
-from zoo.memory.sharding import (
-    average_sharded_gradients,
-    save_and_load_whole_state,
-    shard_memory,
-    sharded_parameter_names,
-)
+from zoo.memory.sharding_callback import ShardedMemory
 from zoo.model import ModelConfig, build_model
 from zoo.optim import (
     OPTIM_DEFAULTS,
@@ -31,8 +26,6 @@ from zoo.optim import (
     param_groups,
     warmup_cosine_scheduler,
 )
-
-
 
 
 class LitLanguageModel(L.LightningModule):
@@ -66,11 +59,9 @@ class LitLanguageModel(L.LightningModule):
             self.text_metrics[f"{split}_bpb"] = BitsPerByte(per_token, ignore_index=IGNORE_INDEX)
         self._step_started: float | None = None
 
-    def configure_model(self) -> None:
-        """Split ``memory.parallel`` value tables across the ranks (the process group exists by now)
-        and keep their parts out of DDP's gradient averaging."""
-        shard_memory(self.model)
-        self._ddp_params_and_buffers_to_ignore = sharded_parameter_names(self)
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Sharded memory's data-parallel needs, attached to every trainer of this module."""
+        return [ShardedMemory()]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs: (B, L) long -> logits (B, L, V)."""
@@ -137,9 +128,6 @@ class LitLanguageModel(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def on_after_backward(self) -> None:
-        average_sharded_gradients(self.model, self.trainer.world_size)
-
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step_started = time.perf_counter()
 
@@ -152,7 +140,6 @@ class LitLanguageModel(L.LightningModule):
         opt = self.optim
         groups = param_groups(self.model, opt["lr"], opt["weight_decay"], opt["group_lr"])
         optimizer = build_optimizer(groups, betas=tuple(opt["betas"]), eps=opt["eps"])
-        save_and_load_whole_state(optimizer)
         total = opt["total_steps"] or self.trainer.max_steps
         if total is None or total < 1:
             total = int(self.trainer.estimated_stepping_batches)
