@@ -49,7 +49,7 @@ def grid_run(tmp_path_factory):
     return grid_file, tmp / "results" / "tiny"
 
 
-def test_grid_writes_a_row_per_cell_a_summary_and_the_three_figures(grid_run):
+def test_grid_writes_a_row_per_cell_a_summary_and_the_figures(grid_run):
     _, root = grid_run
     rows = list(csv.DictReader((root / "results.csv").open()))
     assert len(rows) == 4 + 4 + 1 + 1
@@ -58,12 +58,14 @@ def test_grid_writes_a_row_per_cell_a_summary_and_the_three_figures(grid_run):
     for r in done:
         assert int(r["params"]) > 0 and int(r["active_params"]) > 0 and int(r["flops_per_token"]) > 0
         assert float(r["wall_time_s"]) > 0 and r["backbone"] == "transformer"
+    for r in (r for r in done if r["task"] == "mqar"):  # keys and values of every position, float32
+        assert int(r["state_size"]) == int(r["n_layers"]) * 2 * int(r["task.seq_len"]) * int(r["d_model"]) * 4
     (broken,) = [r for r in rows if r["status"] == "failed"]
     assert "memory.parallel='rows' needs a process group" in broken["error"]
     assert json.loads((root / "runs" / "broken" / "parallel=rows" / "error.json").read_text())["traceback"]
     summary = (root / "summary.md").read_text()
     assert "## mqar (best learning rate per cell)" in summary and "## failed cells" in summary
-    for name in ("mqar_accuracy_vs_d_model", "facts_recalled", "lm_val_bpb_vs_step"):
+    for name in ("mqar_accuracy_vs_d_model", "mqar_accuracy_vs_state_size", "facts_recalled", "lm_val_bpb_vs_step"):
         assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -90,7 +92,8 @@ def test_tensorboard_holds_run_hparams_and_grid_figures(grid_run):
     grid_events = next((root / "tb").glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(grid_events), size_guidance={"images": 0})
     acc.Reload()
-    assert set(acc.Tags()["images"]) == {"grid/mqar_accuracy_vs_d_model", "grid/facts_recalled", "grid/lm_val_bpb_vs_step"}
+    assert set(acc.Tags()["images"]) == {"grid/mqar_accuracy_vs_d_model", "grid/mqar_accuracy_vs_state_size",
+                                         "grid/facts_recalled", "grid/lm_val_bpb_vs_step"}
 
 
 def test_rerun_trains_only_the_cells_without_metrics(grid_run):

@@ -1,5 +1,6 @@
-"""Per-token cost of a model: parameters a token touches and forward FLOPs, from what each layer
-declares (``active_parameters`` / ``flops_per_token`` of mixers and channels): no layer is special-cased."""
+"""Per-token cost of a model: parameters a token touches, forward FLOPs and the inference state a
+sequence keeps, from what each layer declares (``active_parameters`` / ``flops_per_token`` /
+``state_size`` of mixers and channels): no layer is special-cased."""
 
 from __future__ import annotations
 
@@ -38,3 +39,10 @@ def forward_flops_per_token(model: LanguageModel, seq_len: int) -> int:
         if block.channel is not None:
             flops += block.channel.flops_per_token(seq_len)
     return flops
+
+
+def state_size(model: LanguageModel, seq_len: int) -> int:
+    """Bytes of inference state one sequence of ``seq_len`` tokens keeps: every mixer's cache (a KV
+    cache for attention, the recurrent state for the recurrent mixers); the x-axis of zoology's
+    recall-vs-state comparison."""
+    return sum(block.mixer.state_size(seq_len) for block in model.blocks)

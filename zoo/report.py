@@ -35,7 +35,8 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
     metrics = record.get("metrics")
     if metrics:
         out.update(params=metrics["params"]["total"], active_params=metrics["params"]["active"],
-                   flops_per_token=metrics["flops_per_token"], steps=metrics["steps"],
+                   flops_per_token=metrics["flops_per_token"], state_size=metrics.get("state_size"),
+                   steps=metrics["steps"],
                    wall_time_s=metrics["wall_time_s"])
         out.update({k.replace("/", "_"): v for k, v in metrics["test"].items()})
         out.update(metrics.get("task_metrics", {}))
@@ -78,7 +79,8 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             continue
         metric_cols = [c for c in ("test_acc", "test_bpb", "facts_recalled") if c in chosen[0]]
         knob_cols = [c for c in chosen[0] if c.startswith("task.")]
-        cols = ["backbone", "memory", "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", *metric_cols, "wall_time_s"]
+        cols = ["backbone", "memory", "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", "state_size",
+                *metric_cols, "wall_time_s"]
         lines += [f"## {study} (best learning rate per cell)", "", "| " + " | ".join(cols) + " |",
                   "|" + " --- |" * len(cols)]
         for r in chosen:
@@ -115,6 +117,28 @@ def mqar_figure(best: list[dict[str, Any]]):
             ax.plot(xs, ys, marker="o", linestyle="--" if "memory" in label else "-", label=label)
         ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel="d_model", ylabel="MQAR test accuracy", ylim=(0, 1.02))
         ax.set_xscale("log", base=2)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def mqar_state_figure(best: list[dict[str, Any]]):
+    """MQAR accuracy vs inference state bytes per sequence (log x), a line per backbone +- memory
+    (its points: the widths), a panel per (seq_len, pairs): zoology's recall-vs-state comparison."""
+    rows = [r for r in best if r.get("task") == "mqar" and r.get("state_size")]
+    panels = sorted({(r["task.seq_len"], r["task.num_kv_pairs"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (seq_len, pairs) in zip(axes[0], panels):
+        lines = defaultdict(list)
+        for r in rows:
+            if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
+                lines[_line_label(r)].append((r["state_size"], r["test_acc"]))
+        for label, points in sorted(lines.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", linestyle="--" if "memory" in label else "-", label=label)
+        ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel="inference state per sequence (bytes)",
+               ylabel="MQAR test accuracy", ylim=(0, 1.02))
+        ax.set_xscale("log")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -173,6 +197,7 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
     figures = {}
     if "mqar" in tasks:
         figures["mqar_accuracy_vs_d_model"] = mqar_figure(best)
+        figures["mqar_accuracy_vs_state_size"] = mqar_state_figure(best)
     if "facts" in tasks:
         figures["facts_recalled"] = facts_figure(best)
     if "lm" in tasks:

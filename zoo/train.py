@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tasks import build_datamodule
 from zoo.checkpoint_io import AtomicCheckpointIO
 from zoo.checkpointing import load_checkpoint_file, resume_path
-from zoo.flops import active_parameters, forward_flops_per_token
+from zoo.flops import active_parameters, forward_flops_per_token, state_size
 from zoo.guards import check_same_model, check_token_ids
 from zoo.io import atomic_write_json, atomic_write_text, format_metrics
 from zoo.lit import LitLanguageModel
@@ -140,6 +140,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "active": active_parameters(module.model),
         },
         "flops_per_token": forward_flops_per_token(module.model, seq_len),
+        "state_size": state_size(module.model, seq_len),
         "steps": int(trainer.global_step),
         "world_size": trainer.world_size,
         "wall_time_s": round(time.perf_counter() - started, 2),
