@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
 from tasks import TASKS
-from zoo.optim import OPTIM_DEFAULTS
 from zoo.memory import MemoryConfig
+from zoo.optim import OptimConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -31,15 +34,31 @@ def test_task_yaml_states_the_datamodule_defaults(path):
     assert not differ, f"{path.name}: key: (code default, yaml) {differ}"
 
 
-def test_the_pkm_preset_is_the_memory_config_defaults():
-    values = yaml.safe_load((CONFIGS / "memory" / "pkm.yaml").read_text())
-    values.pop("name")
-    defaults = {f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)
-                for f in dataclasses.fields(MemoryConfig)}
-    assert values == defaults
+def composed(*overrides: str):
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
 
 
-def test_train_yaml_states_the_optimizer_defaults():
-    optim = yaml.safe_load((CONFIGS / "train.yaml").read_text())["optim"]
-    differ = {k: (v, optim.get(k)) for k, v in OPTIM_DEFAULTS.items() if not same(v, optim.get(k))}
-    assert not differ, f"key: (code default, train.yaml) {differ}"
+def test_memory_pkm_is_the_memory_config_dataclass_with_nothing_restated_in_yaml():
+    memory = OmegaConf.to_container(composed("memory=pkm").memory)
+    assert memory.pop("name") == "pkm"
+    assert memory == dataclasses.asdict(MemoryConfig())
+    assert not (CONFIGS / "memory" / "pkm.yaml").exists()
+
+
+def test_optim_is_the_optim_config_dataclass_with_nothing_restated_in_yaml():
+    assert OmegaConf.to_container(composed().optim) == dataclasses.asdict(OptimConfig())
+    assert "optim" not in yaml.safe_load((CONFIGS / "train.yaml").read_text())
+
+
+def test_a_preset_states_only_what_it_changes():
+    large = yaml.safe_load((CONFIGS / "memory" / "pkm_large.yaml").read_text())
+    defaults = dataclasses.asdict(MemoryConfig())
+    assert large.pop("defaults") == ["pkm", "_self_"]
+    assert large and all(defaults[k] != v for k, v in large.items())
+
+
+def test_a_wrongly_typed_memory_setting_fails_when_the_config_is_composed():
+    with pytest.raises(Exception, match="Error merging override memory.knn=abc") as failed:
+        composed("memory=pkm", "memory.knn=abc")
+    assert "could not be converted to Integer" in str(failed.value.__cause__)

@@ -19,7 +19,7 @@ from zoo.metrics import BitsPerByte
 from zoo.memory.sharding_callback import ShardedMemory
 from zoo.model import ModelConfig, build_model
 from zoo.optim import (
-    OPTIM_DEFAULTS,
+    OptimConfig,
     build_optimizer,
     clip_grad_norm,
     default_warmup,
@@ -33,9 +33,7 @@ class LitLanguageModel(L.LightningModule):
 
     Args:
         model: ``ModelConfig`` fields (a mapping) for ``build_model``.
-        optim: ``lr`` and, optionally (``OPTIM_DEFAULTS``), ``weight_decay``, ``betas``, ``eps``,
-            ``warmup_steps`` (None: a tenth of the schedule), ``min_lr_ratio``, ``group_lr`` (learning
-            rate per tagged parameter group) and ``total_steps`` (None: the trainer's ``max_steps``).
+        optim: ``OptimConfig`` fields (a mapping; the ones left out take their defaults).
         bytes_per_token: per split, the bytes of text a scored token covers (language modeling);
             when given, perplexity (``{split}/ppl``) and bits per byte (``{split}/bpb``) are logged.
     """
@@ -45,7 +43,7 @@ class LitLanguageModel(L.LightningModule):
         self.save_hyperparameters(logger=False)  # train() logs them once, with the final metrics
         self.model_config = ModelConfig.from_mapping(model)
         self.model = build_model(self.model_config)
-        self.optim = {**OPTIM_DEFAULTS, **optim}
+        self.optim = OptimConfig.from_mapping(optim)
         vocab = self.model_config.vocab_size
         self.accuracy = torch.nn.ModuleDict(
             {
@@ -138,13 +136,13 @@ class LitLanguageModel(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
-        groups = param_groups(self.model, opt["lr"], opt["weight_decay"], opt["group_lr"])
-        optimizer = build_optimizer(groups, betas=tuple(opt["betas"]), eps=opt["eps"])
-        total = opt["total_steps"] or self.trainer.max_steps
+        groups = param_groups(self.model, opt.lr, opt.weight_decay, opt.group_lr)
+        optimizer = build_optimizer(groups, betas=tuple(opt.betas), eps=opt.eps)
+        total = opt.total_steps or self.trainer.max_steps
         if total is None or total < 1:
             total = int(self.trainer.estimated_stepping_batches)
-        warmup = default_warmup(opt["warmup_steps"], total)
-        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, opt["min_lr_ratio"])
+        warmup = default_warmup(opt.warmup_steps, total)
+        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, opt.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -51,9 +54,36 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-# optimizer settings a run may leave out (configs/train.yaml states the same values; a test checks)
-OPTIM_DEFAULTS = {"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "warmup_steps": None,
-                  "min_lr_ratio": 0.1, "group_lr": {}, "total_steps": None}
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay; the ``optim`` config group (``optim=adamw``) is
+    this dataclass, so every default lives here.
+
+    lr: peak learning rate. weight_decay: AdamW's, on matrices only (``param_groups``).
+    betas, eps: Adam's. warmup_steps: linear warmup length; None = a tenth of the schedule.
+    min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+    group_lr: learning rate per tagged parameter group, e.g. ``{memory_values: 1.0e-3}``.
+    total_steps: length of the cosine schedule; None = ``trainer.max_steps``.
+    """
+
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    group_lr: dict[str, float] = field(default_factory=dict)
+    total_steps: int | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "OptimConfig":
+        """Plain or OmegaConf mapping -> config; an unknown key is a ``ValueError``."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown optim config key(s) {unknown}; allowed: {sorted(known)}")
+        plain = {k: list(v) if k == "betas" else dict(v) if k == "group_lr" else v for k, v in values.items()}
+        return cls(**plain)
 
 
 def default_warmup(warmup_steps: int | None, total_steps: int) -> int:

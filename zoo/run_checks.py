@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from zoo.optim import OPTIM_DEFAULTS, check_warmup_cosine, default_warmup
+from zoo.optim import OptimConfig, check_warmup_cosine, default_warmup
 
 RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints", "tb")  # what a started or finished run leaves
 
@@ -17,7 +17,8 @@ RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints", "tb")  # what a sta
 def check_schedule(optim: dict[str, Any], trainer: dict[str, Any]) -> None:
     """lr (and every ``group_lr``) positive and finite, gradient clip >= 0, max_steps >= 1, warmup
     shorter than the schedule; each ``ValueError`` names only the failing field."""
-    lrs = {"optim.lr": optim.get("lr")} | {f"optim.group_lr.{k}": v for k, v in (optim.get("group_lr") or {}).items()}
+    optim = OptimConfig.from_mapping(optim)
+    lrs = {"optim.lr": optim.lr} | {f"optim.group_lr.{k}": v for k, v in optim.group_lr.items()}
     for name, value in lrs.items():
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name}={value!r} must be a finite number > 0")
@@ -27,12 +28,11 @@ def check_schedule(optim: dict[str, Any], trainer: dict[str, Any]) -> None:
     max_steps = trainer.get("max_steps")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"trainer.max_steps={max_steps!r} must be an integer >= 1")
-    optim = {**OPTIM_DEFAULTS, **optim}
-    total = optim["total_steps"] or max_steps
+    total = optim.total_steps or max_steps
     if not isinstance(total, int) or total < 1:
-        raise ValueError(f"optim.total_steps={optim['total_steps']!r} must be an integer >= 1 or null (= trainer.max_steps)")
-    warmup = default_warmup(optim["warmup_steps"], total)
-    check_warmup_cosine(warmup, total, optim["min_lr_ratio"])
+        raise ValueError(f"optim.total_steps={optim.total_steps!r} must be an integer >= 1 or null (= trainer.max_steps)")
+    warmup = default_warmup(optim.warmup_steps, total)
+    check_warmup_cosine(warmup, total, optim.min_lr_ratio)
     if warmup >= total:
         raise ValueError(f"optim.warmup_steps={warmup} must be < the schedule's {total} steps "
                          "(optim.total_steps, or trainer.max_steps when that is null)")
