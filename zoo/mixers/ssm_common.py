@@ -1,4 +1,4 @@
-"""Pieces the Mamba and Mamba-2 mixers share: dt initialisation and the causal depthwise conv."""
+"""Pieces the state-space and convolutional mixers share: dt initialisation and the causal depthwise conv."""
 
 from __future__ import annotations
 
@@ -18,19 +18,30 @@ def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_floor: float) -> to
     return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
 
 
-def causal_conv_silu(x: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
-    """x: (B, C, L) -> silu(causal depthwise conv(x)), (B, C, L); causal-conv1d's kernel on CUDA when present."""
+def causal_conv(x: torch.Tensor, conv1d: nn.Conv1d, activation: str | None = None) -> torch.Tensor:
+    """x: (B, C, L) -> causal depthwise conv(x), followed by SiLU when ``activation == "silu"``,
+    (B, C, L); causal-conv1d's kernel on CUDA when present."""
     conv_fn = kernels.causal_conv1d() if x.is_cuda else None
     if conv_fn is not None:
-        return conv_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
-    return F.silu(conv1d(x)[..., : x.shape[-1]])
+        return conv_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation=activation)
+    out = conv1d(x)[..., : x.shape[-1]]
+    return F.silu(out) if activation == "silu" else out
+
+
+def causal_conv_step(x: torch.Tensor, conv_state: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
+    """One step of ``causal_conv`` without activation: x (B, C) is pushed into conv_state
+    (B, C, kernel width) in place; returns (B, C)."""
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state[:, :, -1] = x
+    out = (conv_state * conv1d.weight.squeeze(1)).sum(-1)
+    return out if conv1d.bias is None else out + conv1d.bias
+
+
+def causal_conv_silu(x: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
+    """x: (B, C, L) -> silu(causal depthwise conv(x)), (B, C, L)."""
+    return causal_conv(x, conv1d, activation="silu")
 
 
 def causal_conv_silu_step(x: torch.Tensor, conv_state: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
     """One step of ``causal_conv_silu``: x (B, C) is pushed into conv_state (B, C, d_conv) in place."""
-    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-    conv_state[:, :, -1] = x
-    out = (conv_state * conv1d.weight.squeeze(1)).sum(-1)
-    if conv1d.bias is not None:
-        out = out + conv1d.bias
-    return F.silu(out)
+    return F.silu(causal_conv_step(x, conv_state, conv1d))
