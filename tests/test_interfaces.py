@@ -1,6 +1,8 @@
 """Every registered mixer and channel answers the declared interface: step equals forward, FLOPs
 per token equal a hand count, inference state size equals the bytes its cache allocates."""
 
+import math
+
 import pytest
 import torch
 
@@ -36,6 +38,16 @@ def hand_flops(name: str, mixer) -> int:
         conv_dim = di + 2 * g * ds
         weights = D * (2 * di + 2 * g * ds + h) + conv_dim * k + conv_dim + 3 * h + di + di * D
         return 2 * weights + 6 * di * ds
+    if name == "hyena":
+        n, f, e, m, k = mixer.order, mixer.filter_order, mixer.emb_dim, mixer.num_inner_mlps, mixer.short_filter_order
+        width = (n + 1) * D
+        weights = D * width + width + width * k + width + D * D + D  # in_proj, short conv, out_proj (biases)
+        filter_mlp = e * f + f + m * (f * f + f) + f * (n - 1) * D  # evaluated once per position
+        # per long-conv channel and token: 3 real FFTs of size 2L at 2.5 * 2L * log2(2L) over L tokens,
+        # L + 1 complex products (6 each) over L tokens, the skip term
+        long_conv = 3 * 2.5 * 2 * L * math.log2(2 * L) / L + 6 * (L + 1) / L + 2
+        gates, window = n * D, (n - 1) * D
+        return round(2 * weights + gates + (n - 1) * D * long_conv + 2 * filter_mlp + window)
     raise AssertionError(f"no hand count for mixer {name!r}: add one when registering it")
 
 

@@ -15,12 +15,14 @@ a layer pattern string (``"AAAA"``) to those names. Adding a mixer is one module
 """
 
 from zoo.mixers.attention import Attention
+from zoo.mixers.hyena import Hyena
 from zoo.mixers.mamba import Mamba
 from zoo.mixers.mamba2 import Mamba2
 from zoo.mixers.sliding_window import SlidingWindowAttention
 
 MIXERS = {
     "attention": Attention,
+    "hyena": Hyena,
     "mamba": Mamba,
     "mamba2": Mamba2,
     "sliding_window": SlidingWindowAttention,
@@ -28,6 +30,7 @@ MIXERS = {
 
 PATTERN_LETTERS = {
     "A": "attention",
+    "H": "hyena",
     "M": "mamba",
     "S": "mamba2",
     "W": "sliding_window",
