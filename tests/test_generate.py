@@ -13,6 +13,7 @@ BACKBONES = {
     "mamba": {"pattern": "M", "channel": "none", "mixer": {"mamba": {"d_state": 8}}},
     "mamba2": {"pattern": "S", "channel": "none", "mixer": {"mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4}}},
     "hybrid": {"pattern": "MA", "channel": "mlp", "mixer": {"mamba": {"d_state": 8}}},
+    "hyena": {"pattern": "H", "channel": "mlp", "mixer": {"hyena": {"l_max": 16, "filter_order": 8}}},
 }
 
 
