@@ -94,7 +94,10 @@ class HyenaFilter(nn.Module):
     def filter(self, length: int) -> torch.Tensor:
         """Filter values at lags 0 .. length-1: (n_filters, D, length)."""
         weight = self.bias
-        z, t = positional_features(length, self.l_max, self.emb_dim, dtype=weight.dtype, device=weight.device)
+        # positions in at least float32: bf16 cannot tell integers above 256 apart
+        exact = torch.promote_types(weight.dtype, torch.float32)
+        features = positional_features(length, self.l_max, self.emb_dim, exact, weight.device)
+        z, t = (f.to(weight.dtype) for f in features)
         h = self.modulation(t, self.implicit_filter(z))  # (length, n_filters * D)
         return h.view(length, self.n_filters, self.d_model).permute(1, 2, 0)
 
@@ -195,7 +198,7 @@ class Hyena(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, D) -> (B, L, D); L <= l_max."""
-        batch, length, _ = hidden.shape
+        length = hidden.shape[1]
         self._check_length(length, "sequence length")
         u = causal_conv(self.in_proj(hidden).transpose(1, 2), self.short_filter)  # (B, (N+1) D, L)
         *gates, v = u.unflatten(1, (self.order + 1, self.d_model)).unbind(1)  # each (B, D, L)
