@@ -1,6 +1,7 @@
 """Hyena: the FFT long convolution equals the direct causal sum token by token (values and gradients
 of the input and every parameter, float64), step equals forward, long sequences stay exact, names
-follow zoology's Hyena, bad options and lengths are errors, and a Hyena backbone with memory learns."""
+follow zoology's Hyena, bad options and lengths are errors (learning with a memory channel: the
+contract test in test_interfaces.py)."""
 
 import inspect
 import math
@@ -150,25 +151,6 @@ def test_model_init_keeps_the_conv_and_skip_init_and_the_filter_has_no_weight_de
     assert mixer.filter_fn.implicit_filter[0].weight.std() < 0.05  # GPT-style, as zoology's init does
     for name, param in mixer.filter_fn.named_parameters():
         assert optim_tags(param).get("weight_decay") == 0.0, name
-
-
-def test_memory_goes_into_a_hyena_backbone_and_it_learns():
-    torch.manual_seed(0)
-    model = build_model(dict(vocab_size=16, d_model=32, n_layers=2, pattern="H", channel="mlp",
-                             mixer={"hyena": {"l_max": 16, "filter_order": 16}},
-                             memory=dict(n_keys=8, knn=4, k_dim=16, layers=[1])))
-    assert [type(b.mixer).__name__ for b in model.blocks] == ["Hyena", "Hyena"]
-    assert type(model.blocks[1].channel).__name__ == "MemoryPlus"
-    tokens = torch.randint(0, 16, (4, 12))
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if "values" not in n], lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
 
 
 @pytest.mark.parametrize("kwargs, match", [
