@@ -52,13 +52,6 @@ def _chunk_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.where(causal, 1 + s + 0.5 * s * s, 0.0)
 
 
-def _exclusive_cumsum(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sum of the entries before each index along ``dim`` (zero for the first). Shifting the inclusive
-    sum, rather than subtracting each entry from it, leaves no cancellation."""
-    shifted = torch.cumsum(t.narrow(dim, 0, t.shape[dim] - 1), dim)
-    return torch.cat([torch.zeros_like(t.narrow(dim, 0, 1)), shifted], dim)
-
-
 def based_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int, eps: float) -> torch.Tensor:
     """Normalised causal Taylor linear attention, chunked: exact scores inside chunks of
     ``chunk_size`` steps, the (P, head_dim) state and (P,) normaliser carried between chunks.
@@ -67,7 +60,7 @@ def based_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size:
     """
     if chunk_size < 1:
         raise ValueError(f"based chunk_size={chunk_size} must be >= 1")
-    batch, length, heads, _ = q.shape
+    length = q.shape[1]
     n_chunks = -(-length // chunk_size)
     pad = n_chunks * chunk_size - length  # padded steps come after every real one: causality hides them
 
@@ -79,11 +72,13 @@ def based_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size:
     num = torch.einsum("bnhts,bnshv->bnthv", scores, vc)
     den = scores.sum(-1).transpose(-1, -2)  # (b, n, T, h)
 
-    phi_q, phi_k = taylor_features(qc), taylor_features(kc)  # (b, n, T, h, P)
-    state = _exclusive_cumsum(torch.einsum("bnshp,bnshv->bnhpv", phi_k, vc), dim=1)  # entering each chunk
-    normaliser = _exclusive_cumsum(phi_k.sum(2), dim=1)  # (b, n, h, P)
-    num = num + torch.einsum("bnthp,bnhpv->bnthv", phi_q, state)
-    den = den + torch.einsum("bnthp,bnhp->bnth", phi_q, normaliser)
+    if n_chunks > 1:  # the state entering chunk c >= 1 sums chunks 0..c-1: the last chunk feeds none
+        phi_k = taylor_features(kc[:, :-1])  # (b, n-1, T, h, P)
+        state = torch.einsum("bnshp,bnshv->bnhpv", phi_k, vc[:, :-1]).cumsum(1)  # entering chunks 1..n-1
+        normaliser = phi_k.sum(2).cumsum(1)  # (b, n-1, h, P)
+        phi_q = taylor_features(qc[:, 1:])
+        num = torch.cat([num[:, :1], num[:, 1:] + torch.einsum("bnthp,bnhpv->bnthv", phi_q, state)], dim=1)
+        den = torch.cat([den[:, :1], den[:, 1:] + torch.einsum("bnthp,bnhp->bnth", phi_q, normaliser)], dim=1)
     y = num / (den + eps).unsqueeze(-1)
     return y.flatten(1, 2)[:, :length]
 
