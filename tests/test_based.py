@@ -1,6 +1,7 @@
 """BASED mixer: chunked Taylor linear attention equals the per-token recurrence (values and gradients,
 float64), the whole mixer equals a naive loop (gradients of the input and every parameter), step
-equals forward, fla's naive references and layer (names, shapes, numbers), long sequences, config."""
+equals forward, fla's naive references and layer (names, shapes, numbers), long sequences, config.
+Learning in a backbone with a memory channel is tests/test_interfaces.py's contract test."""
 
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import torch.nn.functional as F
 import yaml
 from grad_match import assert_values_and_grads_match
 
-from zoo import build_model
 from zoo.mixers.based import Based, BasedCache, based_chunked, taylor_features
 from zoo.model import Block, LanguageModel, ModelConfig
 from zoo.tags import is_no_reinit, is_residual_projection
@@ -183,24 +183,6 @@ def test_conv_keeps_its_init_and_output_projection_is_scaled_by_model_init():
     before = mixer.conv1d.weight.detach().clone()
     LanguageModel(ModelConfig(vocab_size=11, d_model=16, n_layers=1), [Block(16, mixer, None, 1e-5)])
     torch.testing.assert_close(mixer.conv1d.weight, before, rtol=0, atol=0)
-
-
-def test_memory_goes_into_a_based_backbone_and_it_learns():
-    torch.manual_seed(0)
-    model = build_model(dict(vocab_size=16, d_model=32, n_layers=2, pattern="B",
-                             mixer={"based": {"feature_dim": 8}}, memory=dict(n_keys=8, knn=4, k_dim=16, layers=[1])))
-    assert [type(b.mixer).__name__ for b in model.blocks] == ["Based", "Based"]
-    assert type(model.blocks[1].channel).__name__ == "MemoryPlus"
-    tokens = torch.randint(0, 16, (4, 12))
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if "values" not in n], lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_backbone_yaml_states_the_constructor_defaults():
