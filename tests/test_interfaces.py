@@ -48,6 +48,11 @@ def hand_flops(name: str, mixer) -> int:
         long_conv = 3 * 2.5 * 2 * L * math.log2(2 * L) / L + 6 * (L + 1) / L + 2
         gates, window = n * D, (n - 1) * D
         return round(2 * weights + gates + (n - 1) * D * long_conv + 2 * filter_mlp + window)
+    if name == "based":
+        h, f, hd, k = mixer.num_heads, mixer.feature_dim, mixer.head_dim, mixer.conv_size
+        weights = D * k + 2 * D * h * f + D * h * hd + h * hd * D  # conv (no bias), q, k, v, o
+        features = 1 + f + f * f  # Taylor map: 1, x, x (x) x
+        return 2 * weights + 2 * 2 * h * features * (hd + 1)  # update + readout of state and normaliser
     raise AssertionError(f"no hand count for mixer {name!r}: add one when registering it")
 
 

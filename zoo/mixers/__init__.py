@@ -15,6 +15,7 @@ a layer pattern string (``"AAAA"``) to those names. Adding a mixer is one module
 """
 
 from zoo.mixers.attention import Attention
+from zoo.mixers.based import Based
 from zoo.mixers.hyena import Hyena
 from zoo.mixers.mamba import Mamba
 from zoo.mixers.mamba2 import Mamba2
@@ -22,6 +23,7 @@ from zoo.mixers.sliding_window import SlidingWindowAttention
 
 MIXERS = {
     "attention": Attention,
+    "based": Based,
     "hyena": Hyena,
     "mamba": Mamba,
     "mamba2": Mamba2,
@@ -30,6 +32,7 @@ MIXERS = {
 
 PATTERN_LETTERS = {
     "A": "attention",
+    "B": "based",
     "H": "hyena",
     "M": "mamba",
     "S": "mamba2",
