@@ -23,9 +23,9 @@ def make_cfg(*overrides):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["optim.lr=-1"], r"^optim.lr=-1 must be a finite number > 0$"),
+        (["optim.lr=-1"], r"^optim.lr=-1.0 must be a finite number > 0$"),
         (["optim.lr=nan"], r"^optim.lr=nan must be a finite number > 0$"),
-        (["+optim.group_lr.memory_values=0"], r"^optim.group_lr.memory_values=0 must be a finite number > 0$"),
+        (["+optim.group_lr.memory_values=0"], r"^optim.group_lr.memory_values=0.0 must be a finite number > 0$"),
         (["trainer.gradient_clip_val=-1"], r"^trainer.gradient_clip_val=-1 must be >= 0"),
         (["trainer.max_steps=0"], r"^trainer.max_steps=0 must be an integer >= 1$"),
         (["optim.warmup_steps=4"], r"^optim.warmup_steps=4 must be < the schedule's 4 steps"),
