@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import lightning as L
@@ -55,7 +54,6 @@ class LitLanguageModel(L.LightningModule):
         for split, per_token in (bytes_per_token or {}).items():
             self.text_metrics[f"{split}_ppl"] = Perplexity(ignore_index=IGNORE_INDEX)
             self.text_metrics[f"{split}_bpb"] = BitsPerByte(per_token, ignore_index=IGNORE_INDEX)
-        self._step_started: float | None = None
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Sharded memory's data-parallel needs, attached to every trainer of this module."""
@@ -125,14 +123,6 @@ class LitLanguageModel(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
-
-    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        elapsed = time.perf_counter() - self._step_started
-        tokens = batch["inputs"].numel() * self.trainer.world_size
-        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
