@@ -43,8 +43,8 @@ def one_device_per_job(cfg: DictConfig, job_num: int) -> Iterator[None]:
     """Inside, a run set for one CUDA device (``trainer.accelerator`` gpu / cuda, ``trainer.devices``
     1) trains on a claimed device (``cfg.trainer.devices = [i]``) when more than one is visible;
     any other run is left as it is. ``job_num`` picks the device to wait for when all are claimed."""
-    count = torch.cuda.device_count()
-    if cfg.trainer.accelerator not in ("gpu", "cuda") or str(cfg.trainer.devices) != "1" or count < 2:
+    count = torch.cuda.device_count() if cfg.trainer.accelerator in ("gpu", "cuda") and str(cfg.trainer.devices) == "1" else 0
+    if count < 2:
         yield
         return
     keys = [str(torch.cuda.get_device_properties(i).uuid) for i in range(count)]
