@@ -111,7 +111,8 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         if not chosen:
             continue
         seeded = any(r["n"] > 1 for r in chosen)
-        metric_cols = [c for c in ("test_acc", "test_bpb", "facts_recalled") if c in chosen[0]]
+        slice_cols = [c for c in chosen[0] if c.startswith("test_") and c.endswith("_acc") and c != "test_acc"]
+        metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled") if c in chosen[0]]
         knob_cols = [c for c in chosen[0] if c.startswith("task.")]
         cols = ["backbone", "memory", "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", "state_size",
                 *metric_cols, "wall_time_s", "tokens_per_s", "mfu", *(["n"] if seeded else [])]

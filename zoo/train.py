@@ -28,6 +28,7 @@ from zoo.memory.monitor import MemoryMonitor, memory_layers, sent_bytes_per_toke
 from zoo.model import ModelConfig
 from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
 from zoo.signals import CheckpointOnSignal, RunInterrupted, StopSignals
+from zoo.slices import generate_slices, slice_datamodules
 from zoo.throughput import RunThroughput, ThroughputConfig
 
 # lightning's pytree helper trips a torch deprecation on every step; it is not ours to act on
@@ -129,7 +130,9 @@ def check_run_config(cfg: DictConfig) -> None:
     check_schedule(OmegaConf.to_container(cfg.optim, resolve=True), OmegaConf.to_container(cfg.trainer, resolve=True))
     throughput_config(cfg)
     check_logger(cfg.logger)
-    model_config(cfg, build_datamodule(OmegaConf.to_container(cfg.task, resolve=True)).vocab_size)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    slice_datamodules(task, OmegaConf.to_container(cfg.test_slices, resolve=True))
+    model_config(cfg, build_datamodule(task).vocab_size)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -152,10 +155,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     loggers, status = build_loggers(cfg.logger, run_dir), "failed"
     try:
         with StopSignals() as stop:
-            datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
+            task = OmegaConf.to_container(cfg.task, resolve=True)
+            test_slices = OmegaConf.to_container(cfg.test_slices, resolve=True)
+            slice_datamodules(task, test_slices)
+            datamodule = build_datamodule(task)
             model_values = model_config(cfg, datamodule.vocab_size)
             L.seed_everything(cfg.seed, workers=True, verbose=False)
             datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
+            slices = generate_slices(task, test_slices)
+            datamodule.datasets.update(slices)  # checked like the splits: token ids, an example per rank
             check_token_ids(datamodule.datasets, model_values["vocab_size"])
             if resume is not None:  # refuse another model's checkpoint before anything is written
                 check_same_model(load_checkpoint_file(resume, mmap=True)["hyper_parameters"]["model"], model_values)
@@ -183,17 +191,21 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 model=model_values,
                 optim=optim_options,
                 bytes_per_token=getattr(datamodule, "bytes_per_token", None),
+                test_slices=list(slices),
             )
             if trainer.is_global_zero:
                 atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
             with stop.lightning_stops_as_interrupts():  # a signal: RunInterrupted
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
             stop.check(f"after training (step {trainer.global_step}, checkpoint in {run_dir / 'checkpoints'})")
+            # the task's test split, then each slice, loaded (and sharded across ranks) as the task loads it
+            test_sets = [datamodule.test_dataloader(), *(datamodule._eval_loader(name) for name in slices)]
             with stop.lightning_stops_as_interrupts():
-                test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+                test_results = trainer.test(module, dataloaders=test_sets, verbose=False)
             stop.check("after the test")
+        test = {k: float(v) for results in test_results for k, v in results.items()}
         metrics = {
-            "test": {k: float(v) for k, v in test_results[0].items()},
+            "test": test,
             "params": {
                 "total": module.model.num_parameters(),
                 "embedding": module.model.embedding.weight.numel(),
@@ -209,6 +221,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "memory": cfg.memory.name,
             "task": cfg.task.name,
         }
+        if test_slices:
+            metrics["test_slices"] = [{**knobs, "acc": test[f"{name}/acc"], "loss": test[f"{name}/loss"]}
+                                      for knobs, name in zip(test_slices, slices)]
         if memory_layers(module):
             metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(module, trainer.world_size)
         if hasattr(datamodule, "summarize"):
