@@ -3,7 +3,6 @@ the figures draw error bars and per-seed points, and the best learning rate is t
 
 import csv
 import statistics
-from pathlib import Path
 
 import pytest
 import yaml
