@@ -37,6 +37,6 @@ def slice_datamodules(task: Mapping[str, Any], slices: Sequence[Mapping[str, Any
     return out
 
 
-def generate_slices(task: Mapping[str, Any], slices: Sequence[Mapping[str, Any]]) -> dict[str, TokenDataset]:
-    """Slice name -> its test examples, ``{"inputs", "targets"}`` rows (num_test, slice length)."""
-    return {name: TokenDataset(*datamodule.generate("test")) for name, datamodule in slice_datamodules(task, slices).items()}
+def generate_slices(datamodules: Mapping[str, GeneratedDataModule]) -> dict[str, TokenDataset]:
+    """Slice name -> its test examples (``slice_datamodules``' test splits), rows (num_test, slice length)."""
+    return {name: TokenDataset(*datamodule.generate("test")) for name, datamodule in datamodules.items()}

@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -94,8 +94,6 @@ def build_loggers(logger: DictConfig, run_dir: Path) -> list[Logger]:
     (its files in ``run_dir/wandb``; offline mode needs no network: ``wandb sync`` uploads later)."""
     loggers: list[Logger] = [TensorBoardLogger(save_dir=str(run_dir), name=logger.subdir, version="", default_hp_metric=False)]
     if logger.name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
         loggers.append(WandbLogger(save_dir=str(run_dir), name=logger.run_name or str(run_dir), project=logger.project,
                                    entity=logger.entity, group=logger.group, tags=list(logger.tags),
                                    offline=logger.mode == "offline", mode=logger.mode))
@@ -105,7 +103,7 @@ def build_loggers(logger: DictConfig, run_dir: Path) -> list[Logger]:
 def log_final(loggers: list[Logger], hyperparameters: dict[str, Any], test: dict[str, float], step: int) -> None:
     """The run's settings and its final test metrics (``final/<name>``): TensorBoard's HParams
     dashboard pairs them; other loggers get them as config and metrics."""
-    final = {f"final/{k.split('/')[-1]}": v for k, v in test.items()}
+    final = {f"final/{k.removeprefix('test/')}": v for k, v in test.items()}  # test/acc -> final/acc
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hyperparameters, final)
@@ -115,12 +113,15 @@ def log_final(loggers: list[Logger], hyperparameters: dict[str, Any], test: dict
 
 
 def close_loggers(loggers: list[Logger], status: str) -> None:
-    """Flush every logger; a W&B run is finished, so the next run in this process (a grid's next
+    """Flush every logger; the W&B run is finished, so the next run in this process (a grid's next
     cell) starts its own instead of reusing it."""
     for logger in loggers:
         logger.finalize(status)
-        if logger.__class__.__name__ == "WandbLogger" and logger._experiment is not None:
-            logger.experiment.finish(exit_code=0 if status == "success" else 1)
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        if wandb.run is not None:  # None when the run stopped before logging anything
+            wandb.finish(exit_code=0 if status == "success" else 1)
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -157,12 +158,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         with StopSignals() as stop:
             task = OmegaConf.to_container(cfg.task, resolve=True)
             test_slices = OmegaConf.to_container(cfg.test_slices, resolve=True)
-            slice_datamodules(task, test_slices)
+            slice_modules = slice_datamodules(task, test_slices)
             datamodule = build_datamodule(task)
             model_values = model_config(cfg, datamodule.vocab_size)
             L.seed_everything(cfg.seed, workers=True, verbose=False)
             datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
-            slices = generate_slices(task, test_slices)
+            slices = generate_slices(slice_modules)
             datamodule.datasets.update(slices)  # checked like the splits: token ids, an example per rank
             check_token_ids(datamodule.datasets, model_values["vocab_size"])
             if resume is not None:  # refuse another model's checkpoint before anything is written
