@@ -78,29 +78,31 @@ def test_submitit_local_trains_the_cells_as_submitit_jobs(tmp_path):
 
 def test_a_parallel_grid_stopped_by_sigterm_reports_the_finished_cells_and_resumes(tmp_path):
     slow = [o for o in TINY if not o.startswith(("trainer.max_steps", "task.num_train"))]
-    grid = write(tmp_path, {"name": "stopped", "studies": {
-        "fast": {"base": TINY, "axes": {"memory": ["none"]}},
-        "slow": {"base": [*slow, "task.num_train=2048", "trainer.max_steps=64"], "axes": {"memory": ["none"]}},
-    }})
+    studies = {"fast": {"base": TINY, "axes": {"memory": ["none"]}},
+               "slow": {"base": [*slow, "task.num_train=2048", "trainer.max_steps=5000", "checkpoint.every_n_train_steps=5"],
+                        "axes": {"memory": ["none"]}}}
+    grid = write(tmp_path, {"name": "stopped", "studies": studies})
     bench = [sys.executable, "-m", "zoo.grid", str(grid), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "--out", str(tmp_path)]
     root = tmp_path / "stopped"
     fast, slow_dir = root / "runs" / "fast" / "memory=none", root / "runs" / "slow" / "memory=none"
     proc = subprocess.Popen(bench, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (fast / "metrics.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # until the fast cell is done and the slow one is training
+    while not ((fast / "metrics.json").is_file() and (slow_dir / "checkpoints" / "last.ckpt").is_file()) \
+            and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not (slow_dir / "metrics.json").exists(), "the slow cell finished before the signal: the test proves nothing"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
     assert "1 of 2 cells done" in out and "stopped by SIGTERM" in err
     assert [(r["study"], r["status"]) for r in results(root).values()] == [("fast", "done")]
     finished = (fast / "metrics.json").stat().st_mtime_ns
+    studies["slow"]["base"][-2] = "trainer.max_steps=8"  # a short rerun: the stopped cell, changed, starts over
+    write(tmp_path, {"name": "stopped", "studies": studies})
     rerun = subprocess.run(bench, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "2 of 2 cells done" in rerun.stdout
     assert (fast / "metrics.json").stat().st_mtime_ns == finished  # not trained again
-    assert json.loads((slow_dir / "metrics.json").read_text())["steps"] == 64
+    assert json.loads((slow_dir / "metrics.json").read_text())["steps"] == 8
 
 
 def test_a_job_claims_a_device_no_other_job_holds_and_frees_it_when_done(tmp_path):
