@@ -4,6 +4,7 @@ dataclass) and a bad type fails when the config is composed; the YAML files sele
 
 - ``memory=pkm``: ``MemoryConfig`` (``zoo/memory/config.py``); ``memory=pkm_large`` overrides it.
 - ``optim=adamw``: ``OptimConfig`` (``zoo/optim.py``).
+- ``throughput=default``: ``ThroughputConfig`` (``zoo/throughput.py``): the peak FLOP/s for MFU.
 
 Hydra imports this package to find the YAML files, so the entries exist before any composition.
 """
@@ -14,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 
 from zoo.memory.config import MemoryConfig
 from zoo.optim import OptimConfig
+from zoo.throughput import ThroughputConfig
 
 
 @dataclass
@@ -26,3 +28,4 @@ class MemoryPreset(MemoryConfig):
 _store = ConfigStore.instance()
 _store.store(group="memory", name="pkm", node=MemoryPreset)
 _store.store(group="optim", name="adamw", node=OptimConfig)
+_store.store(group="throughput", name="default", node=ThroughputConfig)

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from tasks import TASKS
 from zoo.memory import MemoryConfig
 from zoo.optim import OptimConfig
+from zoo.throughput import ThroughputConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -49,6 +50,11 @@ def test_memory_pkm_is_the_memory_config_dataclass_with_nothing_restated_in_yaml
 def test_optim_is_the_optim_config_dataclass_with_nothing_restated_in_yaml():
     assert OmegaConf.to_container(composed().optim) == dataclasses.asdict(OptimConfig())
     assert "optim" not in yaml.safe_load((CONFIGS / "train.yaml").read_text())
+
+
+def test_throughput_is_the_throughput_config_dataclass_with_nothing_restated_in_yaml():
+    assert OmegaConf.to_container(composed().throughput) == dataclasses.asdict(ThroughputConfig())
+    assert "throughput" not in yaml.safe_load((CONFIGS / "train.yaml").read_text())
 
 
 def test_a_preset_states_only_what_it_changes():

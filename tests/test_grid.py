@@ -112,7 +112,8 @@ def test_rerun_trains_only_the_cells_without_metrics(grid_run):
 
 
 @pytest.mark.parametrize("bad, match", [("memory.knnn=4", "knnn"), ("memory.knn=99", "memory.knn=99 must be <= memory.n_keys=32"),
-                                        ("optim.lr=-1", r"optim.lr=-1 must be a finite number > 0")])
+                                        ("optim.lr=-1", r"optim.lr=-1.0 must be a finite number > 0"),
+                                        ("throughput.window=1", r"throughput.window=1 must be an integer >= 2")])
 def test_an_invalid_last_cell_stops_the_grid_before_any_cell_trains(tmp_path, bad, match):
     import yaml
 

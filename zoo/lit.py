@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import lightning as L
@@ -36,9 +35,12 @@ class LitLanguageModel(L.LightningModule):
         optim: ``OptimConfig`` fields (a mapping; the ones left out take their defaults).
         bytes_per_token: per split, the bytes of text a scored token covers (language modeling);
             when given, perplexity (``{split}/ppl``) and bits per byte (``{split}/bpb``) are logged.
+        test_slices: names of extra test sets (``test/<slice>``), test dataloaders 1, 2, ... after
+            the task's test split; each logs its own ``test/<slice>/loss`` and ``test/<slice>/acc``.
     """
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], bytes_per_token: dict[str, float] | None = None):
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], bytes_per_token: dict[str, float] | None = None,
+                 test_slices: list[str] | None = None):
         super().__init__()
         self.save_hyperparameters(logger=False)  # train() logs them once, with the final metrics
         self.model_config = ModelConfig.from_mapping(model)
@@ -51,11 +53,14 @@ class LitLanguageModel(L.LightningModule):
                 for split in ("train", "val", "test")
             }
         )
+        self.test_slices = list(test_slices or [])
+        self.slice_accuracy = torch.nn.ModuleList(
+            MulticlassAccuracy(num_classes=vocab, ignore_index=IGNORE_INDEX, average="micro") for _ in self.test_slices
+        )
         self.text_metrics = torch.nn.ModuleDict()
         for split, per_token in (bytes_per_token or {}).items():
             self.text_metrics[f"{split}_ppl"] = Perplexity(ignore_index=IGNORE_INDEX)
             self.text_metrics[f"{split}_bpb"] = BitsPerByte(per_token, ignore_index=IGNORE_INDEX)
-        self._step_started: float | None = None
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Sharded memory's data-parallel needs, attached to every trainer of this module."""
@@ -65,23 +70,28 @@ class LitLanguageModel(L.LightningModule):
         """inputs: (B, L) long -> logits (B, L, V)."""
         return self.model(inputs)
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+    def _shared_step(self, batch: dict[str, torch.Tensor], split: str, test_set: int = 0) -> torch.Tensor:
+        """Loss and metrics of ``split`` (train / val / test); ``test_set`` i >= 1: test slice i - 1."""
         inputs, targets = batch["inputs"], batch["targets"]
         logits = self(inputs)
         scored = targets != IGNORE_INDEX
         if not scored.any():  # an evaluation batch of padding only (EvalShardSampler): nothing to count
             return logits.sum() * 0.0
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-        accuracy = self.accuracy[f"{split}_acc"]
+        if test_set:
+            prefix, accuracy = self.test_slices[test_set - 1], self.slice_accuracy[test_set - 1]
+        else:
+            prefix, accuracy = split, self.accuracy[f"{split}_acc"]
         accuracy(logits[scored].argmax(-1), targets[scored])
         on_step = split == "train"
         rows = None if on_step else int(scored.any(-1).sum())  # padding rows (EvalShardSampler) weigh nothing
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step,
-                 batch_size=rows)
-        self.log(f"{split}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        # every test set logs under its own name: no dataloader index appended
+        self.log(f"{prefix}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step,
+                 batch_size=rows, add_dataloader_idx=False)
+        self.log(f"{prefix}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True, add_dataloader_idx=False)
         for name in ("ppl", "bpb"):
             key = f"{split}_{name}"
-            if key in self.text_metrics:
+            if key in self.text_metrics and not test_set:
                 self.text_metrics[key](logits.float(), targets)
                 self.log(f"{split}/{name}", self.text_metrics[key], on_step=on_step, on_epoch=not on_step)
         return loss
@@ -123,16 +133,8 @@ class LitLanguageModel(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
-
-    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        elapsed = time.perf_counter() - self._step_started
-        tokens = batch["inputs"].numel() * self.trainer.world_size
-        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._shared_step(batch, "test", dataloader_idx)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim

@@ -1,10 +1,12 @@
-"""A grid's records -> results.csv, summary.md (best learning rate per cell), PNG figures, and the
-figures as images in the grid's TensorBoard log."""
+"""A grid's records -> results.csv (one row per run), summary.md (per cell: mean ± std over its
+seeds, at the learning rate with the best mean), PNG figures (error bars and per-seed points when a
+cell has several seeds), and the figures as images in the grid's TensorBoard log."""
 
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,20 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from zoo.io import atomic_write, atomic_write_text  # noqa: E402
 
 TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")
+THROUGHPUT = ("tokens_per_s", "step_time_s", "mfu", "peak_flops", "peak_memory_bytes")
+# columns that say what a run is; every other numeric column is a measurement, averaged over seeds
+DESCRIPTION = {"study", "cell", "setting", "group", "seed", "status", "error", "backbone", "memory", "d_model", "n_layers",
+               "channel", "task", "lr", "steps_planned", "params", "active_params", "flops_per_token", "state_size"}
 
 
 def row(record: dict[str, Any]) -> dict[str, Any]:
     """One results.csv row: settings from the run's resolved config, then its final metrics."""
-    out = {"study": record["study"], "cell": record["cell"], "group": record["group"], "status": record["status"]}
+    out = {"study": record["study"], "cell": record["cell"], "setting": record["setting"], "group": record["group"],
+           "seed": record["seed"], "status": record["status"]}
     config_path = Path(record["dir"]) / "config.yaml"
     if config_path.is_file():
         cfg = OmegaConf.load(config_path)
-        out.update(backbone=cfg.backbone.name, memory=cfg.memory.name, d_model=cfg.backbone.d_model,
+        out.update(seed=cfg.seed, backbone=cfg.backbone.name, memory=cfg.memory.name, d_model=cfg.backbone.d_model,
                    n_layers=cfg.backbone.n_layers, channel=cfg.backbone.channel, task=cfg.task.name,
                    lr=cfg.optim.lr, steps_planned=cfg.trainer.max_steps)
         out.update({f"task.{k}": cfg.task[k] for k in TASK_KNOBS if k in cfg.task})
@@ -36,8 +43,8 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
     if metrics:
         out.update(params=metrics["params"]["total"], active_params=metrics["params"]["active"],
                    flops_per_token=metrics["flops_per_token"], state_size=metrics.get("state_size"),
-                   steps=metrics["steps"],
-                   wall_time_s=metrics["wall_time_s"])
+                   steps=metrics["steps"], wall_time_s=metrics["wall_time_s"])
+        out.update({k: metrics["throughput"][k] for k in THROUGHPUT if k in metrics.get("throughput", {})})
         out.update({k.replace("/", "_"): v for k, v in metrics["test"].items()})
         out.update(metrics.get("task_metrics", {}))
     if record["status"] == "failed":
@@ -61,30 +68,58 @@ def score(r: dict[str, Any]) -> float:
     return -r["test_bpb"] if "test_bpb" in r else r["test_acc"]
 
 
-def best_of_lr(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each cell but its learning rate, the finished run with the best score."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+def _measured(column: str, value: Any) -> bool:
+    return column not in DESCRIPTION and not column.startswith("task.") and isinstance(value, (int, float)) \
+        and not isinstance(value, bool)
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per cell (study, setting) over its finished runs, one per seed: the settings of its
+    first run; each measured column's mean and ``<column>_std`` (sample standard deviation, n - 1
+    in the denominator; 0 for a single run); ``n`` runs; ``runs``, the rows themselves."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if r["status"] == "done":
-            groups[(r["study"], r["group"])].append(r)
+            cells[(r["study"], r["setting"])].append(r)
+    out = []
+    for runs in cells.values():
+        cell = {k: v for k, v in runs[0].items() if not _measured(k, v) and k != "seed"}
+        cell["cell"] = runs[0]["setting"]
+        for column, value in runs[0].items():
+            if _measured(column, value):
+                values = [r[column] for r in runs if r.get(column) is not None]
+                cell[column] = statistics.fmean(values)
+                cell[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        cell.update(n=len(runs), runs=runs)
+        out.append(cell)
+    return out
+
+
+def best_of_lr(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each cell but its learning rate, the one with the best mean score over its seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for cell in cells:
+        groups[(cell["study"], cell["group"])].append(cell)
     return [max(group, key=score) for group in groups.values()]
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
     lines = []
-    best = best_of_lr(rows)
+    best = best_of_lr(aggregate(rows))
     for study in dict.fromkeys(r["study"] for r in rows):
         chosen = [r for r in best if r["study"] == study]
         if not chosen:
             continue
-        metric_cols = [c for c in ("test_acc", "test_bpb", "facts_recalled") if c in chosen[0]]
+        seeded = any(r["n"] > 1 for r in chosen)
+        slice_cols = [c for c in chosen[0] if c.startswith("test_") and c.endswith("_acc") and c != "test_acc"]
+        metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled") if c in chosen[0]]
         knob_cols = [c for c in chosen[0] if c.startswith("task.")]
         cols = ["backbone", "memory", "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", "state_size",
-                *metric_cols, "wall_time_s"]
-        lines += [f"## {study} (best learning rate per cell)", "", "| " + " | ".join(cols) + " |",
-                  "|" + " --- |" * len(cols)]
+                *metric_cols, "wall_time_s", "tokens_per_s", "mfu", *(["n"] if seeded else [])]
+        title = "mean ± std over seeds, best mean learning rate per cell" if seeded else "best learning rate per cell"
+        lines += [f"## {study} ({title})", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
         for r in chosen:
-            lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+            lines.append("| " + " | ".join(_fmt(r.get(c), r.get(f"{c}_std") if r["n"] > 1 else None) for c in cols) + " |")
         lines.append("")
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
@@ -92,10 +127,24 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, std: float | None = None) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.4g}" if std is None else f"{value:.4g} ± {std:.2g}"
     return "-" if value is None else str(value)
+
+
+def _draw(ax, label: str, cells: list[dict[str, Any]], x: str, y: str, dashed: bool) -> None:
+    """A line through the cells' mean ``y`` against ``x``; with several seeds, ± one standard
+    deviation as error bars and each seed's value as a point."""
+    cells = sorted(cells, key=lambda c: c[x])
+    xs, ys = [c[x] for c in cells], [c[y] for c in cells]
+    style = {"marker": "o", "linestyle": "--" if dashed else "-", "label": label}
+    if all(c["n"] == 1 for c in cells):
+        ax.plot(xs, ys, **style)
+        return
+    bars = ax.errorbar(xs, ys, yerr=[c[f"{y}_std"] for c in cells], capsize=3, **style)
+    for c in cells:
+        ax.scatter([c[x]] * c["n"], [r[y] for r in c["runs"]], s=10, alpha=0.5, color=bars[0].get_color(), zorder=3)
 
 
 def _line_label(r: dict[str, Any]) -> str:
@@ -111,10 +160,9 @@ def mqar_figure(best: list[dict[str, Any]]):
         lines = defaultdict(list)
         for r in rows:
             if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
-                lines[_line_label(r)].append((r["d_model"], r["test_acc"]))
-        for label, points in sorted(lines.items()):
-            xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker="o", linestyle="--" if "memory" in label else "-", label=label)
+                lines[_line_label(r)].append(r)
+        for label, cells in sorted(lines.items()):
+            _draw(ax, label, cells, "d_model", "test_acc", dashed="memory" in label)
         ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel="d_model", ylabel="MQAR test accuracy", ylim=(0, 1.02))
         ax.set_xscale("log", base=2)
     axes[0][-1].legend(fontsize=7)
@@ -132,10 +180,9 @@ def mqar_state_figure(best: list[dict[str, Any]]):
         lines = defaultdict(list)
         for r in rows:
             if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
-                lines[_line_label(r)].append((r["state_size"], r["test_acc"]))
-        for label, points in sorted(lines.items()):
-            xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker="o", linestyle="--" if "memory" in label else "-", label=label)
+                lines[_line_label(r)].append(r)
+        for label, cells in sorted(lines.items()):
+            _draw(ax, label, cells, "state_size", "test_acc", dashed="memory" in label)
         ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel="inference state per sequence (bytes)",
                ylabel="MQAR test accuracy", ylim=(0, 1.02))
         ax.set_xscale("log")
@@ -150,10 +197,9 @@ def facts_figure(best: list[dict[str, Any]]):
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     lines = defaultdict(list)
     for r in rows:
-        lines[(_line_label(r), r["flops_per_token"])].append((r["task.num_facts"], r["facts_recalled"]))
-    for (label, flops), points in sorted(lines.items()):
-        xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", linestyle="--" if "memory" in label else "-", label=f"{label} ({flops / 1e3:.0f} kFLOP/tok)")
+        lines[(_line_label(r), r["flops_per_token"])].append(r)
+    for (label, flops), cells in sorted(lines.items()):
+        _draw(ax, f"{label} ({flops / 1e3:.0f} kFLOP/tok)", cells, "task.num_facts", "facts_recalled", dashed="memory" in label)
     top = max((r["task.num_facts"] for r in rows), default=1)
     ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="all facts")
     ax.set(xlabel="facts in the knowledge base", ylabel="facts recalled (test)")
@@ -174,13 +220,22 @@ def validation_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def lm_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
-    """LM validation bits per byte vs step, a line per backbone +- memory."""
+    """LM validation bits per byte vs step, a line per backbone +- memory (the mean over seeds,
+    shaded ± one standard deviation when there are several)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in sorted((r for r in best if r.get("task") == "lm"), key=_line_label):
-        points = validation_curve(dirs[(r["study"], r["cell"])], "val/bpb")
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker=".", linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r))
+        by_step = defaultdict(list)
+        for run in r["runs"]:
+            for step, value in validation_curve(dirs[(run["study"], run["cell"])], "val/bpb"):
+                by_step[step].append(value)
+        if by_step:
+            xs = sorted(by_step)
+            ys = [statistics.fmean(by_step[x]) for x in xs]
+            line = ax.plot(xs, ys, marker=".", linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r))
+            if r["n"] > 1:
+                spread = [statistics.stdev(by_step[x]) if len(by_step[x]) > 1 else 0.0 for x in xs]
+                ax.fill_between(xs, [y - s for y, s in zip(ys, spread)], [y + s for y, s in zip(ys, spread)],
+                                color=line[0].get_color(), alpha=0.2)
     ax.set(xlabel="training step", ylabel="validation bits per byte")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -191,7 +246,7 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
     """results.csv, summary.md, one PNG per task family present, and those figures in root/tb."""
     rows = [row(r) for r in records]
     paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary_markdown(rows))]
-    best = best_of_lr(rows)
+    best = best_of_lr(aggregate(rows))
     dirs = {(r["study"], r["cell"]): Path(r["dir"]) for r in records}
     tasks = {r.get("task") for r in best}
     figures = {}

@@ -25,6 +25,40 @@ class RunInterrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name}{': ' + detail if detail else ''}")
 
 
+class SignalExit(SystemExit):
+    """Leave the process with exit code ``code`` (128 + a stop signal) after ``finally`` blocks run.
+    A ``SystemExit``, so it passes Hydra's job runner and launchers, which catch ``Exception`` only;
+    the code is the only argument, so it pickles back from a launcher's worker process."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.code - 128).name
+
+
+@contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """While open (main thread only), SIGTERM and SIGINT raise ``SignalExit`` where the process is:
+    for a process that waits on others (``memzoo-bench`` while a launcher runs its cells), so the
+    wait ends at once. A run started inside installs its own ``StopSignals``, which takes the
+    signal first and saves a checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame) -> None:
+        raise SignalExit(128 + signum)
+
+    previous = {s: signal.signal(s, handle) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class StopSignals:
     """While open, SIGTERM and SIGINT set ``received`` (the signal number) instead of ending the
     process, and are passed on to the handlers that were there before (an enclosing ``StopSignals``,

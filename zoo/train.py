@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 import warnings
@@ -11,7 +12,7 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -27,9 +28,13 @@ from zoo.memory.monitor import MemoryMonitor, memory_layers, sent_bytes_per_toke
 from zoo.model import ModelConfig
 from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
 from zoo.signals import CheckpointOnSignal, RunInterrupted, StopSignals
+from zoo.slices import generate_slices, slice_datamodules
+from zoo.throughput import RunThroughput, ThroughputConfig
 
 # lightning's pytree helper trips a torch deprecation on every step; it is not ours to act on
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def model_config(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
@@ -69,11 +74,66 @@ def run_hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
+def throughput_config(cfg: DictConfig) -> ThroughputConfig:
+    """The run's ``throughput`` settings, checked."""
+    return ThroughputConfig(**OmegaConf.to_container(cfg.throughput, resolve=True))
+
+
+def check_logger(logger: DictConfig) -> None:
+    """``logger=wandb`` needs the wandb package and a mode it knows; raise ``ValueError`` otherwise."""
+    if logger.name != "wandb":
+        return
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError("logger=wandb needs the wandb package: pip install 'memzoo[wandb]' (or use logger=tensorboard)")
+    if logger.mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={logger.mode!r} is not a W&B mode; allowed: {list(WANDB_MODES)}")
+
+
+def build_loggers(logger: DictConfig, run_dir: Path) -> list[Logger]:
+    """TensorBoard in ``run_dir/<logger.subdir>``, and with ``logger=wandb`` a W&B run beside it
+    (its files in ``run_dir/wandb``; offline mode needs no network: ``wandb sync`` uploads later)."""
+    loggers: list[Logger] = [TensorBoardLogger(save_dir=str(run_dir), name=logger.subdir, version="", default_hp_metric=False)]
+    if logger.name == "wandb":
+        loggers.append(WandbLogger(save_dir=str(run_dir), name=logger.run_name or str(run_dir), project=logger.project,
+                                   entity=logger.entity, group=logger.group, tags=list(logger.tags),
+                                   offline=logger.mode == "offline", mode=logger.mode))
+    return loggers
+
+
+def log_final(loggers: list[Logger], hyperparameters: dict[str, Any], test: dict[str, float], step: int) -> None:
+    """The run's settings and its final test metrics (``final/<name>``): TensorBoard's HParams
+    dashboard pairs them; other loggers get them as config and metrics."""
+    final = {f"final/{k.removeprefix('test/')}": v for k, v in test.items()}  # test/acc -> final/acc
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hyperparameters, final)
+        else:
+            logger.log_hyperparams(hyperparameters)
+            logger.log_metrics(final, step=step)
+
+
+def close_loggers(loggers: list[Logger], status: str) -> None:
+    """Flush every logger; the W&B run is finished, so the next run in this process (a grid's next
+    cell) starts its own instead of reusing it."""
+    for logger in loggers:
+        logger.finalize(status)
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        if wandb.run is not None:  # None when the run stopped before logging anything
+            wandb.finish(exit_code=0 if status == "success" else 1)
+
+
 def check_run_config(cfg: DictConfig) -> None:
-    """The checks a run makes before it generates data or builds a model (schedule, task arguments,
-    model settings), for callers that want them early (``memzoo-bench`` checks every cell first)."""
+    """The checks a run makes before it generates data or builds a model (schedule, throughput and
+    logger settings, task arguments, model settings), for callers that want them early
+    (``memzoo-bench`` checks every cell first)."""
     check_schedule(OmegaConf.to_container(cfg.optim, resolve=True), OmegaConf.to_container(cfg.trainer, resolve=True))
-    model_config(cfg, build_datamodule(OmegaConf.to_container(cfg.task, resolve=True)).vocab_size)
+    throughput_config(cfg)
+    check_logger(cfg.logger)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    slice_datamodules(task, OmegaConf.to_container(cfg.test_slices, resolve=True))
+    model_config(cfg, build_datamodule(task).vocab_size)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -87,73 +147,92 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
     optim_options = OmegaConf.to_container(cfg.optim, resolve=True)
     check_schedule(optim_options, trainer_options)
+    speed = throughput_config(cfg)
+    check_logger(cfg.logger)
     resume = resume_path(cfg.get("ckpt"), run_dir)
     if rank_zero_only.rank == 0:  # the ranks Lightning or torchrun start later share rank 0's directory
         claim_run_dir(run_dir, resuming=resume is not None, overwrite=bool(cfg.get("overwrite", False)))
         remove_stale_temp_files(run_dir)
-    with StopSignals() as stop:
-        datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
-        model_values = model_config(cfg, datamodule.vocab_size)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
-        check_token_ids(datamodule.datasets, model_values["vocab_size"])
-        if resume is not None:  # refuse another model's checkpoint before anything is written
-            check_same_model(load_checkpoint_file(resume, mmap=True)["hyper_parameters"]["model"], model_values)
-        stop.check("before training started")
+    loggers, status = build_loggers(cfg.logger, run_dir), "failed"
+    try:
+        with StopSignals() as stop:
+            task = OmegaConf.to_container(cfg.task, resolve=True)
+            test_slices = OmegaConf.to_container(cfg.test_slices, resolve=True)
+            slice_modules = slice_datamodules(task, test_slices)
+            datamodule = build_datamodule(task)
+            model_values = model_config(cfg, datamodule.vocab_size)
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
+            datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
+            slices = generate_slices(slice_modules)
+            datamodule.datasets.update(slices)  # checked like the splits: token ids, an example per rank
+            check_token_ids(datamodule.datasets, model_values["vocab_size"])
+            if resume is not None:  # refuse another model's checkpoint before anything is written
+                check_same_model(load_checkpoint_file(resume, mmap=True)["hyper_parameters"]["model"], model_values)
+            stop.check("before training started")
 
-        logger = TensorBoardLogger(save_dir=str(run_dir), name=cfg.logger.subdir, version="", default_hp_metric=False)
-        checkpoint = ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            save_last=True,
-            save_top_k=0,
-            every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-        )
-        on_signal = CheckpointOnSignal(stop, run_dir / "checkpoints")
-        trainer = L.Trainer(
-            **trainer_options,
-            default_root_dir=str(run_dir),
-            logger=logger,
-            callbacks=[checkpoint, on_signal, MemoryMonitor(), LearningRateMonitor(logging_interval="step")],
-            plugins=[AtomicCheckpointIO()],
-        )
-        check_batches({k: len(v) for k, v in datamodule.datasets.items()}, datamodule.batch_size, trainer.world_size)
-        check_memory_layout(model_values, trainer)  # the last cross-field check: all of them precede the model
-        module = LitLanguageModel(
-            model=model_values,
-            optim=optim_options,
-            bytes_per_token=getattr(datamodule, "bytes_per_token", None),
-        )
-        if trainer.is_global_zero:
-            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        with stop.lightning_stops_as_interrupts():  # a signal: RunInterrupted
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        stop.check(f"after training (step {trainer.global_step}, checkpoint in {run_dir / 'checkpoints'})")
-        with stop.lightning_stops_as_interrupts():
-            test_results = trainer.test(module, datamodule=datamodule, verbose=False)
-        stop.check("after the test")
-    seq_len = datamodule.datasets["train"].inputs.shape[1]
-    metrics = {
-        "test": {k: float(v) for k, v in test_results[0].items()},
-        "params": {
-            "total": module.model.num_parameters(),
-            "embedding": module.model.embedding.weight.numel(),
-            "active": active_parameters(module.model),
-        },
-        "flops_per_token": forward_flops_per_token(module.model, seq_len),
-        "state_size": state_size(module.model, seq_len),
-        "steps": int(trainer.global_step),
-        "world_size": trainer.world_size,
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "backbone": cfg.backbone.name,
-        "memory": cfg.memory.name,
-        "task": cfg.task.name,
-    }
-    if memory_layers(module):
-        metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(module, trainer.world_size)
-    if hasattr(datamodule, "summarize"):
-        metrics["task_metrics"] = datamodule.summarize(metrics["test"], metrics["params"]["total"])
-    logger.log_hyperparams(run_hyperparameters(cfg), {f"final/{k.split('/')[-1]}": v for k, v in metrics["test"].items()})
-    logger.finalize("success")  # flush: the writer Lightning closed after testing was reopened for these
+            seq_len = datamodule.datasets["train"].inputs.shape[1]
+            checkpoint = ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+            )
+            on_signal = CheckpointOnSignal(stop, run_dir / "checkpoints")
+            throughput = RunThroughput(seq_len, speed)
+            trainer = L.Trainer(
+                **trainer_options,
+                default_root_dir=str(run_dir),
+                logger=loggers,
+                callbacks=[checkpoint, on_signal, throughput, MemoryMonitor(), LearningRateMonitor(logging_interval="step")],
+                plugins=[AtomicCheckpointIO()],
+            )
+            check_batches({k: len(v) for k, v in datamodule.datasets.items()}, datamodule.batch_size, trainer.world_size)
+            check_memory_layout(model_values, trainer)  # the last cross-field check: all of them precede the model
+            module = LitLanguageModel(
+                model=model_values,
+                optim=optim_options,
+                bytes_per_token=getattr(datamodule, "bytes_per_token", None),
+                test_slices=list(slices),
+            )
+            if trainer.is_global_zero:
+                atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            with stop.lightning_stops_as_interrupts():  # a signal: RunInterrupted
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            stop.check(f"after training (step {trainer.global_step}, checkpoint in {run_dir / 'checkpoints'})")
+            # the task's test split, then each slice, loaded (and sharded across ranks) as the task loads it
+            test_sets = [datamodule.test_dataloader(), *(datamodule._eval_loader(name) for name in slices)]
+            with stop.lightning_stops_as_interrupts():
+                test_results = trainer.test(module, dataloaders=test_sets, verbose=False)
+            stop.check("after the test")
+        test = {k: float(v) for results in test_results for k, v in results.items()}
+        metrics = {
+            "test": test,
+            "params": {
+                "total": module.model.num_parameters(),
+                "embedding": module.model.embedding.weight.numel(),
+                "active": active_parameters(module.model),
+            },
+            "flops_per_token": forward_flops_per_token(module.model, seq_len),
+            "state_size": state_size(module.model, seq_len),
+            "throughput": throughput.summary(),
+            "steps": int(trainer.global_step),
+            "world_size": trainer.world_size,
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "backbone": cfg.backbone.name,
+            "memory": cfg.memory.name,
+            "task": cfg.task.name,
+        }
+        if test_slices:
+            metrics["test_slices"] = [{**knobs, "acc": test[f"{name}/acc"], "loss": test[f"{name}/loss"]}
+                                      for knobs, name in zip(test_slices, slices)]
+        if memory_layers(module):
+            metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(module, trainer.world_size)
+        if hasattr(datamodule, "summarize"):
+            metrics["task_metrics"] = datamodule.summarize(metrics["test"], metrics["params"]["total"])
+        log_final(loggers, run_hyperparameters(cfg), metrics["test"], trainer.global_step)
+        status = "success"
+    finally:  # flush (the writer Lightning closed after testing was reopened for the final values)
+        close_loggers(loggers, status)
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
