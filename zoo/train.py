@@ -121,7 +121,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         module = LitLanguageModel(
             model=model_values,
             optim=optim_options,
-            bytes_per_token=getattr(datamodule, "bytes_per_token", None),
+            bytes_per_token=datamodule.bytes_per_token,
         )
         if trainer.is_global_zero:
             atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -150,8 +150,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     }
     if memory_layers(module):
         metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(module, trainer.world_size)
-    if hasattr(datamodule, "summarize"):
-        metrics["task_metrics"] = datamodule.summarize(metrics["test"], metrics["params"]["total"])
+    if summary := datamodule.summarize(metrics["test"], metrics["params"]["total"]):
+        metrics["task_metrics"] = summary
     logger.log_hyperparams(run_hyperparameters(cfg), {f"final/{k.split('/')[-1]}": v for k, v in metrics["test"].items()})
     logger.finalize("success")  # flush: the writer Lightning closed after testing was reopened for these
     if trainer.is_global_zero:
