@@ -1,8 +1,11 @@
 """Tasks: LightningDataModules yielding ``{"inputs": (B,L) long, "targets": (B,L) long}`` batches.
 
 ``targets`` holds -100 where a position is not scored. ``TASKS`` maps a task's config name to its
-class; adding a task is one module plus one line here.
+class; adding a task is one module plus one line here. A synthetic task's module holds a frozen knob
+dataclass, a pure generator and a one-statement ``SyntheticDataModule`` subclass (``tasks.base``).
 """
+
+import inspect
 
 from tasks.base import GeneratedDataModule
 from tasks.facts import FactsDataModule
@@ -40,4 +43,5 @@ def build_datamodule(task_cfg: dict) -> GeneratedDataModule:
     try:
         return TASKS[name](**options)
     except TypeError as err:
-        raise ValueError(f"bad options for task {name!r}: {err}") from err
+        options = list(inspect.signature(TASKS[name]).parameters)
+        raise ValueError(f"bad options for task {name!r}: {err}; its options: {options}") from err

@@ -1,6 +1,16 @@
-"""Shared plumbing for tasks whose splits are generated up front as tensors."""
+"""The task base: options every task shares (batch size, seed, loader workers; split sizes and seeds
+for synthetic tasks), the ``{"inputs", "targets"}`` batches, and what a run asks of any task
+(``vocab_size``, ``bytes_per_token``, ``summarize``).
+
+A synthetic task is a frozen knob dataclass plus a pure generator, registered as a
+``SyntheticDataModule`` subclass in one statement; see that class.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -79,14 +89,22 @@ class GeneratedDataModule(L.LightningDataModule):
     The train order is a permutation drawn from ``seed`` and the epoch; with W ranks, rank r takes
     every W-th example of it, so a global batch of W ranks x b is the batch of W * b one process
     reads (the same samples: data-parallel runs match a single-process run).
+
+    What a run asks of every task: ``vocab_size`` (every token and scored target is an id in
+    ``[0, vocab_size)``), ``bytes_per_token`` (per split, the bytes of text a scored token covers;
+    None but for text tasks) and ``summarize`` (task-level metrics from the test metrics).
     """
 
     splits = ("train", "val", "test")
+    vocab_size: int
+    bytes_per_token: dict[str, float] | None = None
 
-    def __init__(self, batch_size: int, seed: int, num_workers: int = 0):
+    def __init__(self, batch_size: int = 64, seed: int = 0, num_workers: int = 0):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"task.batch_size={batch_size} must be >= 1")
+        if num_workers < 0:
+            raise ValueError(f"task.num_workers={num_workers} must be >= 0 (0: load in the main process)")
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
@@ -96,6 +114,10 @@ class GeneratedDataModule(L.LightningDataModule):
         """The seed of ``split``'s generator, ``salt + 3 * seed + offset(split)``: splits never share
         a seed, and a task that also draws something else from ``seed`` salts its splits apart."""
         return salt + 3 * self.seed + SPLIT_OFFSET[split]
+
+    def summarize(self, test_metrics: dict[str, float], num_parameters: int) -> dict[str, float]:
+        """Task-level metrics a run reports beside the test metrics (none unless a task defines them)."""
+        return {}
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -132,3 +154,87 @@ class GeneratedDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+
+def _option(name: str, default: object, annotation: object) -> inspect.Parameter:
+    """A keyword-only parameter of a synthetic task's signature (one ``configs/task`` key)."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+class SyntheticDataModule(GeneratedDataModule):
+    """Splits of a synthetic task: knobs + a pure generator; sizes, seeds and batching live here.
+
+    A task is a frozen dataclass of its own options (``knobs``, validated in ``__post_init__``) and a
+    pure function ``generator(num_examples, **knobs, seed=...) -> (inputs, targets)``, each
+    (num_examples, seq_len) long; it registers in one statement::
+
+        class CompressionDataModule(SyntheticDataModule, knobs=Compression, generator=generate_compression): ...
+
+    Its options (the keys of ``configs/task/<name>.yaml``, and this class's signature) are the knob
+    fields; ``test_<knob>`` for each knob named in ``test_overrides``, the test split's value (None:
+    the knob's; length extrapolation: train short, test long); ``num_train``, ``num_test``,
+    ``num_val`` (None: ``num_test``), examples per split (a task may set other defaults for
+    ``num_train`` / ``num_test`` in its class statement); and ``batch_size``, ``seed``,
+    ``num_workers``. Split s is ``generator(sizes[s], **knobs of s, seed=split_seed(s))``.
+    """
+
+    Knobs: type
+    generator: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    test_overrides: tuple[str, ...] = ()
+
+    def __init_subclass__(
+        cls,
+        knobs: type,
+        generator: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+        test_overrides: tuple[str, ...] = (),
+        num_train: int = 20_000,
+        num_test: int = 1_000,
+        **kwargs,
+    ):
+        super().__init_subclass__(**kwargs)
+        cls.Knobs, cls.generator, cls.test_overrides = knobs, staticmethod(generator), tuple(test_overrides)
+        knob_fields = {f.name: f for f in dataclasses.fields(knobs)}
+        loader = list(inspect.signature(GeneratedDataModule.__init__).parameters.values())[1:]  # past self
+        cls.__signature__ = inspect.Signature([
+            *(_option(f.name, f.default, f.type) for f in knob_fields.values()),
+            *(_option(f"test_{name}", None, knob_fields[name].type) for name in cls.test_overrides),
+            _option("num_train", num_train, "int"),
+            _option("num_test", num_test, "int"),
+            _option("num_val", None, "int | None"),
+            *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in loader),
+        ])
+
+    def __init__(self, **options):
+        bound = inspect.signature(type(self)).bind(**options)  # TypeError naming an unknown option
+        bound.apply_defaults()
+        options = bound.arguments
+        super().__init__(options.pop("batch_size"), options.pop("seed"), options.pop("num_workers"))
+        num_train, num_test, num_val = options.pop("num_train"), options.pop("num_test"), options.pop("num_val")
+        num_val = num_test if num_val is None else num_val
+        for name, value in [("num_train", num_train), ("num_test", num_test), ("num_val", num_val)]:
+            if value < 1:
+                raise ValueError(f"task.{name}={value} must be >= 1")
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        test = {name: options.pop(f"test_{name}") for name in self.test_overrides}
+        self.knobs = self.Knobs(**options)
+        self.split_knobs = {"train": self.knobs, "val": self.knobs, "test": self._test_knobs(test)}
+
+    def _test_knobs(self, test: dict[str, object]) -> object:
+        """The knobs of the test split: the train knobs with the ``test_<knob>`` options that are set."""
+        if test.get("seq_len") is not None and test["seq_len"] < 2:  # no task has a one-token example
+            raise ValueError(f"task.test_seq_len={test['seq_len']} must be >= 2 or null (= seq_len)")
+        changed = {name: value for name, value in test.items() if value is not None}
+        try:
+            return dataclasses.replace(self.knobs, **changed)  # the knobs check the test split's sizes too
+        except ValueError as err:
+            named = " / ".join(f"task.test_{name}" for name in self.test_overrides)
+            raise ValueError(f"test split ({named}): {err}") from err
+
+    @property
+    def vocab_size(self) -> int:
+        """Every knob dataclass has ``vocab_size``: token ids lie in ``[0, vocab_size)``."""
+        return self.knobs.vocab_size
+
+    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        knobs = dataclasses.asdict(self.split_knobs[split])
+        return self.generator(self.sizes[split], **knobs, seed=self.split_seed(split))

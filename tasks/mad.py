@@ -4,6 +4,9 @@ Architectures"), written as causal next-token problems with MAD's baseline setti
 Every generator returns ``(inputs, targets)``, each (N, L) long: ``targets[t]`` is what the model must
 output after reading ``inputs[: t + 1]``, -100 where nothing is scored. Only answers are scored, in
 training too (MAD trains its recall tasks on every next token and scores answers only at test time).
+Each task is a frozen knob dataclass (its options, checked on construction), a pure generator whose
+keyword arguments are the knobs, and a one-statement datamodule (``tasks.base.SyntheticDataModule``
+adds splits, seeds and batches).
 
 - ``icr``: key/value pairs; a key that appeared before must be answered with its value.
 - ``fuzzy_icr``: the same with keys and values of 1..3 contiguous tokens.
@@ -23,10 +26,11 @@ Where this differs from MAD's reference generators (mad-lab):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from tasks.base import IGNORE_INDEX, GeneratedDataModule
-
+from tasks.base import IGNORE_INDEX, SyntheticDataModule
 
 
 def _check_num_examples(num_examples: int) -> None:
@@ -144,8 +148,22 @@ def check_recall_sizes(
         )
 
 
+@dataclass(frozen=True)
+class InContextRecall:
+    """In-context recall knobs; ``vocab_size`` is the whole vocabulary. See ``generate_icr``."""
+
+    vocab_size: int = 16
+    seq_len: int = 128
+
+    def __post_init__(self):
+        check_recall_sizes(self.vocab_size, self.seq_len)
+
+
 def generate_icr(
-    num_examples: int, vocab_size: int = 16, seq_len: int = 128, seed: int = 0
+    num_examples: int,
+    vocab_size: int = InContextRecall.vocab_size,
+    seq_len: int = InContextRecall.seq_len,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """In-context recall -> (inputs, targets), each (num_examples, seq_len) long.
 
@@ -158,12 +176,31 @@ def generate_icr(
     return _generate_recall(num_examples, seq_len, half, vocab_size - half, 1, 1, 0, 0.0, seed)
 
 
+class InContextRecallDataModule(
+    SyntheticDataModule, knobs=InContextRecall, generator=generate_icr, test_overrides=("seq_len",)
+):
+    """MAD in-context recall splits; see ``generate_icr`` and ``SyntheticDataModule``."""
+
+
+@dataclass(frozen=True)
+class FuzzyInContextRecall:
+    """Fuzzy in-context recall knobs; ``vocab_size`` is the whole vocabulary. See ``generate_fuzzy_icr``."""
+
+    vocab_size: int = 16
+    seq_len: int = 128
+    max_key_motif_size: int = 3
+    max_value_motif_size: int = 3
+
+    def __post_init__(self):
+        check_recall_sizes(self.vocab_size, self.seq_len, self.max_key_motif_size, self.max_value_motif_size)
+
+
 def generate_fuzzy_icr(
     num_examples: int,
-    vocab_size: int = 16,
-    seq_len: int = 128,
-    max_key_motif_size: int = 3,
-    max_value_motif_size: int = 3,
+    vocab_size: int = FuzzyInContextRecall.vocab_size,
+    seq_len: int = FuzzyInContextRecall.seq_len,
+    max_key_motif_size: int = FuzzyInContextRecall.max_key_motif_size,
+    max_value_motif_size: int = FuzzyInContextRecall.max_value_motif_size,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fuzzy in-context recall -> (inputs, targets), each (num_examples, seq_len) long.
@@ -182,12 +219,33 @@ def generate_fuzzy_icr(
     )
 
 
+class FuzzyInContextRecallDataModule(
+    SyntheticDataModule, knobs=FuzzyInContextRecall, generator=generate_fuzzy_icr, test_overrides=("seq_len",)
+):
+    """MAD fuzzy in-context recall splits; see ``generate_fuzzy_icr`` and ``SyntheticDataModule``."""
+
+
+@dataclass(frozen=True)
+class NoisyInContextRecall:
+    """Noisy in-context recall knobs; ``vocab_size`` is the whole vocabulary, noise tokens included.
+    See ``generate_noisy_icr``."""
+
+    vocab_size: int = 32
+    seq_len: int = 128
+    noise_vocab_size: int = 16
+    frac_noise: float = 0.2
+
+    def __post_init__(self):
+        check_recall_sizes(self.vocab_size, self.seq_len, noise_vocab_size=self.noise_vocab_size,
+                           frac_noise=self.frac_noise)
+
+
 def generate_noisy_icr(
     num_examples: int,
-    vocab_size: int = 32,
-    seq_len: int = 128,
-    noise_vocab_size: int = 16,
-    frac_noise: float = 0.2,
+    vocab_size: int = NoisyInContextRecall.vocab_size,
+    seq_len: int = NoisyInContextRecall.seq_len,
+    noise_vocab_size: int = NoisyInContextRecall.noise_vocab_size,
+    frac_noise: float = NoisyInContextRecall.frac_noise,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy in-context recall -> (inputs, targets), each (num_examples, seq_len) long.
@@ -200,6 +258,12 @@ def generate_noisy_icr(
     _check_num_examples(num_examples)
     kv = vocab_size - noise_vocab_size
     return _generate_recall(num_examples, seq_len, kv // 2, kv - kv // 2, 1, 1, noise_vocab_size, frac_noise, seed)
+
+
+class NoisyInContextRecallDataModule(
+    SyntheticDataModule, knobs=NoisyInContextRecall, generator=generate_noisy_icr, test_overrides=("seq_len",)
+):
+    """MAD noisy in-context recall splits; see ``generate_noisy_icr`` and ``SyntheticDataModule``."""
 
 
 def check_selective_copying_sizes(vocab_size: int, seq_len: int, num_tokens_to_copy: int) -> None:
@@ -216,8 +280,25 @@ def check_selective_copying_sizes(vocab_size: int, seq_len: int, num_tokens_to_c
         )
 
 
+@dataclass(frozen=True)
+class SelectiveCopying:
+    """Selective copying knobs; ``vocab_size`` includes the blank and the copy token. See
+    ``generate_selective_copying``."""
+
+    vocab_size: int = 16
+    seq_len: int = 256
+    num_tokens_to_copy: int = 16
+
+    def __post_init__(self):
+        check_selective_copying_sizes(self.vocab_size, self.seq_len, self.num_tokens_to_copy)
+
+
 def generate_selective_copying(
-    num_examples: int, vocab_size: int = 16, seq_len: int = 256, num_tokens_to_copy: int = 16, seed: int = 0
+    num_examples: int,
+    vocab_size: int = SelectiveCopying.vocab_size,
+    seq_len: int = SelectiveCopying.seq_len,
+    num_tokens_to_copy: int = SelectiveCopying.num_tokens_to_copy,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective copying -> (inputs, targets), each (num_examples, seq_len) long.
 
@@ -241,6 +322,10 @@ def generate_selective_copying(
     return inputs, targets
 
 
+class SelectiveCopyingDataModule(SyntheticDataModule, knobs=SelectiveCopying, generator=generate_selective_copying):
+    """MAD selective copying splits; see ``generate_selective_copying`` and ``SyntheticDataModule``."""
+
+
 def check_compression_sizes(vocab_size: int, seq_len: int) -> None:
     """Raise ``ValueError`` naming the field when the sizes admit no compression example."""
     if seq_len < 3 or seq_len % 2 == 0:
@@ -255,8 +340,19 @@ def check_compression_sizes(vocab_size: int, seq_len: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Compression:
+    """Compression knobs; ``vocab_size`` = symbols + 1 + (seq_len - 1) / 2. See ``generate_compression``."""
+
+    vocab_size: int = 47
+    seq_len: int = 63
+
+    def __post_init__(self):
+        check_compression_sizes(self.vocab_size, self.seq_len)
+
+
 def generate_compression(
-    num_examples: int, vocab_size: int = 47, seq_len: int = 63, seed: int = 0
+    num_examples: int, vocab_size: int = Compression.vocab_size, seq_len: int = Compression.seq_len, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Compression -> (inputs, targets), each (num_examples, seq_len) long.
 
@@ -283,6 +379,10 @@ def generate_compression(
     return inputs, targets
 
 
+class CompressionDataModule(SyntheticDataModule, knobs=Compression, generator=generate_compression):
+    """Compression splits, answered by position queries; see ``generate_compression`` and ``SyntheticDataModule``."""
+
+
 def check_memorization_sizes(vocab_size: int, seq_len: int) -> None:
     """Raise ``ValueError`` naming the field when the sizes admit no memorization example."""
     if vocab_size < 3:
@@ -299,8 +399,26 @@ def memorization_map(vocab_size: int, map_seed: int) -> torch.Tensor:
     return torch.randperm(vocab_size - 1 - num_keys, generator=gen)[:num_keys] + num_keys
 
 
+@dataclass(frozen=True)
+class Memorization:
+    """Memorization knobs; ``vocab_size`` includes the insert token and sets the number of facts,
+    (vocab_size - 1) // 2; every split asks the one map drawn from ``map_seed``. See
+    ``generate_memorization``."""
+
+    vocab_size: int = 256
+    seq_len: int = 32
+    map_seed: int = 12345
+
+    def __post_init__(self):
+        check_memorization_sizes(self.vocab_size, self.seq_len)
+
+
 def generate_memorization(
-    num_examples: int, vocab_size: int = 256, seq_len: int = 32, map_seed: int = 12345, seed: int = 0
+    num_examples: int,
+    vocab_size: int = Memorization.vocab_size,
+    seq_len: int = Memorization.seq_len,
+    map_seed: int = Memorization.map_seed,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Memorization -> (inputs, targets), each (num_examples, seq_len) long.
 
@@ -321,243 +439,5 @@ def generate_memorization(
     return inputs, targets
 
 
-class _SplitsDataModule(GeneratedDataModule):
-    """Split sizes checked up front; split s is generated from ``split_seed(s)``."""
-
-    def __init__(
-        self, num_train: int, num_test: int, num_val: int | None, batch_size: int, seed: int, num_workers: int
-    ):
-        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        num_val = num_test if num_val is None else num_val
-        for name, value in [("num_train", num_train), ("num_test", num_test), ("num_val", num_val)]:
-            if value < 1:
-                raise ValueError(f"task.{name}={value} must be >= 1")
-        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-
-
-class _RecallDataModule(_SplitsDataModule):
-    """Adds ``test_seq_len``: the test split's length (None: ``seq_len``); train and val keep ``seq_len``."""
-
-    def __init__(self, seq_len: int, test_seq_len: int | None, **splits):
-        super().__init__(**splits)
-        if test_seq_len is not None and test_seq_len < 2:
-            raise ValueError(f"task.test_seq_len={test_seq_len} must be >= 2 or null (= seq_len)")
-        self.seq_len = seq_len
-        self.test_seq_len = seq_len if test_seq_len is None else test_seq_len
-
-    def split_seq_len(self, split: str) -> int:
-        """The sequence length of ``split``."""
-        return self.test_seq_len if split == "test" else self.seq_len
-
-
-class InContextRecallDataModule(_RecallDataModule):
-    """MAD in-context recall splits; see ``generate_icr``.
-
-    Args:
-        vocab_size, seq_len: see ``generate_icr``; ``vocab_size`` is the whole vocabulary.
-        test_seq_len: length of the test split (None: ``seq_len``), for length extrapolation.
-        num_train, num_test: examples per split; ``num_val`` defaults to ``num_test``.
-        batch_size: examples per batch. seed: base seed (split s uses ``3 * seed + offset(s)``).
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 16,
-        seq_len: int = 128,
-        test_seq_len: int | None = None,
-        num_train: int = 20_000,
-        num_test: int = 1_000,
-        num_val: int | None = None,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ):
-        super().__init__(seq_len, test_seq_len, num_train=num_train, num_test=num_test, num_val=num_val,
-                         batch_size=batch_size, seed=seed, num_workers=num_workers)
-        check_recall_sizes(vocab_size, seq_len)
-        self.vocab_size = vocab_size
-
-    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return generate_icr(
-            self.sizes[split], self.vocab_size, self.split_seq_len(split), seed=self.split_seed(split)
-        )
-
-
-class FuzzyInContextRecallDataModule(_RecallDataModule):
-    """MAD fuzzy in-context recall splits; see ``generate_fuzzy_icr``.
-
-    Args:
-        vocab_size, seq_len, max_key_motif_size, max_value_motif_size: see ``generate_fuzzy_icr``.
-        test_seq_len: length of the test split (None: ``seq_len``), for length extrapolation.
-        num_train, num_test, num_val, batch_size, seed, num_workers: as for ``InContextRecallDataModule``.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 16,
-        seq_len: int = 128,
-        max_key_motif_size: int = 3,
-        max_value_motif_size: int = 3,
-        test_seq_len: int | None = None,
-        num_train: int = 20_000,
-        num_test: int = 1_000,
-        num_val: int | None = None,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ):
-        super().__init__(seq_len, test_seq_len, num_train=num_train, num_test=num_test, num_val=num_val,
-                         batch_size=batch_size, seed=seed, num_workers=num_workers)
-        check_recall_sizes(vocab_size, seq_len, max_key_motif_size, max_value_motif_size)
-        self.vocab_size = vocab_size
-        self.max_key_motif_size = max_key_motif_size
-        self.max_value_motif_size = max_value_motif_size
-
-    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return generate_fuzzy_icr(
-            self.sizes[split],
-            self.vocab_size,
-            self.split_seq_len(split),
-            self.max_key_motif_size,
-            self.max_value_motif_size,
-            seed=self.split_seed(split),
-        )
-
-
-class NoisyInContextRecallDataModule(_RecallDataModule):
-    """MAD noisy in-context recall splits; see ``generate_noisy_icr``.
-
-    Args:
-        vocab_size, seq_len, noise_vocab_size, frac_noise: see ``generate_noisy_icr``; ``vocab_size``
-            is the whole vocabulary, noise tokens included.
-        test_seq_len: length of the test split (None: ``seq_len``), for length extrapolation.
-        num_train, num_test, num_val, batch_size, seed, num_workers: as for ``InContextRecallDataModule``.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 32,
-        seq_len: int = 128,
-        noise_vocab_size: int = 16,
-        frac_noise: float = 0.2,
-        test_seq_len: int | None = None,
-        num_train: int = 20_000,
-        num_test: int = 1_000,
-        num_val: int | None = None,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ):
-        super().__init__(seq_len, test_seq_len, num_train=num_train, num_test=num_test, num_val=num_val,
-                         batch_size=batch_size, seed=seed, num_workers=num_workers)
-        check_recall_sizes(vocab_size, seq_len, noise_vocab_size=noise_vocab_size, frac_noise=frac_noise)
-        self.vocab_size = vocab_size
-        self.noise_vocab_size = noise_vocab_size
-        self.frac_noise = frac_noise
-
-    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return generate_noisy_icr(
-            self.sizes[split],
-            self.vocab_size,
-            self.split_seq_len(split),
-            self.noise_vocab_size,
-            self.frac_noise,
-            seed=self.split_seed(split),
-        )
-
-
-class SelectiveCopyingDataModule(_SplitsDataModule):
-    """MAD selective copying splits; see ``generate_selective_copying``.
-
-    Args:
-        vocab_size, seq_len, num_tokens_to_copy: see ``generate_selective_copying``; ``vocab_size``
-            includes the blank and the copy token.
-        num_train, num_test, num_val, batch_size, seed, num_workers: as for ``InContextRecallDataModule``.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 16,
-        seq_len: int = 256,
-        num_tokens_to_copy: int = 16,
-        num_train: int = 20_000,
-        num_test: int = 1_000,
-        num_val: int | None = None,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ):
-        super().__init__(num_train=num_train, num_test=num_test, num_val=num_val,
-                         batch_size=batch_size, seed=seed, num_workers=num_workers)
-        check_selective_copying_sizes(vocab_size, seq_len, num_tokens_to_copy)
-        self.vocab_size = vocab_size
-        self.seq_len = seq_len
-        self.num_tokens_to_copy = num_tokens_to_copy
-
-    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return generate_selective_copying(
-            self.sizes[split], self.vocab_size, self.seq_len, self.num_tokens_to_copy, seed=self.split_seed(split)
-        )
-
-
-class CompressionDataModule(_SplitsDataModule):
-    """Compression splits, answered by position queries; see ``generate_compression``.
-
-    Args:
-        vocab_size, seq_len: see ``generate_compression``; ``vocab_size`` = symbols + 1 + (seq_len - 1) / 2.
-        num_train, num_test, num_val, batch_size, seed, num_workers: as for ``InContextRecallDataModule``.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 47,
-        seq_len: int = 63,
-        num_train: int = 20_000,
-        num_test: int = 1_000,
-        num_val: int | None = None,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ):
-        super().__init__(num_train=num_train, num_test=num_test, num_val=num_val,
-                         batch_size=batch_size, seed=seed, num_workers=num_workers)
-        check_compression_sizes(vocab_size, seq_len)
-        self.vocab_size = vocab_size
-        self.seq_len = seq_len
-
-    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return generate_compression(self.sizes[split], self.vocab_size, self.seq_len, seed=self.split_seed(split))
-
-
-class MemorizationDataModule(_SplitsDataModule):
-    """MAD memorization splits; every split asks the same map, drawn from ``map_seed``.
-
-    Args:
-        vocab_size, seq_len, map_seed: see ``generate_memorization``; ``vocab_size`` includes the
-            insert token and sets the number of facts, (vocab_size - 1) // 2.
-        num_train, num_test, num_val, batch_size, seed, num_workers: as for ``InContextRecallDataModule``.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 256,
-        seq_len: int = 32,
-        map_seed: int = 12345,
-        num_train: int = 20_000,
-        num_test: int = 1_000,
-        num_val: int | None = None,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ):
-        super().__init__(num_train=num_train, num_test=num_test, num_val=num_val,
-                         batch_size=batch_size, seed=seed, num_workers=num_workers)
-        check_memorization_sizes(vocab_size, seq_len)
-        self.vocab_size = vocab_size
-        self.seq_len = seq_len
-        self.map_seed = map_seed
-
-    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return generate_memorization(
-            self.sizes[split], self.vocab_size, self.seq_len, self.map_seed, seed=self.split_seed(split)
-        )
+class MemorizationDataModule(SyntheticDataModule, knobs=Memorization, generator=generate_memorization):
+    """MAD memorization splits; see ``generate_memorization`` and ``SyntheticDataModule``."""

@@ -9,10 +9,11 @@ within an example; token 0 is the filler, or a uniform random token when ``rando
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from tasks.base import IGNORE_INDEX, GeneratedDataModule
-
+from tasks.base import IGNORE_INDEX, SyntheticDataModule
 
 
 def check_mqar_sizes(vocab_size: int, seq_len: int, num_kv_pairs: int, power_a: float) -> None:
@@ -34,13 +35,27 @@ def check_mqar_sizes(vocab_size: int, seq_len: int, num_kv_pairs: int, power_a: 
         raise ValueError(f"task.power_a={power_a} must be > 0")
 
 
+@dataclass(frozen=True)
+class MQAR:
+    """MQAR knobs; see ``generate_mqar``."""
+
+    vocab_size: int = 128
+    seq_len: int = 64
+    num_kv_pairs: int = 4
+    power_a: float = 0.01
+    random_non_queries: bool = True
+
+    def __post_init__(self):
+        check_mqar_sizes(self.vocab_size, self.seq_len, self.num_kv_pairs, self.power_a)
+
+
 def generate_mqar(
     num_examples: int,
     vocab_size: int,
     seq_len: int,
     num_kv_pairs: int,
-    power_a: float = 0.01,
-    random_non_queries: bool = True,
+    power_a: float = MQAR.power_a,
+    random_non_queries: bool = MQAR.random_non_queries,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (inputs, targets), each (num_examples, seq_len) long; deterministic in ``seed``."""
@@ -74,57 +89,11 @@ def generate_mqar(
     return inputs, targets
 
 
-class MQARDataModule(GeneratedDataModule):
-    """MQAR train / val / test splits, each generated from its own seed derived from ``seed``.
-
-    Args:
-        vocab_size, seq_len, num_kv_pairs, power_a, random_non_queries: see ``generate_mqar``.
-        num_train, num_test: examples per split; ``num_val`` defaults to ``num_test``.
-        test_seq_len, test_num_kv_pairs: the test split's length and pairs, for length extrapolation
-            (zoology's setting: train short, test long); None = the training values.
-        batch_size: examples per batch. seed: base seed (split s uses ``3 * seed + offset(s)``).
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 128,
-        seq_len: int = 64,
-        num_kv_pairs: int = 4,
-        power_a: float = 0.01,
-        random_non_queries: bool = True,
-        num_train: int = 100_000,
-        num_test: int = 1_000,
-        num_val: int | None = None,
-        test_seq_len: int | None = None,
-        test_num_kv_pairs: int | None = None,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ):
-        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        check_mqar_sizes(vocab_size, seq_len, num_kv_pairs, power_a)
-        test_seq_len = seq_len if test_seq_len is None else test_seq_len
-        test_num_kv_pairs = num_kv_pairs if test_num_kv_pairs is None else test_num_kv_pairs
-        try:
-            check_mqar_sizes(vocab_size, test_seq_len, test_num_kv_pairs, power_a)
-        except ValueError as err:
-            raise ValueError(f"test split (task.test_seq_len / task.test_num_kv_pairs): {err}") from err
-        num_val = num_test if num_val is None else num_val
-        for name, value in [("num_train", num_train), ("num_test", num_test), ("num_val", num_val)]:
-            if value < 1:
-                raise ValueError(f"task.{name}={value} must be >= 1")
-        self.vocab_size = vocab_size
-        self.power_a = power_a
-        self.random_non_queries = random_non_queries
-        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.shapes = {"train": (seq_len, num_kv_pairs), "val": (seq_len, num_kv_pairs), "test": (test_seq_len, test_num_kv_pairs)}
-
-    def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return generate_mqar(
-            self.sizes[split],
-            self.vocab_size,
-            *self.shapes[split],
-            self.power_a,
-            self.random_non_queries,
-            seed=self.split_seed(split),
-        )
+class MQARDataModule(
+    SyntheticDataModule,
+    knobs=MQAR,
+    generator=generate_mqar,
+    test_overrides=("seq_len", "num_kv_pairs"),  # zoology's extrapolation: train short, test long
+    num_train=100_000,
+):
+    """MQAR splits; see ``generate_mqar`` and ``SyntheticDataModule``."""

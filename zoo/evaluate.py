@@ -30,7 +30,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     module = LitLanguageModel(
         model=model_values,
         optim=checkpoint["hyper_parameters"]["optim"],
-        bytes_per_token=getattr(datamodule, "bytes_per_token", None),
+        bytes_per_token=datamodule.bytes_per_token,
     )
     module.load_state_dict(checkpoint["state_dict"])
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -191,7 +191,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             module = LitLanguageModel(
                 model=model_values,
                 optim=optim_options,
-                bytes_per_token=getattr(datamodule, "bytes_per_token", None),
+                bytes_per_token=datamodule.bytes_per_token,
                 test_slices=list(slices),
             )
             if trainer.is_global_zero:
@@ -227,8 +227,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                                       for knobs, name in zip(test_slices, slices)]
         if memory_layers(module):
             metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(module, trainer.world_size)
-        if hasattr(datamodule, "summarize"):
-            metrics["task_metrics"] = datamodule.summarize(metrics["test"], metrics["params"]["total"])
+        if summary := datamodule.summarize(metrics["test"], metrics["params"]["total"]):
+            metrics["task_metrics"] = summary
         log_final(loggers, run_hyperparameters(cfg), metrics["test"], trainer.global_step)
         status = "success"
     finally:  # flush (the writer Lightning closed after testing was reopened for the final values)
