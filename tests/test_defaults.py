@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tasks import TASKS
+from zoo.mixers import MIXERS
 from zoo.optim import OPTIM_DEFAULTS
 from zoo.memory import MemoryConfig
 
@@ -43,3 +44,11 @@ def test_train_yaml_states_the_optimizer_defaults():
     optim = yaml.safe_load((CONFIGS / "train.yaml").read_text())["optim"]
     differ = {k: (v, optim.get(k)) for k, v in OPTIM_DEFAULTS.items() if not same(v, optim.get(k))}
     assert not differ, f"key: (code default, train.yaml) {differ}"
+
+
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet"])
+def test_backbone_yaml_states_the_mixer_constructor_defaults(name):
+    values = yaml.safe_load((CONFIGS / "backbone" / f"{name}.yaml").read_text())["mixer"][name]
+    defaults = code_defaults(MIXERS[name].__init__)
+    defaults.pop("layer_idx")
+    assert values == defaults

@@ -15,17 +15,23 @@ a layer pattern string (``"AAAA"``) to those names. Adding a mixer is one module
 """
 
 from zoo.mixers.attention import Attention
+from zoo.mixers.gated_deltanet import GatedDeltaNet
+from zoo.mixers.gla import GatedLinearAttention
 from zoo.mixers.mamba import Mamba
 from zoo.mixers.mamba2 import Mamba2
 
 MIXERS = {
     "attention": Attention,
+    "gated_deltanet": GatedDeltaNet,
+    "gla": GatedLinearAttention,
     "mamba": Mamba,
     "mamba2": Mamba2,
 }
 
 PATTERN_LETTERS = {
     "A": "attention",
+    "D": "gated_deltanet",
+    "G": "gla",
     "M": "mamba",
     "S": "mamba2",
 }
