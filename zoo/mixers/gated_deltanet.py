@@ -175,10 +175,12 @@ class GatedDeltaNet(nn.Module):
         return x.is_cuda and kernels.fla_chunk_gated_delta_rule() is not None
 
     def _qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """(..., key_dim) x2, (..., value_dim) -> per head: L2-normalised q, k (..., H, dk), v (..., H, dv)."""
+        """(..., key_dim) x2, (..., value_dim) -> per head: L2-normalised q, k (..., H, dk) (normalised
+        in at least float32), v (..., H, dv)."""
         if not self.use_short_conv:  # fla applies SiLU itself when there is no conv to do it
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q, k = (l2_normalize(t.unflatten(-1, (self.num_heads, self.head_k_dim))) for t in (q, k))
+        work = torch.promote_types(q.dtype, torch.float32)
+        q, k = (l2_normalize(t.unflatten(-1, (self.num_heads, self.head_k_dim)).to(work)).to(t.dtype) for t in (q, k))
         return q, k, v.unflatten(-1, (self.num_heads, self.head_v_dim))
 
     def _gates(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -168,8 +168,9 @@ class GatedLinearAttention(nn.Module):
         return (self.q_conv1d, self.k_conv1d, self.v_conv1d) if self.use_short_conv else None
 
     def _log_decay(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: (..., D) -> g: (..., H, dk), log decay <= 0 per key channel."""
-        g = F.logsigmoid(self.gk_proj(hidden)) / self.gate_logit_normalizer
+        """hidden: (..., D) -> g: (..., H, dk), log decay <= 0 per key channel, in at least float32."""
+        work = torch.promote_types(hidden.dtype, torch.float32)
+        g = F.logsigmoid(self.gk_proj(hidden).to(work)) / self.gate_logit_normalizer
         if self.clamp_min is not None:
             g = g.clamp_min(self.clamp_min)
         return g.unflatten(-1, (self.num_heads, self.head_k_dim))
@@ -191,7 +192,7 @@ class GatedLinearAttention(nn.Module):
             work = torch.promote_types(hidden.dtype, torch.float32)
             # bf16 autocast would run the chunk matmuls and the carried state in bf16; keep them in work dtype
             with torch.autocast(device_type=hidden.device.type, enabled=False):
-                o = gla_chunked(q.to(work), k.to(work), v.to(work), g.to(work), self.chunk_size)
+                o = gla_chunked(q.to(work), k.to(work), v.to(work), g, self.chunk_size)
         return self._output(o.to(hidden.dtype), hidden)
 
     def flops_per_token(self, seq_len: int) -> int:
