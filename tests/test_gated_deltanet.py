@@ -1,22 +1,18 @@
 """Gated DeltaNet mixer: the chunked WY form equals the per-token delta rule (values and gradients,
-float64), also over 2048 steps of strong decay; the whole layer equals a per-token reference written
-from fla's layer (values, gradients of the input and every parameter); fla's state dict gives fla's
-output; step equals forward; fla's parameter names and shapes; tags; config errors; it learns with
-memory."""
+float64), also over 2048 steps of strong decay, and fla's naive references; the whole layer equals a
+per-token reference written from fla's layer (values, gradients of the input and every parameter);
+fla's state dict gives fla's output; fla's parameter names and shapes; tags; config errors. What it
+shares with GLA (step, cache, causality, learning with memory, fla on CUDA) is in test_fla_layout.py."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fla_reference import linear, rmsnorm_swish_gate_reference, short_conv_reference
+from fla_reference import NO_FLA, fla_layer_qkv, linear, rmsnorm_swish_gate_reference, short_conv_reference
 from grad_match import assert_values_and_grads_match
 
-from zoo import build_model
-from zoo.mixers.fla_common import LinearAttentionCache
 from zoo.mixers.gated_deltanet import GatedDeltaNet, gated_delta_rule_chunked
 from zoo.model import Block, LanguageModel, ModelConfig
 from zoo.tags import is_no_reinit, is_residual_projection, optim_tags
-
-NO_FLA = "flash-linear-attention (fla) is not importable"
 
 
 def delta_rule_loop(q, k, v, log_decay, beta, scale=None):
@@ -119,24 +115,6 @@ def test_layer_equals_fla_layer_written_per_token_in_values_and_every_gradient(o
     assert_values_and_grads_match(mixer(x), ref, {"x": x, **params}, atol=1e-10)
 
 
-@pytest.mark.parametrize("use_short_conv", [True, False])
-def test_step_token_by_token_equals_parallel_forward(use_short_conv):
-    torch.manual_seed(0)
-    mixer = GatedDeltaNet(16, num_heads=2, use_short_conv=use_short_conv, chunk_size=4).double()
-    x = torch.randn(2, 11, 16, dtype=torch.float64)
-    cache = mixer.allocate_cache(2)
-    assert isinstance(cache, LinearAttentionCache) and cache.state.shape == (2, 2, 6, 12)
-    assert (cache.q_conv_state is None) == (not use_short_conv)
-    steps = []
-    for t in range(x.shape[1]):
-        y_t, returned = mixer.step(x[:, t], cache)
-        assert returned is cache
-        steps.append(y_t)
-    torch.testing.assert_close(torch.stack(steps, dim=1), mixer(x), rtol=0, atol=1e-12)
-    conv = 4 * (12 + 12 + 24) if use_short_conv else 0
-    assert mixer.state_size(11) == (conv + 2 * 6 * 12) * 8
-
-
 def _shapes(module):
     return {name: tuple(t.shape) for name, t in module.state_dict().items()}
 
@@ -169,17 +147,6 @@ def test_head_dim_none_keeps_fla_proportion_of_three_quarters_of_d_model():
     assert mixer.key_dim == 96 == 0.75 * 128
 
 
-@pytest.mark.parametrize("sizes", [
-    dict(num_heads=2, head_dim=32),
-    dict(num_heads=4, head_dim=8, expand_v=1.5, conv_size=3, conv_bias=True),
-    dict(num_heads=2, head_dim=16, use_short_conv=False),
-])
-@pytest.mark.filterwarnings("ignore:ShortConvolution is crucial")  # fla's warning for use_short_conv=False
-def test_state_dict_names_and_shapes_equal_fla(sizes):
-    layers = pytest.importorskip("fla.layers", reason=NO_FLA)
-    assert _shapes(GatedDeltaNet(64, **sizes)) == _shapes(layers.GatedDeltaNet(hidden_size=64, **sizes))
-
-
 def test_fla_state_dict_gives_fla_layer_output_composed_from_its_cpu_parts_and_naive_recurrence():
     """fla's layer runs its conv, L2 norm, gate, norm and recurrence as Triton GPU kernels and cannot
     run on CPU; here its own nn.Linear / nn.Conv1d submodules and parameters, fla's
@@ -195,10 +162,8 @@ def test_fla_state_dict_gives_fla_layer_output_composed_from_its_cpu_parts_and_n
     ours = GatedDeltaNet(32, num_heads=2, head_dim=8, conv_bias=True).double()
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 70, 32, dtype=torch.float64)
-    length = x.shape[1]
     with torch.no_grad():
-        q, k, v = (F.silu(torch.nn.Conv1d.forward(getattr(theirs, f"{n}_conv1d"), proj(x).transpose(1, 2))[..., :length])
-                   .transpose(1, 2) for n, proj in zip("qkv", (theirs.q_proj, theirs.k_proj, theirs.v_proj)))
+        q, k, v = fla_layer_qkv(theirs, x)
         q, k, v = (t.unflatten(-1, (2, -1)) for t in (q, k, v))
         g = -theirs.A_log.exp() * F.softplus(theirs.a_proj(x) + theirs.dt_bias)
         beta = torch.sigmoid(theirs.b_proj(x))
@@ -206,34 +171,6 @@ def test_fla_state_dict_gives_fla_layer_output_composed_from_its_cpu_parts_and_n
         gate = theirs.g_proj(x).unflatten(-1, (2, -1))
         expected = theirs.o_proj(rmsnorm_swish_gate_reference(o, gate, theirs.o_norm.weight, theirs.o_norm.eps).flatten(-2))
         torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fla's GatedDeltaNet forward needs CUDA")
-def test_cpu_forward_equals_fla_layer_on_cuda():
-    layers = pytest.importorskip("fla.layers", reason=NO_FLA)
-    torch.manual_seed(0)
-    theirs = layers.GatedDeltaNet(hidden_size=64, num_heads=2, head_dim=32).cuda()
-    ours = GatedDeltaNet(64, num_heads=2, head_dim=32).double()
-    ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(2, 100, 64)
-    expected = theirs(x.cuda())[0].double().cpu()
-    torch.testing.assert_close(ours(x.double()), expected, rtol=1e-3, atol=1e-3)
-    on_gpu = GatedDeltaNet(64, num_heads=2, head_dim=32).cuda()
-    on_gpu.load_state_dict(theirs.state_dict())
-    assert on_gpu.uses_cuda_kernels(x.cuda())
-    torch.testing.assert_close(on_gpu(x.cuda()).double().cpu(), expected, rtol=1e-3, atol=1e-3)
-
-
-def test_forward_is_causal_and_runs_the_cpu_path():
-    torch.manual_seed(0)
-    mixer = GatedDeltaNet(16, num_heads=2, chunk_size=4).double()
-    x = torch.randn(1, 13, 16, dtype=torch.float64)
-    changed = x.clone()
-    changed[:, 6:] = torch.randn(1, 7, 16, dtype=torch.float64)
-    y, y_changed = mixer(x), mixer(changed)
-    torch.testing.assert_close(y[:, :6], y_changed[:, :6], rtol=0, atol=1e-12)
-    assert not torch.allclose(y[:, 6:], y_changed[:, 6:])
-    assert mixer.uses_cuda_kernels(x) is False
 
 
 def test_parameters_are_tagged_and_survive_model_init_as_fla_initialises_them():
@@ -249,25 +186,6 @@ def test_parameters_are_tagged_and_survive_model_init_as_fla_initialises_them():
     A, dt = torch.exp(mixer.A_log), F.softplus(mixer.dt_bias)
     assert A.min() >= 0 and A.max() <= 16
     assert dt.min() >= 0.001 - 1e-6 and dt.max() <= 0.1 + 1e-6
-
-
-def test_memory_goes_into_a_gated_deltanet_backbone_and_it_learns():
-    torch.manual_seed(0)
-    model = build_model(dict(vocab_size=16, d_model=32, n_layers=2, pattern="D", channel="mlp",
-                             mixer={"gated_deltanet": {"num_heads": 2, "chunk_size": 8}},
-                             memory=dict(n_keys=8, knn=4, k_dim=16, layers=[1])))
-    assert [type(b.mixer).__name__ for b in model.blocks] == ["GatedDeltaNet"] * 2
-    assert type(model.blocks[1].channel).__name__ == "MemoryPlus"
-    tokens = torch.randint(0, 16, (4, 12))
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if "values" not in n], lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -1,21 +1,19 @@
 """GLA mixer: chunked GLA equals the per-token recurrence (values and gradients, float64), also over
 2048 steps of strong decay; the whole layer equals a per-token reference written from fla's layer
-(values, gradients of the input and every parameter); fla's state dict gives fla's output; step
-equals forward; fla's parameter names and shapes; tags; config errors; it learns with memory."""
+(values, gradients of the input and every parameter); fla's state dict gives fla's output; fla's
+parameter names and shapes; tags; config errors. What it shares with Gated DeltaNet (step, cache,
+causality, learning with memory, fla on CUDA) is in test_fla_layout.py."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fla_reference import linear, rmsnorm_swish_gate_reference, short_conv_reference
+from fla_reference import NO_FLA, fla_layer_qkv, linear, rmsnorm_swish_gate_reference, short_conv_reference
 from grad_match import assert_values_and_grads_match
 
-from zoo import build_model
-from zoo.mixers.fla_common import LinearAttentionCache
+from zoo.mixers import gla
 from zoo.mixers.gla import GatedLinearAttention, gla_chunked
 from zoo.model import Block, LanguageModel, ModelConfig
 from zoo.tags import is_no_reinit, is_residual_projection, optim_tags
-
-NO_FLA = "flash-linear-attention (fla) is not importable"
 
 
 def gla_loop(q, k, v, log_decay, scale=None):
@@ -40,11 +38,40 @@ def gla_inputs(batch, length, heads, dk, dv, seed=0, decay=1.0, dtype=torch.floa
     )
 
 
-@pytest.mark.parametrize("chunk_size, length", [(1, 9), (4, 13), (16, 37), (24, 50), (32, 70), (64, 37)])
-def test_chunked_gla_equals_the_per_token_recurrence_with_gradients(chunk_size, length):
-    inputs = gla_inputs(batch=2, length=length, heads=2, dk=3, dv=4)
+@pytest.mark.parametrize("chunk_size, length, decay", [
+    (1, 9, 1.0), (4, 13, 1.0), (16, 37, 0.1), (16, 37, 4.0), (24, 50, 4.0), (32, 70, 0.1), (32, 70, 4.0), (64, 37, 1.0),
+])
+def test_chunked_gla_equals_the_per_token_recurrence_with_gradients(chunk_size, length, decay):
+    """decay 0.1 keeps every chunk within FACTORED_SPAN (one matmul per chunk), 4.0 takes the
+    anchored sub-chunk form in chunks of 16 or more."""
+    inputs = gla_inputs(batch=2, length=length, heads=2, dk=3, dv=4, decay=decay)
     y = gla_chunked(**inputs, chunk_size=chunk_size)
     assert_values_and_grads_match(y, gla_loop(**inputs), inputs, atol=1e-10)
+
+
+def pairwise_scores(q, k, cum):
+    """[t, s] = sum_d q_td k_sd exp(cum_td - cum_sd) for s <= t, else 0, summed pair by pair."""
+    length = q.shape[-2]
+    scores = torch.zeros(*q.shape[:-1], length, dtype=q.dtype)
+    for t in range(length):
+        for s in range(t + 1):
+            scores[..., t, s] = (q[..., t, :] * k[..., s, :] * torch.exp(cum[..., t, :] - cum[..., s, :])).sum(-1)
+    return scores
+
+
+@pytest.mark.parametrize("length", [1, 7, 16, 48])
+def test_both_intra_chunk_forms_equal_the_pairwise_sum_and_the_span_picks_between_them(length):
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, length, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    step = torch.rand(2, length, 3, generator=gen, dtype=torch.float64)
+    gentle, strong = -0.3 * step.cumsum(-2), -40 * step.cumsum(-2)
+    assert -gentle[..., -1, :].min() <= gla.FACTORED_SPAN
+    for cum in (gentle, strong):
+        torch.testing.assert_close(gla._anchored_scores(q, k, cum), pairwise_scores(q, k, cum), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gla._factored_scores(q, k, gentle), pairwise_scores(q, k, gentle), rtol=1e-12, atol=1e-12)
+    assert torch.equal(gla.intra_chunk_scores(q, k, gentle), gla._factored_scores(q, k, gentle))
+    if length > 1:  # strong decay: the factored form would overflow, the anchored one is taken
+        assert torch.equal(gla.intra_chunk_scores(q, k, strong), gla._anchored_scores(q, k, strong))
 
 
 def test_chunked_gla_over_2048_steps_of_strong_decay_is_finite_and_equals_the_recurrence():
@@ -92,24 +119,6 @@ def test_layer_equals_fla_layer_written_per_token_in_values_and_every_gradient(o
     assert_values_and_grads_match(mixer(x), ref, {"x": x, **params}, atol=1e-10)
 
 
-@pytest.mark.parametrize("use_short_conv", [True, False])
-def test_step_token_by_token_equals_parallel_forward(use_short_conv):
-    torch.manual_seed(0)
-    mixer = GatedLinearAttention(16, num_heads=2, use_short_conv=use_short_conv, chunk_size=4).double()
-    x = torch.randn(2, 11, 16, dtype=torch.float64)
-    cache = mixer.allocate_cache(2)
-    assert isinstance(cache, LinearAttentionCache) and cache.state.shape == (2, 2, 4, 8)
-    assert (cache.q_conv_state is None) == (not use_short_conv)
-    steps = []
-    for t in range(x.shape[1]):
-        y_t, returned = mixer.step(x[:, t], cache)
-        assert returned is cache
-        steps.append(y_t)
-    torch.testing.assert_close(torch.stack(steps, dim=1), mixer(x), rtol=0, atol=1e-12)
-    conv = 4 * (8 + 8 + 16) if use_short_conv else 0
-    assert mixer.state_size(11) == (conv + 2 * 4 * 8) * 8
-
-
 def _shapes(module):
     return {name: tuple(t.shape) for name, t in module.state_dict().items()}
 
@@ -135,15 +144,6 @@ def test_state_dict_names_and_shapes_match_fla_definition(use_short_conv):
     assert _shapes(GatedLinearAttention(64, num_heads=2, use_short_conv=use_short_conv)) == expected
 
 
-@pytest.mark.parametrize("sizes", [
-    dict(num_heads=2, use_short_conv=False),
-    dict(num_heads=4, use_short_conv=True, conv_bias=True, conv_size=3, expand_k=1.0, expand_v=2.0, gate_low_rank_dim=8),
-])
-def test_state_dict_names_and_shapes_equal_fla(sizes):
-    layers = pytest.importorskip("fla.layers", reason=NO_FLA)
-    assert _shapes(GatedLinearAttention(64, **sizes)) == _shapes(layers.GatedLinearAttention(hidden_size=64, **sizes))
-
-
 def test_fla_state_dict_gives_fla_layer_output_composed_from_its_cpu_parts_and_naive_recurrence():
     """fla's layer runs its conv, norm and recurrence as Triton GPU kernels and cannot run on CPU;
     here its own nn.Linear / nn.Conv1d submodules, fla's ``naive_recurrent_gla`` and its
@@ -157,10 +157,8 @@ def test_fla_state_dict_gives_fla_layer_output_composed_from_its_cpu_parts_and_n
     ours = GatedLinearAttention(32, num_heads=2, use_short_conv=True, conv_bias=True).double()
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 70, 32, dtype=torch.float64)
-    length = x.shape[1]
     with torch.no_grad():
-        q, k, v = (F.silu(torch.nn.Conv1d.forward(getattr(theirs, f"{n}_conv1d"), proj(x).transpose(1, 2))[..., :length])
-                   .transpose(1, 2) for n, proj in zip("qkv", (theirs.q_proj, theirs.k_proj, theirs.v_proj)))
+        q, k, v = fla_layer_qkv(theirs, x)
         gk = F.logsigmoid(theirs.gk_proj(x)) / theirs.gate_logit_normalizer
         q, k, gk, v = (t.unflatten(-1, (2, -1)) for t in (q, k, gk, v))
         o, _ = naive.naive_recurrent_gla(q, k, v, gk)
@@ -168,34 +166,6 @@ def test_fla_state_dict_gives_fla_layer_output_composed_from_its_cpu_parts_and_n
         norm = theirs.g_norm_swish_gate
         expected = theirs.o_proj(rmsnorm_swish_gate_reference(o, gate, norm.weight, norm.eps).flatten(-2))
         torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fla's GatedLinearAttention forward needs CUDA")
-def test_cpu_forward_equals_fla_layer_on_cuda():
-    layers = pytest.importorskip("fla.layers", reason=NO_FLA)
-    torch.manual_seed(0)
-    theirs = layers.GatedLinearAttention(hidden_size=64, num_heads=2, use_short_conv=True).cuda()
-    ours = GatedLinearAttention(64, num_heads=2).double()
-    ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(2, 100, 64)
-    expected = theirs(x.cuda())[0].double().cpu()
-    torch.testing.assert_close(ours(x.double()), expected, rtol=1e-3, atol=1e-3)
-    on_gpu = GatedLinearAttention(64, num_heads=2).cuda()
-    on_gpu.load_state_dict(theirs.state_dict())
-    assert on_gpu.uses_cuda_kernels(x.cuda())
-    torch.testing.assert_close(on_gpu(x.cuda()).double().cpu(), expected, rtol=1e-3, atol=1e-3)
-
-
-def test_forward_is_causal_and_runs_the_cpu_path():
-    torch.manual_seed(0)
-    mixer = GatedLinearAttention(16, num_heads=2, chunk_size=4).double()
-    x = torch.randn(1, 13, 16, dtype=torch.float64)
-    changed = x.clone()
-    changed[:, 6:] = torch.randn(1, 7, 16, dtype=torch.float64)
-    y, y_changed = mixer(x), mixer(changed)
-    torch.testing.assert_close(y[:, :6], y_changed[:, :6], rtol=0, atol=1e-12)
-    assert not torch.allclose(y[:, 6:], y_changed[:, 6:])
-    assert mixer.uses_cuda_kernels(x) is False
 
 
 def test_parameters_are_tagged_and_conv_and_norm_survive_model_init():
@@ -208,24 +178,6 @@ def test_parameters_are_tagged_and_conv_and_norm_survive_model_init():
     LanguageModel(ModelConfig(vocab_size=11, d_model=16, n_layers=1), [Block(16, mixer, None, 1e-5)])
     for name, before in kept.items():
         torch.testing.assert_close(mixer.get_parameter(name), before, rtol=0, atol=0, msg=name)
-
-
-def test_memory_goes_into_a_gla_backbone_and_it_learns():
-    torch.manual_seed(0)
-    model = build_model(dict(vocab_size=16, d_model=32, n_layers=2, pattern="G", channel="mlp",
-                             mixer={"gla": {"chunk_size": 8}}, memory=dict(n_keys=8, knn=4, k_dim=16, layers=[1])))
-    assert [type(b.mixer).__name__ for b in model.blocks] == ["GatedLinearAttention"] * 2
-    assert type(model.blocks[1].channel).__name__ == "MemoryPlus"
-    tokens = torch.randint(0, 16, (4, 12))
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if "values" not in n], lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
 
 
 @pytest.mark.parametrize("kwargs, match", [

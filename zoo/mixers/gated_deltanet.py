@@ -22,18 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.mixers import kernels
-from zoo.mixers.fla_common import (
-    LinearAttentionCache,
-    RMSNormSwishGate,
-    allocate_linear_attention_cache,
-    cache_elements,
-    check_positive_ints,
-    project_qkv,
-    project_qkv_step,
-    short_conv,
-)
+from zoo.mixers.fla_common import FlaLayoutMixer, LinearAttentionCache, RMSNormSwishGate, check_positive_ints
 from zoo.mixers.ssm_common import dt_bias_init, segment_sum, split_chunks
-from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.tags import linear, mark_no_reinit, tag_optim
 
 L2_EPS = 1e-6  # fla's l2norm: x / sqrt(sum x^2 + eps)
 
@@ -101,7 +92,7 @@ def gated_delta_rule_chunked(
     return out.permute(0, 2, 3, 1, 4).flatten(1, 2)[:, :length]
 
 
-class GatedDeltaNet(nn.Module):
+class GatedDeltaNet(FlaLayoutMixer):
     """Gated DeltaNet mixer in fla's layout: q, k, v projections, each through a short causal conv +
     SiLU (SiLU alone without ``use_short_conv``); q, k L2-normalised per head; gate
     g = -exp(A_log) * softplus(a_proj(x) + dt_bias) and beta = sigmoid(b_proj(x)) per head (times 2
@@ -115,6 +106,8 @@ class GatedDeltaNet(nn.Module):
     ``chunk_size`` is the chunk length of the PyTorch path (fla's kernel tiles on its own). fla's
     options not listed here (grouped value heads, no output gate, sigmoid gate) are not supported.
     """
+
+    STATE_FLOPS = 8  # per state element: decay, read with k, write, read with q (a multiply-add each)
 
     def __init__(
         self,
@@ -147,41 +140,29 @@ class GatedDeltaNet(nn.Module):
                 f"(head_dim={head_dim})"
             )
         self.layer_idx = layer_idx
-        self.num_heads, self.head_k_dim, self.head_v_dim = num_heads, head_dim, round(head_v_dim)
-        self.key_dim, self.value_dim = num_heads * head_dim, num_heads * self.head_v_dim
-        self.use_short_conv, self.conv_size, self.chunk_size = use_short_conv, conv_size, chunk_size
-        self.allow_neg_eigval = allow_neg_eigval
-
-        self.q_proj = linear(d_model, self.key_dim)
-        self.k_proj = linear(d_model, self.key_dim)
-        self.v_proj = linear(d_model, self.value_dim)
+        self.chunk_size, self.allow_neg_eigval = chunk_size, allow_neg_eigval
+        self._init_projections(d_model, num_heads, head_dim, round(head_v_dim), use_short_conv, conv_size, conv_bias)
         self.a_proj = linear(d_model, num_heads)
         self.b_proj = linear(d_model, num_heads)
         self.A_log = nn.Parameter(torch.log(torch.empty(num_heads).uniform_(0, 16)))
         self.dt_bias = nn.Parameter(dt_bias_init(num_heads, dt_min=0.001, dt_max=0.1, dt_floor=1e-4))
         for param in (self.A_log, self.dt_bias):
             mark_no_reinit(tag_optim(param, weight_decay=0.0))
-        if use_short_conv:
-            self.q_conv1d = short_conv(self.key_dim, conv_size, conv_bias)
-            self.k_conv1d = short_conv(self.key_dim, conv_size, conv_bias)
-            self.v_conv1d = short_conv(self.value_dim, conv_size, conv_bias)
-        self.g_proj = linear(d_model, self.value_dim)
         self.o_norm = RMSNormSwishGate(self.head_v_dim, eps=norm_eps)
-        self.o_proj = mark_residual_projection(linear(self.value_dim, d_model))
 
     def uses_cuda_kernels(self, x: torch.Tensor) -> bool:
         """Whether forward runs fla's ``chunk_gated_delta_rule`` for ``x``: a CUDA input and an
         importable fla."""
         return x.is_cuda and kernels.fla_chunk_gated_delta_rule() is not None
 
-    def _qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """(..., key_dim) x2, (..., value_dim) -> per head: L2-normalised q, k (..., H, dk) (normalised
-        in at least float32), v (..., H, dv)."""
+    def _heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """(..., key_dim) x2, (..., value_dim) -> per head: q, k (..., H, dk) L2-normalised (in at least
+        float32), v (..., H, dv)."""
         if not self.use_short_conv:  # fla applies SiLU itself when there is no conv to do it
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q, k, v = self._split_heads(q, k, v)
         work = torch.promote_types(q.dtype, torch.float32)
-        q, k = (l2_normalize(t.unflatten(-1, (self.num_heads, self.head_k_dim)).to(work)).to(t.dtype) for t in (q, k))
-        return q, k, v.unflatten(-1, (self.num_heads, self.head_v_dim))
+        return l2_normalize(q.to(work)).to(q.dtype), l2_normalize(k.to(work)).to(k.dtype), v
 
     def _gates(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden: (..., D) -> log decay g <= 0 and beta, each (..., H), in at least float32."""
@@ -191,17 +172,9 @@ class GatedDeltaNet(nn.Module):
         beta = torch.sigmoid(b) * (2 if self.allow_neg_eigval else 1)
         return log_decay, beta
 
-    def _convs(self):
-        return (self.q_conv1d, self.k_conv1d, self.v_conv1d) if self.use_short_conv else None
-
-    def _output(self, o: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """o: (..., H, dv) heads' outputs, hidden: (..., D) -> (..., D)."""
-        gate = self.g_proj(hidden).unflatten(-1, (self.num_heads, self.head_v_dim))
-        return self.o_proj(self.o_norm(o, gate).flatten(-2))
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, D) -> (B, L, D)."""
-        q, k, v = self._qkv(*project_qkv(hidden, (self.q_proj, self.k_proj, self.v_proj), self._convs()))
+        q, k, v = self._heads(*self._project(hidden))
         log_decay, beta = self._gates(hidden)
         if self.uses_cuda_kernels(hidden):
             o, _ = kernels.fla_chunk_gated_delta_rule()(q, k, v, log_decay, beta.to(v.dtype))
@@ -210,36 +183,14 @@ class GatedDeltaNet(nn.Module):
             # bf16 autocast would run the chunk matmuls, the solve and the carried state in bf16
             with torch.autocast(device_type=hidden.device.type, enabled=False):
                 o = gated_delta_rule_chunked(q.to(work), k.to(work), v.to(work), log_decay, beta, self.chunk_size)
-        return self._output(o.to(hidden.dtype), hidden)
-
-    def flops_per_token(self, seq_len: int) -> int:
-        """Forward FLOPs per token (2 per multiply-add): the parameters' (projections, convs, norm,
-        gates), plus the delta rule's decay, read with k, write and read with q of every state element
-        (8 per element)."""
-        return 2 * parameter_count(self) + 8 * self.num_heads * self.head_k_dim * self.head_v_dim
-
-    def _conv_widths(self) -> tuple[int, int, int] | None:
-        return (self.key_dim, self.key_dim, self.value_dim) if self.use_short_conv else None
-
-    def state_size(self, seq_len: int) -> int:
-        """Bytes of inference state per sequence (any length): the conv windows + the heads' states."""
-        elements = cache_elements(self._conv_widths(), self.conv_size, (self.num_heads, self.head_k_dim, self.head_v_dim))
-        return elements * self.q_proj.weight.element_size()
-
-    def allocate_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> LinearAttentionCache:
-        """Zero state for ``step`` (a fixed size: ``max_len`` is not needed)."""
-        weight = self.q_proj.weight
-        return allocate_linear_attention_cache(
-            batch_size, self._conv_widths(), self.conv_size, (self.num_heads, self.head_k_dim, self.head_v_dim),
-            device or weight.device, dtype or weight.dtype,
-        )
+        return self._gated_output(o.to(hidden.dtype), hidden, self.o_norm)
 
     def step(self, hidden: torch.Tensor, cache: LinearAttentionCache) -> tuple[torch.Tensor, LinearAttentionCache]:
         """One token: hidden (B, D) -> (B, D); ``cache`` is updated in place and returned."""
-        q, k, v = self._qkv(*project_qkv_step(hidden, (self.q_proj, self.k_proj, self.v_proj), self._convs(), cache))
+        q, k, v = self._heads(*self._project_step(hidden, cache))
         log_decay, beta = (t.to(cache.state.dtype) for t in self._gates(hidden))  # (B, H)
         state = torch.exp(log_decay)[..., None, None] * cache.state
         writes = beta.unsqueeze(-1) * (v - (k.unsqueeze(-1) * state).sum(-2))  # (B, H, dv)
         cache.state.copy_(state + k.unsqueeze(-1) * writes.unsqueeze(-2))
         o = (q.unsqueeze(-1) * cache.state).sum(-2) * self.head_k_dim**-0.5  # (B, H, dv)
-        return self._output(o, hidden), cache
+        return self._gated_output(o, hidden, self.o_norm), cache

@@ -19,25 +19,40 @@ from torch import nn
 
 from zoo.mixers import kernels
 from zoo.mixers.fla_common import (
+    FlaLayoutMixer,
     LinearAttentionCache,
     RMSNormSwishGate,
-    allocate_linear_attention_cache,
-    cache_elements,
     check_positive_ints,
     checked_width,
-    project_qkv,
-    project_qkv_step,
-    short_conv,
 )
 from zoo.mixers.ssm_common import split_chunks
-from zoo.tags import linear, mark_residual_projection, parameter_count
+from zoo.tags import linear
 
-SUB_CHUNK = 16  # longest block inside a chunk whose decays are taken step by step (see _intra_chunk_scores)
+SUB_CHUNK = 16  # longest block inside a chunk whose decays are taken step by step (see _anchored_scores)
+FACTORED_SPAN = 20.0  # largest log decay of a chunk for which exp(-cum) stays small enough to factor (e^20 ~ 5e8)
 
 
-def _intra_chunk_scores(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
+def intra_chunk_scores(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
     """q, k, cum: (..., T, dk), cum the log decay from the chunk's start through each step ->
     scores (..., T, T) with [t, s] = sum_d q_td k_sd exp(cum_td - cum_sd) for s <= t, 0 for s > t.
+
+    When no chunk decays by more than ``FACTORED_SPAN`` (in log space, on any channel), one matmul
+    of q exp(cum) and k exp(-cum) gives them (the usual case: fla's default gate decays a chunk of 64
+    by about e^-3); otherwise ``_anchored_scores``, which never exponentiates a positive number.
+    """
+    if -cum[..., -1, :].min() <= FACTORED_SPAN:  # cum falls along the chunk: its last step has the most decay
+        return _factored_scores(q, k, cum)
+    return _anchored_scores(q, k, cum)
+
+
+def _factored_scores(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
+    """``intra_chunk_scores`` as (q exp(cum)) (k exp(-cum))^T, masked to s <= t; needs -cum small."""
+    scores = (q * torch.exp(cum)) @ (k * torch.exp(-cum)).transpose(-1, -2)
+    return scores.tril()
+
+
+def _anchored_scores(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
+    """``intra_chunk_scores`` for any decay.
 
     exp(cum_t - cum_s) as exp(cum_t) * exp(-cum_s) overflows once a chunk decays by more than the
     float range. Instead the chunk is cut into sub-chunks; for s in an earlier sub-chunk than t the
@@ -89,7 +104,7 @@ def gla_chunked(
 
     q, k, v, log_decay = chunked(q * scale), chunked(k), chunked(v), chunked(log_decay)
     cum = log_decay.cumsum(-2)  # (b, h, n, T, dk): log decay from the chunk's start through step t
-    out = _intra_chunk_scores(q, k, cum) @ v  # (b, h, n, T, dv)
+    out = intra_chunk_scores(q, k, cum) @ v  # (b, h, n, T, dv)
 
     total = cum[..., -1:, :]  # (b, h, n, 1, dk): the whole chunk's log decay
     chunk_states = (k * torch.exp(total - cum)).transpose(-1, -2) @ v  # (b, h, n, dk, dv), from a zero start
@@ -102,7 +117,7 @@ def gla_chunked(
     return out.permute(0, 2, 3, 1, 4).flatten(1, 2)[:, :length]
 
 
-class GatedLinearAttention(nn.Module):
+class GatedLinearAttention(FlaLayoutMixer):
     """GLA mixer in fla's layout: q, k, v projections (each with a short causal conv + SiLU when
     ``use_short_conv``); per-key-channel decay g = logsigmoid(gk_proj(x)) / gate_logit_normalizer
     through a rank-``gate_low_rank_dim`` projection; per head RMSNorm of the output times
@@ -116,6 +131,8 @@ class GatedLinearAttention(nn.Module):
     kernel tiles on its own). fla's options not listed here (MQA heads, feature maps, other gates) are
     not supported.
     """
+
+    STATE_FLOPS = 6  # per state element: decay and write (2 multiply-adds), read with q (1)
 
     def __init__(
         self,
@@ -143,29 +160,15 @@ class GatedLinearAttention(nn.Module):
         if clamp_min is not None and not clamp_min < 0:
             raise ValueError(f"gla clamp_min={clamp_min!r} must be None or < 0 (a floor on the log decay)")
         self.layer_idx = layer_idx
-        self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
-        self.head_k_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
-        self.use_short_conv, self.conv_size, self.chunk_size = use_short_conv, conv_size, chunk_size
-        self.gate_logit_normalizer, self.clamp_min = gate_logit_normalizer, clamp_min
-
-        self.q_proj = linear(d_model, key_dim)
-        self.k_proj = linear(d_model, key_dim)
-        self.v_proj = linear(d_model, value_dim)
-        self.g_proj = linear(d_model, value_dim)
-        if use_short_conv:
-            self.q_conv1d = short_conv(key_dim, conv_size, conv_bias)
-            self.k_conv1d = short_conv(key_dim, conv_size, conv_bias)
-            self.v_conv1d = short_conv(value_dim, conv_size, conv_bias)
+        self.chunk_size, self.gate_logit_normalizer, self.clamp_min = chunk_size, gate_logit_normalizer, clamp_min
+        self._init_projections(d_model, num_heads, key_dim // num_heads, value_dim // num_heads, use_short_conv,
+                               conv_size, conv_bias)
         self.gk_proj = nn.Sequential(linear(d_model, gate_low_rank_dim), linear(gate_low_rank_dim, key_dim, bias=True))
-        self.o_proj = mark_residual_projection(linear(value_dim, d_model))
         self.g_norm_swish_gate = RMSNormSwishGate(self.head_v_dim, eps=norm_eps)
 
     def uses_cuda_kernels(self, x: torch.Tensor) -> bool:
         """Whether forward runs fla's ``chunk_gla`` for ``x``: a CUDA input and an importable fla."""
         return x.is_cuda and kernels.fla_chunk_gla() is not None
-
-    def _convs(self):
-        return (self.q_conv1d, self.k_conv1d, self.v_conv1d) if self.use_short_conv else None
 
     def _log_decay(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (..., D) -> g: (..., H, dk), log decay <= 0 per key channel, in at least float32."""
@@ -175,16 +178,9 @@ class GatedLinearAttention(nn.Module):
             g = g.clamp_min(self.clamp_min)
         return g.unflatten(-1, (self.num_heads, self.head_k_dim))
 
-    def _output(self, o: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """o: (..., H, dv) heads' outputs, hidden: (..., D) -> (..., D)."""
-        gate = self.g_proj(hidden).unflatten(-1, (self.num_heads, self.head_v_dim))
-        return self.o_proj(self.g_norm_swish_gate(o, gate).flatten(-2))
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, D) -> (B, L, D)."""
-        q, k, v = project_qkv(hidden, (self.q_proj, self.k_proj, self.v_proj), self._convs())
-        q, k = (t.unflatten(-1, (self.num_heads, self.head_k_dim)) for t in (q, k))
-        v = v.unflatten(-1, (self.num_heads, self.head_v_dim))
+        q, k, v = self._split_heads(*self._project(hidden))
         g = self._log_decay(hidden)
         if self.uses_cuda_kernels(hidden):
             o, _ = kernels.fla_chunk_gla()(q, k, v, g)
@@ -193,35 +189,12 @@ class GatedLinearAttention(nn.Module):
             # bf16 autocast would run the chunk matmuls and the carried state in bf16; keep them in work dtype
             with torch.autocast(device_type=hidden.device.type, enabled=False):
                 o = gla_chunked(q.to(work), k.to(work), v.to(work), g, self.chunk_size)
-        return self._output(o.to(hidden.dtype), hidden)
-
-    def flops_per_token(self, seq_len: int) -> int:
-        """Forward FLOPs per token (2 per multiply-add): the parameters' (projections, convs, norm),
-        plus the recurrence's decay-and-write and read of every state element (6 per element)."""
-        return 2 * parameter_count(self) + 6 * self.num_heads * self.head_k_dim * self.head_v_dim
-
-    def _conv_widths(self) -> tuple[int, int, int] | None:
-        return (self.key_dim, self.key_dim, self.value_dim) if self.use_short_conv else None
-
-    def state_size(self, seq_len: int) -> int:
-        """Bytes of inference state per sequence (any length): the conv windows + the heads' states."""
-        elements = cache_elements(self._conv_widths(), self.conv_size, (self.num_heads, self.head_k_dim, self.head_v_dim))
-        return elements * self.q_proj.weight.element_size()
-
-    def allocate_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> LinearAttentionCache:
-        """Zero state for ``step`` (a fixed size: ``max_len`` is not needed)."""
-        weight = self.q_proj.weight
-        return allocate_linear_attention_cache(
-            batch_size, self._conv_widths(), self.conv_size, (self.num_heads, self.head_k_dim, self.head_v_dim),
-            device or weight.device, dtype or weight.dtype,
-        )
+        return self._gated_output(o.to(hidden.dtype), hidden, self.g_norm_swish_gate)
 
     def step(self, hidden: torch.Tensor, cache: LinearAttentionCache) -> tuple[torch.Tensor, LinearAttentionCache]:
         """One token: hidden (B, D) -> (B, D); ``cache`` is updated in place and returned."""
-        q, k, v = project_qkv_step(hidden, (self.q_proj, self.k_proj, self.v_proj), self._convs(), cache)
-        q, k = (t.unflatten(-1, (self.num_heads, self.head_k_dim)) for t in (q, k))
-        v = v.unflatten(-1, (self.num_heads, self.head_v_dim))
+        q, k, v = self._split_heads(*self._project_step(hidden, cache))
         decay = torch.exp(self._log_decay(hidden))  # (B, H, dk)
         cache.state.copy_(decay.unsqueeze(-1) * cache.state + k.unsqueeze(-1) * v.unsqueeze(-2))
         o = (q.unsqueeze(-1) * cache.state).sum(-2) * self.head_k_dim**-0.5  # (B, H, dv)
-        return self._output(o, hidden), cache
+        return self._gated_output(o, hidden, self.g_norm_swish_gate), cache
