@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from tasks import TASKS
+from zoo.mixers import MIXERS
 from zoo.memory import MemoryConfig
 from zoo.optim import OptimConfig
 from zoo.throughput import ThroughputConfig
@@ -70,3 +71,11 @@ def test_a_wrongly_typed_memory_setting_fails_when_the_config_is_composed():
     with pytest.raises(Exception, match="Error merging override memory.knn=abc") as failed:
         composed("memory=pkm", "memory.knn=abc")
     assert "could not be converted to Integer" in str(failed.value.__cause__)
+
+
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet"])
+def test_backbone_yaml_states_the_mixer_constructor_defaults(name):
+    values = yaml.safe_load((CONFIGS / "backbone" / f"{name}.yaml").read_text())["mixer"][name]
+    defaults = code_defaults(MIXERS[name].__init__)
+    defaults.pop("layer_idx")
+    assert values == defaults

@@ -14,6 +14,8 @@ BACKBONES = {
     "mamba2": {"pattern": "S", "channel": "none", "mixer": {"mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 4}}},
     "hybrid": {"pattern": "MA", "channel": "mlp", "mixer": {"mamba": {"d_state": 8}}},
     "hyena": {"pattern": "H", "channel": "mlp", "mixer": {"hyena": {"l_max": 16, "filter_order": 8}}},
+    "gla": {"pattern": "G", "channel": "mlp", "mixer": {"gla": {"chunk_size": 4}}},
+    "gated_deltanet": {"pattern": "D", "channel": "mlp", "mixer": {"gated_deltanet": {"num_heads": 2, "chunk_size": 4}}},
 }
 
 

@@ -53,6 +53,16 @@ def hand_flops(name: str, mixer) -> int:
         weights = D * k + 2 * D * h * f + D * h * hd + h * hd * D  # conv (no bias), q, k, v, o
         features = 1 + f + f * f  # Taylor map: 1, x, x (x) x
         return 2 * weights + 2 * 2 * h * features * (hd + 1)  # update + readout of state and normaliser
+    if name == "gla":
+        h, kd, vd, r, k = mixer.num_heads, mixer.key_dim, mixer.value_dim, 16, mixer.conv_size
+        convs = (2 * kd + vd) * k  # q, k, v short convs, no bias
+        weights = D * (2 * kd + 2 * vd) + convs + D * r + r * kd + kd + vd // h + vd * D  # ... gk low rank, norm, o
+        return 2 * weights + 6 * h * (kd // h) * (vd // h)
+    if name == "gated_deltanet":
+        h, kd, vd, k = mixer.num_heads, mixer.key_dim, mixer.value_dim, mixer.conv_size
+        convs = (2 * kd + vd) * k
+        weights = D * (2 * kd + 2 * vd) + 2 * D * h + 2 * h + convs + vd // h + vd * D  # q k v g, a b, A_log dt_bias
+        return 2 * weights + 8 * h * (kd // h) * (vd // h)
     raise AssertionError(f"no hand count for mixer {name!r}: add one when registering it")
 
 

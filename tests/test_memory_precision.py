@@ -106,7 +106,7 @@ def test_unknown_precision_option_is_refused_with_the_allowed_values(field, valu
 
 @pytest.mark.parametrize(
     "backbone, value_dtype, precision",
-    [(b, "float32", "bf16-mixed") for b in ("transformer", "mamba", "mamba2", "hybrid", "hyena")]
+    [(b, "float32", "bf16-mixed") for b in ("transformer", "mamba", "mamba2", "gla", "gated_deltanet", "hybrid", "hyena")]
     + [("transformer", "bfloat16", "bf16-mixed")],
 )
 def test_every_backbone_with_memory_trains_in_mixed_precision(backbone, value_dtype, precision, tmp_path):

@@ -17,6 +17,8 @@ a layer pattern string (``"AAAA"``) to those names. Adding a mixer is one module
 from zoo.mixers.attention import Attention
 from zoo.mixers.based import Based
 from zoo.mixers.hyena import Hyena
+from zoo.mixers.gated_deltanet import GatedDeltaNet
+from zoo.mixers.gla import GatedLinearAttention
 from zoo.mixers.mamba import Mamba
 from zoo.mixers.mamba2 import Mamba2
 from zoo.mixers.sliding_window import SlidingWindowAttention
@@ -25,6 +27,8 @@ MIXERS = {
     "attention": Attention,
     "based": Based,
     "hyena": Hyena,
+    "gated_deltanet": GatedDeltaNet,
+    "gla": GatedLinearAttention,
     "mamba": Mamba,
     "mamba2": Mamba2,
     "sliding_window": SlidingWindowAttention,
@@ -34,6 +38,8 @@ PATTERN_LETTERS = {
     "A": "attention",
     "B": "based",
     "H": "hyena",
+    "D": "gated_deltanet",
+    "G": "gla",
     "M": "mamba",
     "S": "mamba2",
     "W": "sliding_window",

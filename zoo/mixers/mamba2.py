@@ -12,6 +12,7 @@ else on ``ssd_chunked``, the chunked algorithm of the paper in PyTorch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -19,24 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.mixers import kernels
-from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, dt_bias_init
+from zoo.mixers.ssm_common import (
+    causal_conv_silu,
+    causal_conv_silu_step,
+    dt_bias_init,
+    segment_sum,
+    split_chunks,
+)
 from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
-
-
-def _segment_sum(log_decay: torch.Tensor) -> torch.Tensor:
-    """log_decay: (..., T) -> (..., T, T) with [t, s] = sum of log_decay over steps s+1..t for s <= t
-    and -inf for s > t. Summing each segment directly, not as a difference of prefix sums, keeps
-    every entry <= 0 and free of cancellation however long the chunk."""
-    length = log_decay.shape[-1]
-    lower = torch.ones(length, length, dtype=torch.bool, device=log_decay.device).tril()
-    after = lower.tril(-1)  # [t, s]: t > s, the steps that segment s..t decays through
-    terms = torch.where(after, log_decay.unsqueeze(-1), 0.0)  # [t, s] = a_t if t > s
-    return terms.cumsum(-2).masked_fill(~lower, float("-inf"))
-
-
-def _pad_time(t: torch.Tensor, pad: int) -> torch.Tensor:
-    """(b, L, ...) -> (b, L + pad, ...) with zeros at the end."""
-    return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
 
 
 def _states_entering_chunks(chunk_states: torch.Tensor, chunk_decay: torch.Tensor) -> torch.Tensor:
@@ -70,17 +61,14 @@ def ssd_chunked(
     batch, length, nheads, headdim = x.shape
     ngroups = B.shape[2]
     n_chunks = -(-length // chunk_size)
-    pad = n_chunks * chunk_size - length  # padded steps have dt = 0: no decay, no input
-
-    def chunked(t):  # (b, L, ...) -> (b, c, T, ...)
-        return _pad_time(t, pad).reshape(batch, n_chunks, chunk_size, *t.shape[2:])
+    chunked = functools.partial(split_chunks, chunk_size=chunk_size)  # padded steps: dt = 0, no input
 
     # heads as (g, r): group g, head r within it, so C B^T is computed once per group
     dt_heads = dt.unflatten(2, (ngroups, -1))  # (b, L, g, r)
     dtx = chunked(x.unflatten(2, (ngroups, -1)) * dt_heads.unsqueeze(-1))  # (b, c, T, g, r, p)
     Bc, Cc = chunked(B), chunked(C)  # (b, c, T, g, n)
     log_decay = chunked(dt_heads * A.view(ngroups, -1)).permute(0, 3, 4, 1, 2)  # (b, g, r, c, T), <= 0
-    decay = torch.exp(_segment_sum(log_decay))  # (b, g, r, c, T, T): from step s to step t >= s
+    decay = torch.exp(segment_sum(log_decay))  # (b, g, r, c, T, T): from step s to step t >= s
 
     scores = torch.einsum("bctgn,bcsgn->bgcts", Cc, Bc).unsqueeze(2) * decay
     y = torch.einsum("bgrcts,bcsgrp->bctgrp", scores, dtx)

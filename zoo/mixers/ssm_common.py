@@ -1,4 +1,5 @@
-"""Pieces the state-space and convolutional mixers share: dt initialisation and the causal depthwise conv."""
+"""Pieces the recurrent and convolutional mixers share: dt initialisation, the causal depthwise
+conv, and the chunking of a sequence for chunked-parallel scans."""
 
 from __future__ import annotations
 
@@ -45,3 +46,21 @@ def causal_conv_silu(x: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
 def causal_conv_silu_step(x: torch.Tensor, conv_state: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
     """One step of ``causal_conv_silu``: x (B, C) is pushed into conv_state (B, C, d_conv) in place."""
     return F.silu(causal_conv_step(x, conv_state, conv1d))
+
+
+def split_chunks(t: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """(b, L, ...) -> (b, n, chunk_size, ...) with n = ceil(L / chunk_size), zero-padded at the end."""
+    pad = -t.shape[1] % chunk_size
+    padded = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+    return padded.reshape(t.shape[0], -1, chunk_size, *t.shape[2:])
+
+
+def segment_sum(log_decay: torch.Tensor) -> torch.Tensor:
+    """log_decay: (..., T) -> (..., T, T) with [t, s] = sum of log_decay over steps s+1..t for s <= t
+    and -inf for s > t. Summing each segment directly, not as a difference of prefix sums, keeps
+    every entry <= 0 and free of cancellation however long the chunk."""
+    length = log_decay.shape[-1]
+    lower = torch.ones(length, length, dtype=torch.bool, device=log_decay.device).tril()
+    after = lower.tril(-1)  # [t, s]: t > s, the steps that segment s..t decays through
+    terms = torch.where(after, log_decay.unsqueeze(-1), 0.0)  # [t, s] = a_t if t > s
+    return terms.cumsum(-2).masked_fill(~lower, float("-inf"))
