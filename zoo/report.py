@@ -151,9 +151,10 @@ def _line_label(r: dict[str, Any]) -> str:
     return f"{r['backbone']} + {'memory' if r['memory'] != 'none' else r['channel'] if r['channel'] != 'none' else 'no channel'}"
 
 
-def mqar_figure(best: list[dict[str, Any]]):
-    """MQAR accuracy vs d_model, a line per backbone +- memory, a panel per (seq_len, pairs)."""
-    rows = [r for r in best if r.get("task") == "mqar"]
+def mqar_figure(best: list[dict[str, Any]], x: str = "d_model"):
+    """MQAR accuracy vs ``x`` (``d_model``, or ``state_size``: inference bytes per sequence, log x,
+    zoology's recall-vs-state comparison), a line per backbone +- memory, a panel per (seq_len, pairs)."""
+    rows = [r for r in best if r.get("task") == "mqar" and r.get(x)]
     panels = sorted({(r["task.seq_len"], r["task.num_kv_pairs"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (seq_len, pairs) in zip(axes[0], panels):
@@ -162,30 +163,10 @@ def mqar_figure(best: list[dict[str, Any]]):
             if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
                 lines[_line_label(r)].append(r)
         for label, cells in sorted(lines.items()):
-            _draw(ax, label, cells, "d_model", "test_acc", dashed="memory" in label)
-        ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel="d_model", ylabel="MQAR test accuracy", ylim=(0, 1.02))
-        ax.set_xscale("log", base=2)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def mqar_state_figure(best: list[dict[str, Any]]):
-    """MQAR accuracy vs inference state bytes per sequence (log x), a line per backbone +- memory
-    (its points: the widths), a panel per (seq_len, pairs): zoology's recall-vs-state comparison."""
-    rows = [r for r in best if r.get("task") == "mqar" and r.get("state_size")]
-    panels = sorted({(r["task.seq_len"], r["task.num_kv_pairs"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (seq_len, pairs) in zip(axes[0], panels):
-        lines = defaultdict(list)
-        for r in rows:
-            if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
-                lines[_line_label(r)].append(r)
-        for label, cells in sorted(lines.items()):
-            _draw(ax, label, cells, "state_size", "test_acc", dashed="memory" in label)
-        ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel="inference state per sequence (bytes)",
-               ylabel="MQAR test accuracy", ylim=(0, 1.02))
-        ax.set_xscale("log")
+            _draw(ax, label, cells, x, "test_acc", dashed="memory" in label)
+        xlabel = "inference state per sequence (bytes)" if x == "state_size" else x
+        ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel=xlabel, ylabel="MQAR test accuracy", ylim=(0, 1.02))
+        ax.set_xscale("log", base=10 if x == "state_size" else 2)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -252,7 +233,7 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
     figures = {}
     if "mqar" in tasks:
         figures["mqar_accuracy_vs_d_model"] = mqar_figure(best)
-        figures["mqar_accuracy_vs_state_size"] = mqar_state_figure(best)
+        figures["mqar_accuracy_vs_state_size"] = mqar_figure(best, x="state_size")
     if "facts" in tasks:
         figures["facts_recalled"] = facts_figure(best)
     if "lm" in tasks:

@@ -76,14 +76,18 @@ class Attention(nn.Module):
         device, dtype = device or weight.device, dtype or weight.dtype
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
+    def project_token(self, hidden: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden (B, D) at ``position`` -> q, k, v, each (B, H, 1, hd), q and k rotated."""
+        q, k, v = self.qkv(hidden).view(hidden.shape[0], 3, self.n_heads, 1, self.head_dim).unbind(1)
+        return self.rotary(q, offset=position), self.rotary(k, offset=position), v
+
     def step(self, hidden: torch.Tensor, cache: "KVCache") -> tuple[torch.Tensor, "KVCache"]:
         """One token: hidden (B, D) -> (B, D), attending to the cached positions and itself; the
         token's key and value are appended to ``cache`` (in place)."""
         batch, d_model = hidden.shape
         if cache.length >= cache.keys.shape[2]:
             raise ValueError(f"attention cache is full ({cache.keys.shape[2]} positions); allocate a longer one")
-        q, k, v = self.qkv(hidden).view(batch, 3, self.n_heads, 1, self.head_dim).unbind(1)  # (B, H, 1, hd)
-        q, k = self.rotary(q, offset=cache.length), self.rotary(k, offset=cache.length)
+        q, k, v = self.project_token(hidden, cache.length)
         cache.keys[:, :, cache.length] = k[:, :, 0]
         cache.values[:, :, cache.length] = v[:, :, 0]
         cache.length += 1

@@ -50,8 +50,7 @@ class SlidingWindowAttention(Attention):
         absolute position before caching, so the order of the slots does not matter."""
         batch, d_model = hidden.shape
         slots = cache.keys.shape[2]
-        q, k, v = self.qkv(hidden).view(batch, 3, self.n_heads, 1, self.head_dim).unbind(1)  # (B, H, 1, hd)
-        q, k = self.rotary(q, offset=cache.length), self.rotary(k, offset=cache.length)
+        q, k, v = self.project_token(hidden, cache.length)
         slot = cache.length % slots
         cache.keys[:, :, slot] = k[:, :, 0]
         cache.values[:, :, slot] = v[:, :, 0]
