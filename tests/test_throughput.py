@@ -90,3 +90,11 @@ def test_training_flops_are_three_forwards_as_torch_flop_counter_finds_for_the_t
 def test_bad_throughput_settings_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         ThroughputConfig(**{field: value})
+
+
+def test_measuring_the_matmul_peak_leaves_the_training_rng_untouched():
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    measured_peak_flops.cache_clear()
+    assert measured_peak_flops(torch.device("cpu"), torch.float32) > 0
+    assert torch.equal(torch.get_rng_state(), before)

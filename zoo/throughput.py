@@ -62,7 +62,8 @@ def compute_dtype(precision: str) -> torch.dtype:
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of an n x n x n matmul (n = 8192 on CUDA, 1024 elsewhere), median of timed repeats."""
     n, steps = (8192, 10) if device.type == "cuda" else (1024, 5)
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    generator = torch.Generator(device).manual_seed(0)  # leaves the global RNG (training's) untouched
+    a, b = (torch.randn(n, n, device=device, generator=generator).to(dtype) for _ in range(2))
 
     def step() -> None:
         torch.matmul(a, b)
