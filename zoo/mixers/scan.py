@@ -238,10 +238,11 @@ def selective_scan(
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, d_state); B, C: (batch, d_state, L);
     D, delta_bias: (d_inner,). Returns y (batch, d_inner, L) [and the last state (batch, d_inner,
-    d_state)]. Forward runs the recurrence step by step (every step is one pass over a cache-sized
-    (batch, d_state, d_inner) state, cheaper than any parallel form) and keeps only the state
-    entering each chunk of at most ``chunk_size`` steps (fewer where ``CHUNK_ELEMENTS`` says so);
-    backward recomputes one chunk at a time, so memory stays O(L / chunk) states.
+    d_state)]. Forward runs the recurrence step by step (one multiply-add pass over the
+    (batch, d_state, d_inner) state per step: fewer passes over memory than a parallel form) and
+    keeps only the state entering each chunk of at most ``chunk_size`` steps (fewer where
+    ``CHUNK_ELEMENTS`` says so); backward recomputes one chunk at a time, so what it keeps is
+    O(L / chunk) states plus a few (batch, d_inner, L) tensors.
     """
     _check_chunk_size(chunk_size)
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
