@@ -12,6 +12,7 @@ and the benchmark compare it against, written the way mamba-ssm's ``selective_sc
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -81,6 +82,13 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
                              f"and A {tuple(A.shape)} it must be {expected[name]}")
 
 
+def _no_autocast(device_type: str):
+    """Autocast off (where the device has it): a bf16 bmm under autocast would round the states."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _steps(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(batch, c, L) -> (L, batch, c) with unit stride along c, a copy only where x lacks one: one
     step is then a slice, and every elementwise pass runs along contiguous rows."""
@@ -123,7 +131,7 @@ class _SelectiveScan(torch.autograd.Function):
         work = u.dtype
         for t in (delta, A, B, C, D, z, delta_bias):
             work = work if t is None else torch.promote_types(work, t.dtype)
-        with torch.autocast(u.device.type, enabled=False):  # bmm must not drop to bf16 under autocast
+        with _no_autocast(u.device.type):
             (batch, d_inner, length), d_state = u.shape, A.shape[1]
             u_s, b_s, c_s = _steps(u, work), _steps(B, work), _steps(C, work)
             pre = _steps(delta, work)
@@ -161,7 +169,7 @@ class _SelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_y, grad_last):
         u_s, b_s, c_s, pre, dt, A_t, D, z, y, starts = ctx.saved_tensors
         work = u_s.dtype
-        with torch.autocast(u_s.device.type, enabled=False):
+        with _no_autocast(u_s.device.type):
             grad_y = _steps(grad_y, work)
             grad_z = None
             if z is not None:
