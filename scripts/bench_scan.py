@@ -1,19 +1,22 @@
-"""Selective scan speed and agreement: memzoo's chunked scan vs the sequential reference (and mamba-ssm's).
+"""Selective scan speed and agreement: memzoo's scan vs its earlier chunked form and the sequential reference.
 
-One process, float32, the same inputs for every implementation: ``selective_scan`` (chunked
-parallel), ``selective_scan_sequential`` (per-timestep loop, the reference every error is measured
-against) and, when it imports, mamba-ssm's own ``selective_scan_ref``. Two passes per length: "fwd"
-(under no_grad) and "fwd_bwd" (forward, then backward of y.sum() w.r.t. u, delta, A, B, C, D).
+One process, float32, the same inputs for every implementation: ``selective_scan`` (the Mamba
+mixer's path: step-by-step recurrence with a hand-written backward), ``chunked_autograd`` (the
+earlier path: chunked parallel form differentiated by autograd, ``zoo.mixers.scan_chunked``),
+``selective_scan_sequential`` (per-timestep loop, the reference every error is measured against)
+and, when it imports, mamba-ssm's own ``selective_scan_ref``. Two passes per length: "fwd" (under
+no_grad) and "fwd_bwd" (forward, then backward of y.sum() w.r.t. u, delta, A, B, C, D).
 
 Inputs are shaped like a Mamba layer's: u, z, B, C ~ N(0, 1); A = -exp(U(0, log 16)), so in
 [-16, -1] like S4D-real's -(1..16); D = 1; delta is a pre-activation N(0, 1) passed with
 delta_softplus=True and delta_bias = -4, so dt = softplus(N(0, 1) - 4): small, median ~0.018,
 99th percentile ~0.17 (the in-chunk decay of a 64-step chunk then stays under the float32 fast-path
-limit; see ``_SAFE_LOG_RANGE`` in zoo/mixers/scan.py).
+limit of chunked_autograd; see ``_SAFE_LOG_RANGE`` in zoo/mixers/scan_chunked.py).
 
 The per-step loops' backward is slow (each step's slice of the precomputed (batch, d_inner, L,
 d_state) tensors sends back a full-size gradient, so it is quadratic in L): their fwd_bwd rows are
-timed once, without warmup; every other row is the median of --reps after one warmup.
+timed once, without warmup. selective_scan and chunked_autograd take turns within every repetition
+(one warmup, then --reps), so load from other processes hits both alike; each row is the median.
 Writes results/bench_scan.json and results/bench_scan.md.
 
     python scripts/bench_scan.py              # the issue's settings, a few minutes on 2 CPU cores
@@ -31,6 +34,7 @@ import torch
 
 from zoo.io import write_bench_results
 from zoo.mixers.scan import selective_scan, selective_scan_sequential
+from zoo.mixers.scan_chunked import selective_scan_chunked
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D")
 DT_SHIFT = -4.0  # delta_bias: dt = softplus(N(0, 1) + DT_SHIFT)
@@ -77,15 +81,17 @@ def run_pass(scan, inputs: dict, pass_name: str):
     return y.detach(), [leaves[name].grad for name in GRAD_NAMES]
 
 
-def time_pass(scan, inputs: dict, pass_name: str, reps: int, warmup: int):
-    """Median seconds of ``run_pass`` over ``reps`` timed calls after ``warmup``, and the last result."""
-    times = []
+def time_passes(impls: dict, inputs: dict, pass_name: str, reps: int, warmup: int) -> dict:
+    """{name: (median seconds of ``run_pass`` over ``reps`` timed calls after ``warmup``, last result)},
+    the implementations taking turns within every repetition."""
+    times, outs = {name: [] for name in impls}, {}
     for rep in range(warmup + reps):
-        start = time.perf_counter()
-        out = run_pass(scan, inputs, pass_name)
-        if rep >= warmup:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], out
+        for name, scan in impls.items():
+            start = time.perf_counter()
+            outs[name] = run_pass(scan, inputs, pass_name)
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: (sorted(t)[len(t) // 2], outs[name]) for name, t in times.items()}
 
 
 def max_abs_err(out, ref) -> tuple[float, dict]:
@@ -99,13 +105,16 @@ def max_abs_err(out, ref) -> tuple[float, dict]:
 
 
 def speedups(rows: list[dict]) -> list[dict]:
-    """sequential ms / chunked ms for every (L, pass) both were timed at."""
+    """baseline ms / selective_scan ms for every (L, pass) and every other implementation timed there."""
     by = {(r["impl"], r["L"], r["pass"]): r["ms"] for r in rows}
     out = []
     for (impl, length, pass_name), ms in by.items():
-        if impl == "chunked" and ("sequential", length, pass_name) in by:
-            ratio = by[("sequential", length, pass_name)] / ms
-            out.append({"L": length, "pass": pass_name, "chunked_vs_sequential": round(ratio, 2)})
+        if impl != "selective_scan":
+            continue
+        for baseline in ("chunked_autograd", "sequential", "mamba_ssm_ref"):
+            if (baseline, length, pass_name) in by:
+                ratio = by[(baseline, length, pass_name)] / ms
+                out.append({"L": length, "pass": pass_name, "baseline": baseline, "speedup": round(ratio, 2)})
     return out
 
 
@@ -121,7 +130,7 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['impl']} | {r['L']} | {r['pass']} | {r['ms']:.1f} | {r['max_abs_err']:.2e} |")
     lines.append("")
-    lines += [f"- speedup chunked vs sequential, L={x['L']} {x['pass']}: {x['chunked_vs_sequential']}x"
+    lines += [f"- selective_scan vs {x['baseline']}, L={x['L']} {x['pass']}: {x['speedup']}x faster"
               for x in result["speedup"]]
     lines.append(f"- timing: {result['timing']}; whole run {result['total_s']} s")
     lines += [f"- skipped {impl}: {why}" for impl, why in result["skipped"].items()]
@@ -134,7 +143,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--d-inner", type=int, default=256)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
-    parser.add_argument("--reps", type=int, default=3, help="timed calls per row after 1 warmup (median reported)")
+    parser.add_argument("--reps", type=int, default=5, help="timed calls per row after 1 warmup (median reported)")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("results/bench_scan.json"))
     args = parser.parse_args(argv)
@@ -146,8 +155,9 @@ def main(argv=None) -> dict:
             raise ValueError(f"--lengths value {length} must be >= 1")
 
     impls = {
-        "chunked": lambda **kw: selective_scan(**kw, chunk_size=args.chunk_size),
-        "sequential": selective_scan_sequential,
+        "selective_scan": lambda **kw: selective_scan(**kw, chunk_size=args.chunk_size),
+        "chunked_autograd": lambda **kw: selective_scan_chunked(**kw, chunk_size=args.chunk_size),
+        "sequential": selective_scan_sequential,  # the reference: the first of the per-step loops
     }
     skipped = {}
     mamba_ref, why = load_mamba_ref()
@@ -162,13 +172,15 @@ def main(argv=None) -> dict:
     for length in args.lengths:
         inputs = make_inputs(args.batch, args.d_inner, args.d_state, length)
         for pass_name in ("fwd", "fwd_bwd"):
-            reference = None
-            for impl in ("sequential", *(k for k in impls if k != "sequential")):  # reference first
-                once = pass_name == "fwd_bwd" and impl in SLOW_BACKWARD
-                seconds, out = time_pass(impls[impl], inputs, pass_name,
-                                         reps=1 if once else args.reps, warmup=0 if once else 1)
-                if reference is None:
-                    reference = out
+            once = pass_name == "fwd_bwd"
+            timed = {}
+            for impl in (k for k in impls if k in SLOW_BACKWARD):  # the per-step loops, one by one
+                timed |= time_passes({impl: impls[impl]}, inputs, pass_name,
+                                     reps=1 if once else args.reps, warmup=0 if once else 1)
+            fast = {k: v for k, v in impls.items() if k not in SLOW_BACKWARD}
+            timed |= time_passes(fast, inputs, pass_name, reps=args.reps, warmup=1)
+            reference = timed["sequential"][1]
+            for impl, (seconds, out) in timed.items():
                 err, per_tensor = max_abs_err(out, reference)
                 rows.append({"impl": impl, "L": length, "pass": pass_name,
                              "ms": round(seconds * 1e3, 3), "max_abs_err": err})
@@ -182,7 +194,8 @@ def main(argv=None) -> dict:
                      "lengths": args.lengths, "reps": args.reps, "chunk_size": args.chunk_size},
         "inputs": "u, z, B, C ~ N(0,1); A = -exp(U(0, log 16)); D = 1; delta ~ N(0,1) with "
                   f"delta_softplus=True and delta_bias = {DT_SHIFT} (dt = softplus(N(0,1) {DT_SHIFT:+}))",
-        "timing": f"median of {args.reps} after 1 warmup; fwd_bwd of {sorted(SLOW_BACKWARD)}: 1 call, no warmup; "
+        "timing": f"median of {args.reps} after 1 warmup, selective_scan and chunked_autograd taking turns; "
+                  f"fwd_bwd of {sorted(SLOW_BACKWARD)}: 1 call, no warmup; "
                   "fwd under no_grad; fwd_bwd = backward of y.sum() w.r.t. " + ", ".join(GRAD_NAMES),
         "rows": rows,
         "errors": errors,

@@ -30,23 +30,29 @@ def test_bench_scan_writes_rows_that_match_the_reference_and_a_table(tmp_path, m
     run_bench(monkeypatch, *TOY, "--out", str(out))
     result = json.loads(out.read_text())
     rows = result["rows"]
+    impls = ("selective_scan", "chunked_autograd", "sequential")
     assert sorted((r["impl"], r["L"], r["pass"]) for r in rows) == sorted(
-        (impl, length, p) for impl in ("chunked", "sequential") for length in (16, 33) for p in ("fwd", "fwd_bwd")
+        (impl, length, p) for impl in impls for length in (16, 33) for p in ("fwd", "fwd_bwd")
     )
     for r in rows:
         assert set(r) == {"impl", "L", "pass", "ms", "max_abs_err"}
         assert r["ms"] > 0
         assert 0 <= r["max_abs_err"] < 1e-4, r
     assert "mamba_ssm_ref" in result["skipped"]
-    assert {(s["L"], s["pass"]) for s in result["speedup"]} == {
-        (16, "fwd"), (16, "fwd_bwd"), (33, "fwd"), (33, "fwd_bwd")
-    }
+    assert sorted((s["L"], s["pass"], s["baseline"]) for s in result["speedup"]) == sorted(
+        (length, p, baseline) for length in (16, 33) for p in ("fwd", "fwd_bwd")
+        for baseline in ("chunked_autograd", "sequential")
+    )
+    by = {(r["impl"], r["L"], r["pass"]): r["ms"] for r in rows}
+    for s in result["speedup"]:
+        assert s["speedup"] == round(by[(s["baseline"], s["L"], s["pass"])] / by[("selective_scan", s["L"], s["pass"])], 2)
     table = out.with_suffix(".md").read_text()
-    assert "| chunked | 33 | fwd_bwd |" in table and "skipped mamba_ssm_ref" in table
+    assert "| selective_scan | 33 | fwd_bwd |" in table and "| chunked_autograd | 33 | fwd_bwd |" in table
+    assert "selective_scan vs chunked_autograd, L=33 fwd_bwd:" in table and "skipped mamba_ssm_ref" in table
 
 
 def test_bench_scan_times_mamba_ssm_ref_when_it_imports(tmp_path, monkeypatch):
-    """A stand-in mamba_ssm package (its ref = our sequential loop) adds a third impl with zero error."""
+    """A stand-in mamba_ssm package (its ref = our sequential loop) adds a fourth impl with zero error."""
     leaf = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
     leaf.selective_scan_ref = selective_scan_sequential
     for name, module in [("mamba_ssm", types.ModuleType("mamba_ssm")),
@@ -59,6 +65,7 @@ def test_bench_scan_times_mamba_ssm_ref_when_it_imports(tmp_path, monkeypatch):
     mamba_rows = [r for r in result["rows"] if r["impl"] == "mamba_ssm_ref"]
     assert [r["pass"] for r in mamba_rows] == ["fwd", "fwd_bwd"]
     assert all(r["max_abs_err"] == 0.0 and r["ms"] > 0 for r in mamba_rows)
+    assert {s["baseline"] for s in result["speedup"]} == {"chunked_autograd", "sequential", "mamba_ssm_ref"}
     assert result["skipped"] == {}
 
 

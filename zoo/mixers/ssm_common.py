@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from zoo.mixers import kernels
 
@@ -19,14 +20,13 @@ def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_floor: float) -> to
     return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
 
 
-def causal_conv(x: torch.Tensor, conv1d: nn.Conv1d, activation: str | None = None) -> torch.Tensor:
-    """x: (B, C, L) -> causal depthwise conv(x), followed by SiLU when ``activation == "silu"``,
-    (B, C, L); causal-conv1d's kernel on CUDA when present."""
+def causal_conv(x: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
+    """x: (B, C, L) -> causal depthwise conv(x), no activation, (B, C, L); causal-conv1d's kernel on
+    CUDA when present."""
     conv_fn = kernels.causal_conv1d() if x.is_cuda else None
     if conv_fn is not None:
-        return conv_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation=activation)
-    out = conv1d(x)[..., : x.shape[-1]]
-    return F.silu(out) if activation == "silu" else out
+        return conv_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation=None)
+    return conv1d(x)[..., : x.shape[-1]]
 
 
 def causal_conv_step(x: torch.Tensor, conv_state: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
@@ -38,9 +38,55 @@ def causal_conv_step(x: torch.Tensor, conv_state: torch.Tensor, conv1d: nn.Conv1
     return out if conv1d.bias is None else out + conv1d.bias
 
 
+class _CausalConvSilu(torch.autograd.Function):
+    """silu(causal depthwise conv) as one multiply-add per tap along L, with its backward written out.
+
+    A depthwise conv with a handful of taps is a few elementwise passes; written so, it runs in
+    whatever layout x comes in (the mixers hand over the transpose of a (B, L, C) projection) and
+    its backward costs a few passes more, where the generic convolution kernels' depthwise backward
+    is several times slower on CPU."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        """x: (B, C, L); weight: (C, K), tap K - 1 on the current step; bias: (C,) or None."""
+        batch, channels, length = x.shape
+        taps = weight.shape[1]
+        # one contiguous (C,) row per tap: a strided broadcast operand would cost 10x in every pass
+        rows = weight.t().contiguous()[:, :, None]  # (K, C, 1)
+        # same layout as x: channels innermost when x has them so, as the mixers' projections do
+        pre = x.new_empty(batch, length, channels).transpose(1, 2) if x.stride(1) == 1 else torch.empty_like(x)
+        torch.mul(x, rows[taps - 1], out=pre)
+        if bias is not None:
+            pre += bias[:, None]
+        for lag in range(1, min(taps, length)):
+            pre[..., lag:].addcmul_(x[..., :-lag], rows[taps - 1 - lag])
+        ctx.save_for_backward(x, rows, pre)
+        ctx.has_bias = bias is not None
+        return F.silu(pre)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, rows, pre = ctx.saved_tensors
+        grad_pre = torch.ops.aten.silu_backward(grad, pre)
+        taps, length = rows.shape[0], x.shape[2]
+        grad_x = grad_pre * rows[taps - 1]
+        grad_rows = rows.new_zeros(rows.shape[:2])  # (K, C); taps reaching before the sequence stay 0
+        grad_rows[taps - 1] = (grad_pre * x).sum((0, 2))
+        for lag in range(1, min(taps, length)):
+            grad_x[..., :-lag].addcmul_(grad_pre[..., lag:], rows[taps - 1 - lag])
+            grad_rows[taps - 1 - lag] = (grad_pre[..., lag:] * x[..., :-lag]).sum((0, 2))
+        grad_bias = grad_pre.sum((0, 2)) if ctx.has_bias else None
+        return grad_x, grad_rows.t(), grad_bias
+
+
 def causal_conv_silu(x: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
-    """x: (B, C, L) -> silu(causal depthwise conv(x)), (B, C, L)."""
-    return causal_conv(x, conv1d, activation="silu")
+    """x: (B, C, L) -> silu(causal depthwise conv(x)), (B, C, L) in x's layout; causal-conv1d's
+    kernel on CUDA when present."""
+    conv_fn = kernels.causal_conv1d() if x.is_cuda else None
+    if conv_fn is not None:
+        return conv_fn(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu")
+    return _CausalConvSilu.apply(x, conv1d.weight.squeeze(1), conv1d.bias)
 
 
 def causal_conv_silu_step(x: torch.Tensor, conv_state: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
