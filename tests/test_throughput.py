@@ -35,19 +35,19 @@ def scalars(run_dir) -> dict[str, list[float]]:
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("throughput")
     with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, "throughput.peak_flops=2.5e9"])
+        cfg = compose("train", overrides=[*TINY, "throughput.peak_flops=1e13"])
     return train(cfg, run_dir), run_dir
 
 
 def test_metrics_json_holds_tokens_per_s_step_time_and_mfu_against_the_given_peak(run):
     metrics, _ = run
     speed = metrics["throughput"]
-    assert speed["peak_flops"] == 2.5e9 and speed["peak_flops_source"] == "throughput.peak_flops"
+    assert speed["peak_flops"] == 1e13 and speed["peak_flops_source"] == "throughput.peak_flops"
     assert speed["steps_timed"] == metrics["steps"] == 4
     assert speed["train_flops_per_token"] == 3 * metrics["flops_per_token"]
     assert speed["tokens_per_s"] * speed["step_time_s"] == pytest.approx(BATCH * SEQ_LEN)  # one batch per step
-    assert speed["mfu"] == pytest.approx(speed["tokens_per_s"] * speed["train_flops_per_token"] / 2.5e9)
-    assert 0 < speed["mfu"] < 1
+    assert speed["mfu"] == pytest.approx(speed["tokens_per_s"] * speed["train_flops_per_token"] / 1e13)
+    assert 0 < speed["mfu"] < 1  # a peak no CPU reaches on this tiny model, whatever the machine
 
 
 def test_peak_memory_is_the_process_peak_rss_on_cpu(run):
