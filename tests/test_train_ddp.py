@@ -95,8 +95,9 @@ def test_two_rank_ddp_run_equals_one_process_on_the_same_global_batches(parallel
 
 def test_a_sharded_run_resumed_from_its_distributed_checkpoint_ends_bit_equal(two_ranks, tmp_path):
     whole_dir, _ = two_ranks("rows")
-    sharded = ["trainer=ddp", "trainer.devices=2", "memory.parallel=rows", "task.batch_size=16", "optim.total_steps=4"]
-    run_cli(tmp_path, *sharded, "trainer.max_steps=2", "checkpoint.every_n_train_steps=2")
+    sharded = ["trainer=ddp", "trainer.devices=2", "memory.parallel=rows", "task.batch_size=16", "optim.total_steps=4",
+               "checkpoint.every_n_train_steps=2"]
+    run_cli(tmp_path, *sharded, "trainer.max_steps=2")
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert is_distributed_checkpoint(last) and load_checkpoint_file(last)["global_step"] == 2
     metrics = run_cli(tmp_path, *sharded, "ckpt=last")

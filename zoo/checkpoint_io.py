@@ -36,7 +36,13 @@ class DistributedCheckpointDDP(DDPStrategy):
     """Lightning's DDP whose checkpoints of a sharded memory (model or optimizer state holding
     DTensors) are distributed checkpoints, written by every rank (``save_distributed``); others stay
     single files written by rank 0. Resuming a sharded model leaves a distributed checkpoint's
-    sharded tensors on disk for each rank to read its part of, in its own layout."""
+    sharded tensors on disk for each rank to read its part of, in its own layout. Checkpoints are
+    restored after setup, once the precision plugin has cast the model (``64-true``): a float64
+    checkpoint loaded before then would pass through the float32 parameters and resume inexactly."""
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:
         if not holds_distributed_tensors(checkpoint):
