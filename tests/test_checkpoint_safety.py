@@ -90,3 +90,15 @@ def test_empty_truncated_and_foreign_files_get_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"nowhere.ckpt' does not exist"):
         load_checkpoint_file(tmp_path / "nowhere.ckpt")
     assert load_checkpoint_file(whole)["state_dict"]["w"].shape == (1000,)
+
+
+def test_a_distributed_checkpoint_with_truncated_files_gets_one_clear_error(tmp_path):
+    path = save_distributed(memzoo_checkpoint(state_dict={"w": torch.ones(1000)}), tmp_path / "cut.ckpt")
+    data = next(path.resolve().glob("*.distcp"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cut.ckpt.*: its tensor files are missing, truncated or corrupt"):
+        load_checkpoint_file(path)
+    metadata = path.resolve() / ".metadata"
+    metadata.write_bytes(metadata.read_bytes()[:10])
+    with pytest.raises(ValueError, match=r"cut.ckpt.*: .metadata is missing or truncated"):
+        load_checkpoint_file(path)

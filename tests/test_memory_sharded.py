@@ -96,6 +96,13 @@ def _layer_matches_one_process(rank, world, parallel, sparse, dtype, atol):
             torch.testing.assert_close(state[key].full_tensor(), value, atol=0, rtol=0, msg=key)
         else:
             torch.testing.assert_close(state[key], value, atol=0, rtol=0, msg=key)
+    # such a state dict loads into a model of the same layout as it is; another layout's is refused
+    twin = shard_memory(TwoLayers(memory_config(parallel, sparse)).to(dtype))
+    twin.load_state_dict(state)
+    assert torch.equal(twin.m0.values.weight, sharded.m0.values.weight)
+    other = shard_memory(TwoLayers(memory_config("columns" if parallel == "rows" else "rows", sparse)).to(dtype))
+    with pytest.raises(ValueError, match=r"cannot load into this rank's chunk .* save it as a distributed checkpoint"):
+        other.load_state_dict(state)
 
 
 @pytest.mark.parametrize("parallel", ["rows", "columns"])

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from zoo.checkpointing import load_checkpoint_file
-from zoo.distributed_checkpoint import save_distributed
+from zoo.distributed_checkpoint import remove_distributed, save_distributed
 from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
 from zoo.train import train
 
@@ -110,3 +110,6 @@ def test_data_of_distributed_checkpoints_that_no_checkpoint_links_to_is_removed_
     assert remove_stale_temp_files(tmp_path) == [half_written]
     assert not half_written.exists()
     assert torch.equal(load_checkpoint_file(linked)["state_dict"]["w"], torch.ones(3))
+    data = linked.resolve()
+    remove_distributed(linked)  # what a strategy's remove_checkpoint does: the link and its data
+    assert not linked.is_symlink() and not data.exists()

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.tensor import DTensor
 
@@ -204,13 +204,17 @@ def remove_unlinked_data(folder: Path) -> list[Path]:
     return stale
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names something other than tensor metadata."""
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds DCP's metadata classes, torch sizes and dtypes, and nothing else."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint of tensors")
+        raise _Refused(f"{module}.{name} is not part of a checkpoint of tensors")
 
 
 class _SafeReader(FileSystemReader):
@@ -220,7 +224,7 @@ class _SafeReader(FileSystemReader):
         with open(Path(self.path) / METADATA_FILE, "rb") as handle:
             metadata = _MetadataUnpickler(handle).load()
         if not isinstance(metadata, Metadata):
-            raise pickle.UnpicklingError(f"{METADATA_FILE} holds a {type(metadata).__name__}, not DCP metadata")
+            raise _Refused(f"{METADATA_FILE} holds a {type(metadata).__name__}, not DCP metadata")
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -230,22 +234,26 @@ class _SafeReader(FileSystemReader):
 def _read(data_dir: Path, templates: dict[str, torch.Tensor]) -> None:
     """Fill ``templates`` (tensors or DTensors, by DCP key) from ``data_dir``, each with the part it
     covers; this process alone (not a collective)."""
-    if templates:
+    if not templates:
+        return
+    try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_ONE_PROCESS_WARNING)
             dcp.load(templates, storage_reader=_SafeReader(data_dir), no_dist=True)
+    except CheckpointException as err:  # DCP wraps whatever failed while reading
+        raise ValueError(f"checkpoint {str(data_dir)!r}: its tensor files are missing, truncated or corrupt: {err}") from err
 
 
 def read_metadata(data_dir: Path) -> Metadata:
     """The DCP metadata of ``data_dir``; ``ValueError`` for a missing, truncated or code-carrying one."""
     try:
         return _SafeReader(data_dir).read_metadata()
-    except pickle.UnpicklingError as err:
+    except _Refused as err:
         raise ValueError(
             f"checkpoint {str(data_dir)!r}: {METADATA_FILE} holds objects other than DCP's tensor metadata; "
             f"memzoo loads only those (no checkpoint may run code): {err}"
         ) from err
-    except (EOFError, OSError, ValueError, AttributeError, TypeError) as err:
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError, TypeError) as err:
         raise ValueError(f"checkpoint {str(data_dir)!r}: {METADATA_FILE} is missing or truncated: {err}") from err
 
 

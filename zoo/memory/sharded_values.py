@@ -47,14 +47,16 @@ def distributed(local: torch.Tensor, shard: Shard) -> dtensor.DTensor:
     )
 
 
-def own_part(value: torch.Tensor | SavedShards, shard: Shard, device: torch.device) -> torch.Tensor:
+def own_part(value: torch.Tensor | SavedShards, shard: Shard, device: torch.device,
+             into: torch.Tensor | None = None) -> torch.Tensor:
     """The full tensor (a plain tensor, a DTensor of this layout, or a distributed checkpoint's
-    ``SavedShards``, read in this layout) -> this rank's chunk along ``shard.dim``."""
+    ``SavedShards``, read in this layout: straight into ``into`` when given) -> this rank's chunk
+    along ``shard.dim``."""
     local = list(value.shape)
     local[shard.dim] //= shard.world
     if isinstance(value, SavedShards):
-        template = distributed(torch.empty(local, dtype=value.dtype, device=device), shard)
-        return value.read(template).to_local()
+        target = into if into is not None else torch.empty(local, dtype=value.dtype, device=device)
+        return value.read(distributed(target, shard)).to_local()
     if isinstance(value, dtensor.DTensor):
         coordinate = list(value.device_mesh.get_coordinate() or [])
         if value.placements != (dtensor.Shard(shard.dim),) or coordinate != [shard.rank] or list(value.to_local().shape) != local:
@@ -164,8 +166,9 @@ def _save_distributed_weight(module: ShardedValues, state_dict: dict, prefix: st
 
 
 def _load_own_part(module: ShardedValues, state_dict: dict, prefix: str, *args) -> None:
-    """The full (N, v_dim) table in any form ``own_part`` takes -> this rank's part."""
+    """The full (N, v_dim) table in any form ``own_part`` takes -> this rank's part (a distributed
+    checkpoint's is read straight into the weight: no second copy of the part)."""
     key = prefix + "weight"
     shard = shard_of(module.weight)
     if key in state_dict and state_dict[key].shape == full_shape(module.weight.shape, shard):
-        state_dict[key] = own_part(state_dict[key], shard, module.weight.device)
+        state_dict[key] = own_part(state_dict[key], shard, module.weight.device, into=module.weight.detach())
