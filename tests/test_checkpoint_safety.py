@@ -1,5 +1,6 @@
-"""Checkpoints are read with weights_only=True: a file carrying code is refused before the code runs,
-and a missing, empty, truncated or foreign file gets one error naming the path and what is wrong."""
+"""Checkpoints are read with weights_only=True (a distributed checkpoint's DCP metadata through an
+allow-list): a file carrying code is refused before the code runs, and a missing, empty, truncated
+or foreign file gets one error naming the path and what is wrong."""
 
 import os
 import pickle
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
 from zoo import load_model
 from zoo.checkpointing import atomic_torch_save, load_checkpoint_file
+from zoo.distributed_checkpoint import save_distributed
 
 MODEL = {"vocab_size": 16, "d_model": 16, "n_layers": 1, "mixer": {"attention": {"n_heads": 2}}}
 
@@ -37,6 +40,21 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path,
     payload = Payload(marker)
     torch.save(payload if where == "whole file" else memzoo_checkpoint(extra=payload), path)
     with pytest.raises(ValueError, match=r"evil.ckpt' holds objects other than tensors and plain containers"):
+        load_model(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["its metadata", "a non-tensor item"])
+def test_a_distributed_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path, where):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    save_distributed(memzoo_checkpoint(state_dict={"w": torch.ones(3)}), path)
+    data_dir = path.resolve()
+    if where == "its metadata":  # DCP's own reader would unpickle it with plain pickle
+        (data_dir / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    else:  # DCP's own reader would torch.load(weights_only=False) it
+        dcp.save({"state_dict/w": Payload(marker)}, checkpoint_id=data_dir, no_dist=True)
+    with pytest.raises(ValueError, match=r"holds objects other than DCP's tensor metadata"):
         load_model(path)
     assert not marker.exists()
 
@@ -72,3 +90,15 @@ def test_empty_truncated_and_foreign_files_get_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"nowhere.ckpt' does not exist"):
         load_checkpoint_file(tmp_path / "nowhere.ckpt")
     assert load_checkpoint_file(whole)["state_dict"]["w"].shape == (1000,)
+
+
+def test_a_distributed_checkpoint_with_truncated_files_gets_one_clear_error(tmp_path):
+    path = save_distributed(memzoo_checkpoint(state_dict={"w": torch.ones(1000)}), tmp_path / "cut.ckpt")
+    data = next(path.resolve().glob("*.distcp"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cut.ckpt.*: its tensor files are missing, truncated or corrupt"):
+        load_checkpoint_file(path)
+    metadata = path.resolve() / ".metadata"
+    metadata.write_bytes(metadata.read_bytes()[:10])
+    with pytest.raises(ValueError, match=r"cut.ckpt.*: .metadata is missing or truncated"):
+        load_checkpoint_file(path)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from zoo.checkpoint_io import AtomicCheckpointIO
-from zoo.checkpointing import atomic_torch_save
+from zoo.checkpointing import atomic_torch_save, load_checkpoint_file
+from zoo.distributed_checkpoint import remove_unlinked_data, save_distributed
 
 BIN = Path(sys.executable).parent
 RUN = ["backbone.d_model=16", "memory=pkm", "memory.n_keys=8", "memory.knn=4", "task.seq_len=32",
@@ -130,6 +131,30 @@ def test_kill_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path):
     assert writer.returncode == -signal.SIGKILL  # killed mid-write, not after
     saved = torch.load(path, weights_only=False)
     assert saved["step"] == 1 and torch.equal(saved["w"], torch.arange(5))
+
+
+def test_kill_while_a_distributed_checkpoint_is_written_leaves_the_previous_one(tmp_path):
+    path = tmp_path / "last.ckpt"
+    save_distributed({"state_dict": {"w": torch.arange(5)}, "hyper_parameters": {"model": {}}, "step": 1}, path)
+    previous = path.resolve()
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import torch, sys; from zoo.distributed_checkpoint import save_distributed; "
+        "save_distributed({'state_dict': {'w': torch.zeros(200_000_000)}, 'hyper_parameters': {'model': {}}, 'step': 2}, "
+        "sys.argv[1])"), str(path)])
+    deadline = time.monotonic() + 120
+
+    def writing() -> list[Path]:
+        return [d for d in tmp_path.glob(".last.ckpt.*.dcp") if d != previous and any(f.stat().st_size for f in d.glob("*.distcp"))]
+
+    while not writing() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL  # killed mid-write, not after
+    saved = load_checkpoint_file(path)
+    assert saved["step"] == 1 and torch.equal(saved["state_dict"]["w"], torch.arange(5))
+    half_written = writing()
+    assert len(half_written) == 1 and remove_unlinked_data(tmp_path) == half_written  # removed at the next start
 
 
 def test_lightning_saves_through_the_atomic_writer(tmp_path):

@@ -5,8 +5,11 @@ import json
 import os
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
+from zoo.checkpointing import load_checkpoint_file
+from zoo.distributed_checkpoint import remove_distributed, save_distributed
 from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
 from zoo.train import train
 
@@ -93,3 +96,20 @@ def test_temp_files_left_by_a_killed_writer_are_removed_at_the_next_start(tmp_pa
     keep.write_bytes(b"whole")
     assert remove_stale_temp_files(tmp_path) == [stale]
     assert not stale.exists() and keep.exists()
+
+
+def test_data_of_distributed_checkpoints_that_no_checkpoint_links_to_is_removed_at_the_next_start(tmp_path):
+    checkpoint = {"state_dict": {"w": torch.ones(3)}, "hyper_parameters": {"model": {}}}
+    linked = save_distributed(checkpoint, tmp_path / "checkpoints" / "last.ckpt")
+    replaced = linked.resolve()
+    save_distributed(checkpoint, linked)  # the new checkpoint is published, the previous one's data removed
+    assert not replaced.exists()
+    half_written = tmp_path / "checkpoints" / ".last.ckpt.0a1b2c3d4e5f.dcp"  # a save killed before publishing
+    half_written.mkdir()
+    (half_written / "__0_0.distcp").write_bytes(b"half a shard")
+    assert remove_stale_temp_files(tmp_path) == [half_written]
+    assert not half_written.exists()
+    assert torch.equal(load_checkpoint_file(linked)["state_dict"]["w"], torch.ones(3))
+    data = linked.resolve()
+    remove_distributed(linked)  # what a strategy's remove_checkpoint does: the link and its data
+    assert not linked.is_symlink() and not data.exists()

@@ -1,5 +1,6 @@
 """Lightning DDP (2 gloo processes) with a sharded memory against one process on the same global
-batches; checkpoints across world sizes; layout errors before training."""
+batches; its distributed checkpoints, read whole in one process and resumed bit for bit; layout
+errors before training."""
 
 import json
 import subprocess
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from test_train import make_cfg
-from zoo.lit import LitLanguageModel
+from zoo import load_model
+from zoo.checkpointing import load_checkpoint_file
+from zoo.distributed_checkpoint import is_distributed_checkpoint
 from zoo.train import train
 
 COMMON = [
@@ -22,8 +25,10 @@ COMMON = [
 
 
 def run_cli(run_dir: Path, *overrides: str) -> dict:
+    """memzoo-train with ``COMMON`` settings, ``overrides`` replacing any of the same key."""
     script = Path(sys.executable).parent / "memzoo-train"
-    cmd = [str(script), *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
+    settings = {item.split("=")[0]: item for item in [*COMMON, *overrides]}
+    cmd = [str(script), *settings.values(), f"hydra.run.dir={run_dir}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((run_dir / "metrics.json").read_text())
@@ -53,25 +58,54 @@ def one_process(tmp_path_factory):
     return run_dir / "checkpoints" / "last.ckpt"
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """``two_ranks(parallel)``: (run directory, metrics) of a 2-rank run with that layout, run once."""
+    runs = {}
+
+    def run(parallel: str) -> tuple[Path, dict]:
+        if parallel not in runs:
+            run_dir = tmp_path_factory.mktemp(parallel)
+            metrics = run_cli(run_dir, "trainer=ddp", "trainer.devices=2", f"memory.parallel={parallel}", "task.batch_size=16")
+            runs[parallel] = run_dir, metrics
+        return runs[parallel]
+
+    return run
+
+
 @pytest.mark.parametrize("parallel", ["rows", "columns"])
-def test_two_rank_ddp_run_equals_one_process_on_the_same_global_batches(parallel, one_process, tmp_path):
-    metrics = run_cli(tmp_path, "trainer=ddp", "trainer.devices=2", f"memory.parallel={parallel}", "task.batch_size=16")
+def test_two_rank_ddp_run_equals_one_process_on_the_same_global_batches(parallel, one_process, two_ranks):
+    run_dir, metrics = two_ranks(parallel)
     assert metrics["world_size"] == 2 and metrics["steps"] == 4
     assert metrics["memory_comm_bytes_per_token"]["forward"] > 0
-    two = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert is_distributed_checkpoint(last)  # each rank wrote its part of the table and its moments
+    two = load_checkpoint_file(last)  # read whole, in this one process
     one = torch.load(one_process, weights_only=False)
     # parameters, and the optimizer state (values' rows-only Adam moments whole, not per rank)
     assert_tensors_close(two["state_dict"], one["state_dict"], atol=1e-8)
     assert_tensors_close(two["optimizer_states"], one["optimizer_states"], atol=1e-8)
 
     # the 2-rank checkpoint loads into one process (memory unsharded) and gives the same outputs
-    hparams = two["hyper_parameters"]
-    local = {**hparams["model"], "memory": {**hparams["model"]["memory"], "parallel": "none"}}
-    moved = LitLanguageModel.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", model=local).double()
-    reference = LitLanguageModel.load_from_checkpoint(one_process, model=local).double()
+    moved, reference = load_model(last).double(), load_model(one_process).double()
     inputs = torch.randint(0, 128, (3, 64))
     with torch.no_grad():
         torch.testing.assert_close(moved(inputs), reference(inputs), atol=1e-8, rtol=0)
+
+
+def test_a_sharded_run_resumed_from_its_distributed_checkpoint_ends_bit_equal(two_ranks, tmp_path):
+    whole_dir, _ = two_ranks("rows")
+    sharded = ["trainer=ddp", "trainer.devices=2", "memory.parallel=rows", "task.batch_size=16", "optim.total_steps=4",
+               "checkpoint.every_n_train_steps=2"]
+    run_cli(tmp_path, *sharded, "trainer.max_steps=2")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert is_distributed_checkpoint(last) and load_checkpoint_file(last)["global_step"] == 2
+    metrics = run_cli(tmp_path, *sharded, "ckpt=last")
+    assert metrics["steps"] == 4
+    resumed, whole = load_checkpoint_file(last), load_checkpoint_file(whole_dir / "checkpoints" / "last.ckpt")
+    assert_tensors_close(resumed["state_dict"], whole["state_dict"], atol=0)
+    assert_tensors_close(resumed["optimizer_states"], whole["optimizer_states"], atol=0)
+    assert resumed["lr_schedulers"] == whole["lr_schedulers"]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from zoo.model import LanguageModel, ModelConfig, build_model
 
 def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
     """A ``memzoo-train`` checkpoint -> its ``LanguageModel`` in eval mode, on one process (a sharded
-    memory is loaded whole: checkpoints hold the full table)."""
+    run's distributed checkpoint is read whole: the ranks' parts assembled into the full table)."""
     checkpoint, values = read_checkpoint(ckpt, map_location)
     model = build_model(ModelConfig.from_mapping(values))
     prefix = "model."

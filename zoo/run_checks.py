@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from zoo.distributed_checkpoint import remove_unlinked_data
 from zoo.optim import OptimConfig, check_warmup_cosine, default_warmup
 
 RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints", "tb")  # what a started or finished run leaves
@@ -81,8 +82,9 @@ def claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Temp files a killed writer left beside its target (``.NAME.XXXX.tmp``, see ``zoo.io.atomic_write``)."""
+    """Temp files a killed writer left beside its target (``.NAME.XXXX.tmp``, see ``zoo.io.atomic_write``),
+    and distributed checkpoints' data directories that no checkpoint links to (``zoo.distributed_checkpoint``)."""
     stale = [p for folder in (run_dir, run_dir / "checkpoints") if folder.is_dir() for p in folder.glob(".*.tmp")]
     for path in stale:
         path.unlink(missing_ok=True)
-    return stale
+    return stale + remove_unlinked_data(run_dir / "checkpoints")

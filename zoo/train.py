@@ -13,13 +13,12 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tasks import build_datamodule
-from zoo.checkpoint_io import AtomicCheckpointIO
-from zoo.checkpointing import load_checkpoint_file, resume_path
+from zoo.checkpoint_io import AtomicCheckpointIO, DistributedCheckpointDDP, with_distributed_checkpoints
+from zoo.checkpointing import read_hyper_parameters, resume_path
 from zoo.flops import active_parameters, forward_flops_per_token, state_size
 from zoo.guards import check_same_model, check_token_ids
 from zoo.io import atomic_write_json, atomic_write_text, format_metrics
@@ -48,15 +47,17 @@ def model_config(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
 
 
 def check_memory_layout(model_values: dict[str, Any], trainer: L.Trainer) -> None:
-    """A sharded memory (``memory.parallel`` rows / columns) needs a data-parallel strategy and a
-    world size that splits it; raise ``ValueError`` before any compute otherwise."""
+    """A sharded memory (``memory.parallel`` rows / columns) needs memzoo's DDP (``trainer=ddp``,
+    which saves it as a distributed checkpoint) and a world size that splits it; raise
+    ``ValueError`` before any compute otherwise."""
     memory = ModelConfig.from_mapping(model_values).memory_config()
     if memory is None or memory.parallel == "none":
         return
-    if not isinstance(trainer.strategy, ParallelStrategy):
+    if not isinstance(trainer.strategy, DistributedCheckpointDDP):
         raise ValueError(
             f"memory.parallel={memory.parallel!r} needs a process group: use trainer=ddp "
-            f"(this run's strategy is {type(trainer.strategy).__name__}), or memory.parallel=none"
+            f"(this run's strategy is {type(trainer.strategy).__name__}; only trainer.strategy=ddp saves a "
+            "sharded table without gathering it), or memory.parallel=none"
         )
     memory.check_world_size(model_values["d_model"], trainer.world_size)
 
@@ -167,7 +168,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             datamodule.datasets.update(slices)  # checked like the splits: token ids, an example per rank
             check_token_ids(datamodule.datasets, model_values["vocab_size"])
             if resume is not None:  # refuse another model's checkpoint before anything is written
-                check_same_model(load_checkpoint_file(resume, mmap=True)["hyper_parameters"]["model"], model_values)
+                check_same_model(read_hyper_parameters(resume)["model"], model_values)
             stop.check("before training started")
 
             seq_len = datamodule.datasets["train"].inputs.shape[1]
@@ -180,7 +181,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             on_signal = CheckpointOnSignal(stop, run_dir / "checkpoints")
             throughput = RunThroughput(seq_len, speed)
             trainer = L.Trainer(
-                **trainer_options,
+                **with_distributed_checkpoints(trainer_options),
                 default_root_dir=str(run_dir),
                 logger=loggers,
                 callbacks=[checkpoint, on_signal, throughput, MemoryMonitor(), LearningRateMonitor(logging_interval="step")],

@@ -108,6 +108,12 @@ class MemoryConfig:
                     f"memory.{name}={getattr(self, name)!r} needs memory.sparse_updates=true "
                     f"(the rows-only optimizer); with dense updates only {default!r} is allowed"
                 )
+        if self.parallel == "columns" and self.second_moment == "row":
+            raise ValueError(
+                "memory.second_moment='row' does not go with memory.parallel='columns': each rank would keep one "
+                "second moment per row from its own columns only, not the whole row's as one process does; "
+                "use memory.parallel=rows or memory.second_moment=full"
+            )
         if not self.value_lr > 0:
             raise ValueError(f"memory.value_lr={self.value_lr} must be > 0")
         if n_layers is not None:

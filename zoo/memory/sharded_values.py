@@ -1,9 +1,12 @@
 """Value tables split across ranks (``memory.parallel``): the same ``read(slots, weights)`` as the
 local ``ValueTable``, and the product-key search over row-sharded slots.
 
-Both layouts are built from a full local table, keep only this rank's part, and save / load the full
-table (gathered on save, sliced on load), so a checkpoint loads into any world size. Every rank must
-call ``state_dict()`` together (it is a collective), as Lightning does when it saves.
+Each rank materialises only its part of the table, drawn from the table's seed (``draw_values_``), so
+the parts assemble to the table one process builds, for any world size. ``state_dict()`` holds the
+part as a DTensor (this rank's chunk of the full table; no communication), which
+``zoo.distributed_checkpoint`` writes as a distributed checkpoint. ``load_state_dict`` takes the full
+table (a single-file checkpoint, one process's state), a DTensor of the same layout, or a distributed
+checkpoint's ``SavedShards`` (any world size and layout) and keeps this rank's part.
 """
 
 from __future__ import annotations
@@ -11,30 +14,72 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed import tensor as dtensor
+from torch.distributed.device_mesh import DeviceMesh
 
+from zoo.distributed_checkpoint import SavedShards
 from zoo.memory.bags import work_dtype
 from zoo.memory.collectives import gather_tokens, send_to_owners, token_counts
 from zoo.memory.product_keys import search_pairs
-from zoo.memory.values import ValueTable, read_rows
+from zoo.memory.values import ValueTable, draw_values_, read_rows
 from zoo.tags import Shard, mark_no_reinit, mark_sharded, optim_tags, shard_of, tag_optim
 
 
-def gather_full(local: torch.Tensor, shard: Shard) -> torch.Tensor:
-    """This rank's chunk -> the full tensor (every rank's chunk concatenated along ``shard.dim``)."""
-    parts = local.new_empty((shard.world * local.shape[0],) + local.shape[1:])
-    dist.all_gather_single(parts, local.detach().contiguous(), group=shard.group)
-    return torch.cat(parts.chunk(shard.world), dim=shard.dim)
+def full_shape(local: torch.Size, shard: Shard) -> torch.Size:
+    """The shape of the whole tensor whose chunk along ``shard.dim`` has shape ``local``."""
+    shape = list(local)
+    shape[shard.dim] *= shard.world
+    return torch.Size(shape)
 
 
-def local_part(full: torch.Tensor, shard: Shard) -> torch.Tensor:
+def chunk_of(full: torch.Tensor, shard: Shard) -> torch.Tensor:
     """The full tensor -> a copy of this rank's chunk along ``shard.dim``."""
     return full.detach().chunk(shard.world, dim=shard.dim)[shard.rank].clone()
 
 
-def full_shape(local: torch.Tensor, shard: Shard) -> torch.Size:
-    shape = list(local.shape)
-    shape[shard.dim] *= shard.world
-    return torch.Size(shape)
+def distributed(local: torch.Tensor, shard: Shard) -> dtensor.DTensor:
+    """This rank's chunk -> the full tensor as a DTensor sharded along ``shard.dim`` over the
+    shard's process group: a view of ``local``, no copy and no communication."""
+    mesh = DeviceMesh.from_group(shard.group or dist.group.WORLD, local.device.type)
+    full = full_shape(local.shape, shard)
+    return dtensor.DTensor.from_local(
+        local.detach(), mesh, [dtensor.Shard(shard.dim)], run_check=False, shape=full, stride=torch.empty(full, device="meta").stride()
+    )
+
+
+def own_part(value: torch.Tensor | SavedShards, shard: Shard, device: torch.device,
+             into: torch.Tensor | None = None) -> torch.Tensor:
+    """The full tensor (a plain tensor, a DTensor of this layout, or a distributed checkpoint's
+    ``SavedShards``, read in this layout: straight into ``into`` when given) -> this rank's chunk
+    along ``shard.dim``."""
+    local = list(value.shape)
+    local[shard.dim] //= shard.world
+    if isinstance(value, SavedShards):
+        target = into if into is not None else torch.empty(local, dtype=value.dtype, device=device)
+        return value.read(distributed(target, shard)).to_local()
+    if isinstance(value, dtensor.DTensor):
+        coordinate = list(value.device_mesh.get_coordinate() or [])
+        if value.placements != (dtensor.Shard(shard.dim),) or coordinate != [shard.rank] or list(value.to_local().shape) != local:
+            raise ValueError(
+                f"a DTensor laid out as {value.placements} over {value.device_mesh} cannot load into this rank's "
+                f"chunk {shard.rank} of {shard.world} along dim {shard.dim}: save it as a distributed checkpoint "
+                "(zoo.distributed_checkpoint), which reads into any layout"
+            )
+        return value.to_local()
+    return chunk_of(value, shard)
+
+
+def table_part(table: ValueTable, shard: Shard) -> torch.Tensor:
+    """This rank's chunk of ``table``'s weight: drawn from its seed when it is on the meta device
+    (nothing else is allocated), else copied out of it."""
+    if not table.weight.is_meta:
+        return chunk_of(table.weight, shard)
+    shape = list(table.weight.shape)
+    shape[shard.dim] //= shard.world
+    start = [0, 0]
+    start[shard.dim] = shard.rank * shape[shard.dim]
+    part = torch.empty(shape, dtype=table.weight.dtype)
+    return draw_values_(part, table.init_seed, table.n_slots, table.v_dim, *start)
 
 
 class ShardedValues(nn.Module):
@@ -47,9 +92,9 @@ class ShardedValues(nn.Module):
         self.n_slots, self.v_dim, self.sparse = full.n_slots, full.v_dim, full.sparse
         self.group = group
         shard = Shard(self.shard_dim, dist.get_rank(group), dist.get_world_size(group), group)
-        self.weight = nn.Parameter(local_part(full.weight, shard))
+        self.weight = nn.Parameter(table_part(full, shard))
         mark_sharded(mark_no_reinit(tag_optim(self.weight, **optim_tags(full.weight))), shard)
-        self.register_state_dict_post_hook(_save_full_weight)
+        self.register_state_dict_post_hook(_save_distributed_weight)
         self.register_load_state_dict_pre_hook(_load_own_part)
 
     def gather_reads(self, slots: torch.Tensor, weights: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
@@ -116,13 +161,14 @@ class RowShardedSearch:
         return torch.stack([slots // n_keys, slots % n_keys], dim=2), halves
 
 
-def _save_full_weight(module: ShardedValues, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    state_dict[prefix + "weight"] = gather_full(module.weight, shard_of(module.weight))
+def _save_distributed_weight(module: ShardedValues, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    state_dict[prefix + "weight"] = distributed(module.weight, shard_of(module.weight))
 
 
 def _load_own_part(module: ShardedValues, state_dict: dict, prefix: str, *args) -> None:
-    """A full (N, v_dim) table in a checkpoint -> this rank's part (any world size wrote it)."""
+    """The full (N, v_dim) table in any form ``own_part`` takes -> this rank's part (a distributed
+    checkpoint's is read straight into the weight: no second copy of the part)."""
     key = prefix + "weight"
     shard = shard_of(module.weight)
-    if key in state_dict and state_dict[key].shape == full_shape(module.weight, shard):
-        state_dict[key] = local_part(state_dict[key], shard)
+    if key in state_dict and state_dict[key].shape == full_shape(module.weight.shape, shard):
+        state_dict[key] = own_part(state_dict[key], shard, module.weight.device, into=module.weight.detach())

@@ -1,6 +1,6 @@
 """Turning a model's memory layers into their ``memory.parallel`` layout, and what data-parallel
 training needs around sharded parameters: keep them out of DDP, average their gradients like DDP
-does, and save / load their optimizer state whole."""
+does, and save / load their optimizer state by parts (DTensors) in any layout."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from zoo.distributed_checkpoint import SavedShards
 from zoo.memory.layer import MemoryPlus
 from zoo.memory.sharded_values import (
     ColumnShardedValues,
     RowShardedSearch,
     RowShardedValues,
     ShardedValues,
+    distributed,
     full_shape,
-    gather_full,
-    local_part,
+    own_part,
 )
 from zoo.tags import shard_of
 
@@ -27,7 +28,8 @@ LAYOUTS = {"rows": RowShardedValues, "columns": ColumnShardedValues}
 
 def shard_memory(model: nn.Module, group=None) -> nn.Module:
     """Replace the value table of every memory layer whose ``config.parallel`` is rows or columns by
-    this rank's part (a table shared by several layers stays shared), in place. A no-op for local
+    this rank's part (a table shared by several layers stays shared), in place: a table on the meta
+    device (as ``build_model`` makes them) is drawn part by part, never whole. A no-op for local
     memories and for layers already sharded. Raises ``ValueError`` without a process group or when
     the world size cannot split the layout."""
     layers = [m for m in model.modules() if isinstance(m, MemoryPlus) and m.config.parallel != "none"]
@@ -70,29 +72,46 @@ def average_sharded_gradients(module: nn.Module, world_size: int) -> None:
             param.grad = param.grad / world_size
 
 
-def save_and_load_whole_state(optimizer: torch.optim.Optimizer) -> None:
-    """Make the optimizer's checkpoints hold the full tensors of sharded parameters' state (gathered on
-    ``state_dict``, a collective) and slice them back on ``load_state_dict``, so optimizer state
-    written by any world size loads into any other. Works through ``DenseSparseAdam``'s inner ones."""
+def save_and_load_sharded_state(optimizer: torch.optim.Optimizer) -> None:
+    """Make the optimizer's ``state_dict`` hold sharded parameters' state as DTensors (this rank's
+    part; no communication, so ranks need not call it together), and ``load_state_dict`` take that
+    state in any form ``own_part`` reads (full tensors of any world size's checkpoint, a distributed
+    checkpoint's parts in any layout) and keep this rank's part. Works through ``DenseSparseAdam``'s
+    inner ones."""
     for inner in getattr(optimizer, "inner", [optimizer]):
         params = [p for group in inner.param_groups for p in group["params"]]
-        shards = {i: (p, shard_of(p)) for i, p in enumerate(params) if shard_of(p) is not None}
-        if shards:
-            inner.register_state_dict_post_hook(partial(_convert_state, shards=shards, whole=True))
-            inner.register_load_state_dict_pre_hook(partial(_convert_state, shards=shards, whole=False))
+        sharded = {i: p for i, p in enumerate(params) if shard_of(p) is not None}
+        if sharded:
+            inner.register_state_dict_post_hook(partial(_convert_state, params=sharded, saving=True))
+            inner.register_load_state_dict_pre_hook(partial(_convert_state, params=sharded, saving=False))
 
 
-def _convert_state(optimizer, state_dict: dict, shards: dict, whole: bool) -> dict:
-    """Sharded parameters' state tensors: this rank's part -> the full tensor (``whole``, on save),
-    or the full tensor -> this rank's part (on load). Entries are replaced, not edited: on save the
-    packed entries are the live state, on load they belong to the caller's checkpoint."""
+def split_like(shape: torch.Size, param_shape: torch.Size, dim: int) -> bool:
+    """Whether a state tensor of ``shape`` is split like its parameter (of ``param_shape``, split along
+    ``dim``): it has the parameter's shape, or it holds one value per row of a row-split one
+    (``RowAdam``'s per-row second moment)."""
+    return shape == param_shape or (dim == 0 and shape == param_shape[:1])
+
+
+def _convert_state(optimizer, state_dict: dict, params: dict, saving: bool) -> dict:
+    """Sharded parameters' state tensors: this rank's part -> a DTensor of the whole (``saving``),
+    or the whole in any form -> this rank's part (loading). Entries are replaced, not edited: on
+    save the packed entries are the live state, on load they belong to the caller's checkpoint."""
     state_dict["state"] = dict(state_dict["state"])
-    for idx, (param, shard) in shards.items():
+    for idx, param in params.items():
         entry = state_dict["state"].get(idx)
         if entry is None:
             continue
-        shape, convert = (param.shape, gather_full) if whole else (full_shape(param, shard), local_part)
-        state_dict["state"][idx] = {
-            k: convert(v, shard) if torch.is_tensor(v) and v.shape == shape else v for k, v in entry.items()
-        }
+        shard = shard_of(param)
+        converted = {}
+        for key, value in entry.items():
+            if not (torch.is_tensor(value) or isinstance(value, SavedShards)):
+                converted[key] = value
+            elif saving and split_like(value.shape, param.shape, shard.dim):
+                converted[key] = distributed(value, shard)
+            elif not saving and split_like(value.shape, full_shape(param.shape, shard), shard.dim):
+                converted[key] = own_part(value, shard, param.device)
+            else:
+                converted[key] = value
+        state_dict["state"][idx] = converted
     return state_dict

@@ -1,6 +1,6 @@
 """What data-parallel training of a sharded memory needs from Lightning, in one callback: shard the
-value tables once the process group exists, keep their parts out of DDP, average their gradients,
-and save / load their optimizer state whole. ``LitLanguageModel.configure_callbacks`` attaches it, so
+value tables once the process group exists (each rank drawing only its part), keep the parts out of
+DDP, average their gradients, and save / load their optimizer state by parts. ``LitLanguageModel.configure_callbacks`` attaches it, so
 every trainer of the model has it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from zoo.memory.sharding import (
     average_sharded_gradients,
-    save_and_load_whole_state,
+    save_and_load_sharded_state,
     shard_memory,
     sharded_parameter_names,
 )
@@ -22,14 +22,15 @@ class ShardedMemory(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Before the strategy wraps the model (DDP) and before checkpoint weights load: the process
-        group exists by now, and the loaded full tables are sliced to this rank's part."""
+        group exists by now, and a resumed checkpoint's table (whole, or a distributed checkpoint's
+        parts in any layout) loads into this rank's part."""
         shard_memory(pl_module.model)
         pl_module._ddp_params_and_buffers_to_ignore = sharded_parameter_names(pl_module)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The optimizers exist, their checkpointed state is not restored yet."""
         for optimizer in trainer.optimizers:
-            save_and_load_whole_state(optimizer)
+            save_and_load_sharded_state(optimizer)
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         average_sharded_gradients(pl_module.model, trainer.world_size)

@@ -10,6 +10,27 @@ from zoo.memory.workspace import Workspace
 from zoo.tags import mark_no_reinit, tag_optim
 
 VALUE_GROUP = "memory_values"
+INIT_BLOCK_ELEMENTS = 1 << 20  # values per init generator (4 MiB of float32): all a rank draws beyond its part
+_SEED_STRIDE = 0x9E3779B9  # odd: block b's generator seed, seed + b * stride mod 2^32, differs for every b
+
+
+@torch.no_grad()
+def draw_values_(out: torch.Tensor, seed: int, n_slots: int, v_dim: int, row_start: int = 0, col_start: int = 0) -> torch.Tensor:
+    """Fill ``out`` (R, C) with rows ``[row_start, row_start + R)`` and columns ``[col_start,
+    col_start + C)`` of the (n_slots, v_dim) table ~ N(0, v_dim^-0.5) that ``seed`` stands for.
+
+    The table is drawn in float32 by blocks of rows, each block from its own generator (seeded by
+    the seed and the block's index), so any part is the same numbers whichever process draws it and
+    however the table is split; drawing a part needs one block of memory beyond ``out``.
+    """
+    block = max(1, INIT_BLOCK_ELEMENTS // v_dim)
+    rows, cols = out.shape
+    for first in range(row_start - row_start % block, row_start + rows, block):
+        generator = torch.Generator().manual_seed((seed + (first // block) * _SEED_STRIDE) % 2**32)
+        values = torch.empty(min(block, n_slots - first), v_dim).normal_(std=v_dim**-0.5, generator=generator)
+        lo, hi = max(first, row_start), min(first + len(values), row_start + rows)
+        out[lo - row_start : hi - row_start] = values[lo - first : hi - first, col_start : col_start + cols]
+    return out
 
 
 def fast_kernels(table: torch.Tensor):
@@ -62,18 +83,20 @@ class _RowSparseRead(torch.autograd.Function):
 
 
 class ValueTable(nn.Module):
-    """Local (unsharded) value table, ``weight`` (N, v_dim) ~ N(0, v_dim^-0.5), stored in ``dtype``.
+    """Local (unsharded) value table, ``weight`` (N, v_dim) ~ N(0, v_dim^-0.5) (``draw_values_`` of
+    ``init_seed``, a number drawn from torch's global generator), stored in ``dtype``.
 
     The weight is tagged for its own optimizer group (``memory_values``: own lr, no weight decay,
     and ``sparse`` when rows-only updates are on, with its ``second_moment`` layout). One table object
-    may serve several layers.
+    may serve several layers. On the ``meta`` device (a sharded memory's table) nothing is allocated:
+    ``zoo.memory.sharding.shard_memory`` gives each rank its part, drawn from the same seed.
     """
 
     def __init__(self, n_slots: int, v_dim: int, lr: float, sparse: bool, dtype: torch.dtype = torch.float32,
-                 second_moment: str = "full"):
+                 second_moment: str = "full", device: torch.device | str | None = None):
         super().__init__()
         self.n_slots, self.v_dim, self.sparse = n_slots, v_dim, sparse
-        self.weight = nn.Parameter(torch.empty(n_slots, v_dim, dtype=dtype))
+        self.weight = nn.Parameter(torch.empty(n_slots, v_dim, dtype=dtype, device=device))
         tags = dict(group=VALUE_GROUP, lr=lr, weight_decay=0.0, sparse=sparse)
         if sparse:
             tags["second_moment"] = second_moment
@@ -82,7 +105,9 @@ class ValueTable(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=self.v_dim**-0.5)
+        self.init_seed = int(torch.randint(2**32, ()))  # drawn on a meta table too: every layout draws the same
+        if not self.weight.is_meta:
+            draw_values_(self.weight, self.init_seed, self.n_slots, self.v_dim)
 
     def read(self, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """slots (T, R) long, weights (T, R) -> sum_r weights[t, r] * weight[slots[t, r]], (T, v_dim)
@@ -91,6 +116,12 @@ class ValueTable(nn.Module):
         A bag read: no (T, N) matrix is formed. With ``sparse`` the weight's gradient is a sparse
         tensor holding only the rows read, each once.
         """
+        if self.weight.is_meta:
+            raise ValueError(
+                "this value table is on the meta device (a memory.parallel rows / columns table): "
+                "shard_memory(model) gives each rank its part (Lightning's ShardedMemory callback does at setup); "
+                "build with memory.parallel=none to hold the whole table in one process"
+            )
         return read_rows(self.weight, slots, weights, self.sparse, self.workspace)
 
 
