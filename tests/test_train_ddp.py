@@ -1,5 +1,5 @@
-"""Lightning DDP (2 gloo processes) with a sharded memory against one process on the same global
-batches; its distributed checkpoints, read whole in one process and resumed bit for bit; layout
+"""Lightning DDP (2 gloo processes) with a sharded or replicated memory against one process on the
+same global batches; its distributed checkpoints, read whole in one process and resumed bit for bit; layout
 errors before training."""
 
 import json
@@ -91,6 +91,25 @@ def test_two_rank_ddp_run_equals_one_process_on_the_same_global_batches(parallel
     inputs = torch.randint(0, 128, (3, 64))
     with torch.no_grad():
         torch.testing.assert_close(moved(inputs), reference(inputs), atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("sparse", ["true", "false"])
+def test_a_replicated_memory_trains_under_ddp_like_one_process(sparse, one_process, tmp_path):
+    """memory.parallel=none: with rows-only updates the table's gradient is sparse, which DDP's reducer
+    refuses ("Cannot access storage of SparseTensorImpl"), so the table stays out of DDP and its
+    gradient rows are averaged over the ranks; dense updates go through DDP."""
+    metrics = run_cli(tmp_path, "trainer=ddp", "trainer.devices=2", "memory.parallel=none", "task.batch_size=16",
+                      f"memory.sparse_updates={sparse}")
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4
+    two = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    if sparse == "false":
+        ref_dir = tmp_path / "one"
+        run_cli(ref_dir, "trainer=cpu", "task.batch_size=32", "memory.sparse_updates=false")
+        one = torch.load(ref_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    else:
+        one = torch.load(one_process, weights_only=False)
+    assert_tensors_close(two["state_dict"], one["state_dict"], atol=1e-8)
+    assert_tensors_close(two["optimizer_states"], one["optimizer_states"], atol=1e-8)
 
 
 def test_a_sharded_run_resumed_from_its_distributed_checkpoint_ends_bit_equal(two_ranks, tmp_path):

@@ -1,6 +1,7 @@
 """Turning a model's memory layers into their ``memory.parallel`` layout, and what data-parallel
-training needs around sharded parameters: keep them out of DDP, average their gradients like DDP
-does, and save / load their optimizer state by parts (DTensors) in any layout."""
+training needs around memory tables: keep sharded parts and rows-only (sparse-gradient) tables out
+of DDP, average their gradients like DDP does, and save / load sharded optimizer state by parts
+(DTensors) in any layout."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from zoo.distributed_checkpoint import SavedShards
+from zoo.memory.collectives import gather_tokens, token_counts
 from zoo.memory.layer import MemoryPlus
 from zoo.memory.sharded_values import (
     ColumnShardedValues,
@@ -21,7 +23,7 @@ from zoo.memory.sharded_values import (
     full_shape,
     own_part,
 )
-from zoo.tags import shard_of
+from zoo.tags import optim_tags, shard_of
 
 LAYOUTS = {"rows": RowShardedValues, "columns": ColumnShardedValues}
 
@@ -55,9 +57,42 @@ def shard_memory(model: nn.Module, group=None) -> nn.Module:
     return model
 
 
-def sharded_parameter_names(module: nn.Module) -> list[str]:
-    """Names of the parameters that differ per rank (what DDP must leave alone)."""
-    return [name for name, param in module.named_parameters() if shard_of(param) is not None]
+def _replicated_sparse(param: nn.Parameter) -> bool:
+    """A whole table on every rank whose gradient is sparse (rows-only updates)."""
+    return shard_of(param) is None and bool(optim_tags(param).get("sparse"))
+
+
+def ddp_ignored_parameter_names(module: nn.Module) -> list[str]:
+    """What DDP must leave alone: sharded parts (they differ per rank) and replicated tables with
+    sparse gradients (DDP's reducer takes sparse gradients only from ``nn.Embedding``);
+    ``average_sparse_gradients`` averages the latter."""
+    return [name for name, param in module.named_parameters() if shard_of(param) is not None or _replicated_sparse(param)]
+
+
+@torch.no_grad()
+def broadcast_replicated_sparse(module: nn.Module) -> None:
+    """Rank 0's replicated sparse-gradient tables on every rank (what DDP does for the parameters it
+    manages when it wraps the model)."""
+    for param in module.parameters():
+        if _replicated_sparse(param):
+            dist.broadcast(param.data, src=0)
+
+
+@torch.no_grad()
+def average_sparse_gradients(module: nn.Module, world_size: int, group=None) -> None:
+    """Replace each replicated table's sparse gradient (N, v) by its mean over ranks, still sparse:
+    every rank's touched rows and their gradient rows are gathered (padded on the wire), duplicates
+    summed by ``coalesce`` and divided by ``world_size``, so every rank steps with one process's
+    gradient of the global batch."""
+    if world_size == 1:
+        return
+    for param in module.parameters():
+        if _replicated_sparse(param) and param.grad is not None:
+            grad = param.grad.coalesce()
+            rows, values = grad.indices()[0], grad.values()
+            counts = token_counts(rows.numel(), rows.device, group)
+            all_rows, all_values = gather_tokens(rows, counts, group), gather_tokens(values, counts, group)
+            param.grad = torch.sparse_coo_tensor(all_rows[None], all_values / world_size, grad.shape, check_invariants=False).coalesce()
 
 
 @torch.no_grad()

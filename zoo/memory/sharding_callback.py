@@ -1,6 +1,7 @@
-"""What data-parallel training of a sharded memory needs from Lightning, in one callback: shard the
-value tables once the process group exists (each rank drawing only its part), keep the parts out of
-DDP, average their gradients, and save / load their optimizer state by parts. ``LitLanguageModel.configure_callbacks`` attaches it, so
+"""What data-parallel training of a memory needs from Lightning, in one callback: shard the value
+tables once the process group exists (each rank drawing only its part), keep the parts and the
+replicated rows-only tables out of DDP, average their gradients, and save / load sharded optimizer
+state by parts. ``LitLanguageModel.configure_callbacks`` attaches it, so
 every trainer of the model has it."""
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from lightning.pytorch.callbacks import Callback
 
 from zoo.memory.sharding import (
     average_sharded_gradients,
+    average_sparse_gradients,
+    broadcast_replicated_sparse,
+    ddp_ignored_parameter_names,
     save_and_load_sharded_state,
     shard_memory,
-    sharded_parameter_names,
 )
 
 
 class ShardedMemory(Callback):
-    """A no-op for models without ``memory.parallel`` tables. Expects the module's network in
+    """A no-op for models without memory tables (or in one process). Expects the module's network in
     ``pl_module.model``."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -25,7 +28,9 @@ class ShardedMemory(Callback):
         group exists by now, and a resumed checkpoint's table (whole, or a distributed checkpoint's
         parts in any layout) loads into this rank's part."""
         shard_memory(pl_module.model)
-        pl_module._ddp_params_and_buffers_to_ignore = sharded_parameter_names(pl_module)
+        pl_module._ddp_params_and_buffers_to_ignore = ddp_ignored_parameter_names(pl_module)
+        if trainer.world_size > 1:
+            broadcast_replicated_sparse(pl_module.model)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The optimizers exist, their checkpointed state is not restored yet."""
@@ -34,3 +39,4 @@ class ShardedMemory(Callback):
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         average_sharded_gradients(pl_module.model, trainer.world_size)
+        average_sparse_gradients(pl_module.model, trainer.world_size)
