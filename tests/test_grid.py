@@ -126,7 +126,7 @@ def test_an_invalid_last_cell_stops_the_grid_before_any_cell_trains(tmp_path, ba
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("grid", ["quick", "zoology", "memory_scaling", "second_moment"])
+@pytest.mark.parametrize("grid", ["quick", "recall_small", "zoology", "memory_scaling", "second_moment"])
 def test_every_cell_of_the_shipped_grids_composes(grid):
     cells = expand(load_grid(grid))
     assert cells
@@ -136,7 +136,7 @@ def test_every_cell_of_the_shipped_grids_composes(grid):
 
 
 def test_unknown_grid_names_the_shipped_ones():
-    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['memory_scaling', 'quick', 'second_moment', 'zoology'\]"):
+    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['memory_scaling', 'quick', 'recall_small', 'second_moment', 'zoology'\]"):
         load_grid("huge")
 
 
