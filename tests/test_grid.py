@@ -65,7 +65,8 @@ def test_grid_writes_a_row_per_cell_a_summary_and_the_figures(grid_run):
     assert json.loads((root / "runs" / "broken" / "parallel=rows" / "error.json").read_text())["traceback"]
     summary = (root / "summary.md").read_text()
     assert "## mqar (best learning rate per cell)" in summary and "## failed cells" in summary
-    for name in ("mqar_accuracy_vs_d_model", "mqar_accuracy_vs_state_size", "facts_recalled", "lm_val_bpb_vs_step"):
+    for name in ("mqar_accuracy_vs_d_model", "mqar_accuracy_vs_state_size", "facts_recalled", "facts_recalled_vs_params",
+                 "lm_val_bpb_vs_step"):
         assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -93,7 +94,7 @@ def test_tensorboard_holds_run_hparams_and_grid_figures(grid_run):
     acc = EventAccumulator(str(grid_events), size_guidance={"images": 0})
     acc.Reload()
     assert set(acc.Tags()["images"]) == {"grid/mqar_accuracy_vs_d_model", "grid/mqar_accuracy_vs_state_size",
-                                         "grid/facts_recalled", "grid/lm_val_bpb_vs_step"}
+                                         "grid/facts_recalled", "grid/facts_recalled_vs_params", "grid/lm_val_bpb_vs_step"}
 
 
 def test_rerun_trains_only_the_cells_without_metrics(grid_run):
@@ -126,7 +127,7 @@ def test_an_invalid_last_cell_stops_the_grid_before_any_cell_trains(tmp_path, ba
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("grid", ["quick", "recall_small", "zoology", "memory_scaling", "second_moment"])
+@pytest.mark.parametrize("grid", ["quick", "recall_small", "capacity", "zoology", "memory_scaling", "second_moment"])
 def test_every_cell_of_the_shipped_grids_composes(grid):
     cells = expand(load_grid(grid))
     assert cells
@@ -136,7 +137,7 @@ def test_every_cell_of_the_shipped_grids_composes(grid):
 
 
 def test_unknown_grid_names_the_shipped_ones():
-    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['memory_scaling', 'quick', 'recall_small', 'second_moment', 'zoology'\]"):
+    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['capacity', 'memory_scaling', 'quick', 'recall_small', 'second_moment', 'zoology'\]"):
         load_grid("huge")
 
 

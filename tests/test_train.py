@@ -1,5 +1,6 @@
 """End-to-end training through the Hydra config: run directory contents, multirun, config errors."""
 
+import math
 import json
 import subprocess
 import sys
@@ -102,6 +103,8 @@ def test_memory_run_logs_usage_kl_and_read_histogram(tmp_path):
     assert metrics["memory"] == "pkm"
     tags = scalar_tags(tmp_path)
     assert {"memory/layer1/usage", "memory/layer1/kl_uniform"} <= tags, sorted(tags)
+    assert 0 < metrics["test"]["test/memory/layer1/usage"] <= 1  # over the test set, in metrics.json
+    assert 0 <= metrics["test"]["test/memory/layer1/kl_uniform"] <= math.log(64)
     assert any(tag.startswith("lr-DenseSparseAdam/memory_values") for tag in tags)
     histograms = set()
     for events in (tmp_path / "tb").glob("events.out.tfevents.*"):

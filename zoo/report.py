@@ -112,7 +112,8 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             continue
         seeded = any(r["n"] > 1 for r in chosen)
         slice_cols = [c for c in chosen[0] if c.startswith("test_") and c.endswith("_acc") and c != "test_acc"]
-        metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled") if c in chosen[0]]
+        usage_cols = sorted({c for r in chosen for c in r if c.startswith("test_memory_layer") and not c.endswith("_std")})
+        metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled") if c in chosen[0]] + usage_cols
         knob_cols = [c for c in chosen[0] if c.startswith("task.")]
         cols = ["backbone", "memory", "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", "state_size",
                 *metric_cols, "wall_time_s", "tokens_per_s", "mfu", *(["n"] if seeded else [])]
@@ -133,18 +134,19 @@ def _fmt(value: Any, std: float | None = None) -> str:
     return "-" if value is None else str(value)
 
 
-def _draw(ax, label: str, cells: list[dict[str, Any]], x: str, y: str, dashed: bool) -> None:
+def _draw(ax, label: str, cells: list[dict[str, Any]], x: str, y: str, dashed: bool, **style: Any) -> str:
     """A line through the cells' mean ``y`` against ``x``; with several seeds, ± one standard
-    deviation as error bars and each seed's value as a point."""
+    deviation as error bars and each seed's value as a point. ``style`` overrides matplotlib's
+    (``marker``, ``color``, ...). Returns the line's color."""
     cells = sorted(cells, key=lambda c: c[x])
     xs, ys = [c[x] for c in cells], [c[y] for c in cells]
-    style = {"marker": "o", "linestyle": "--" if dashed else "-", "label": label}
+    style = {"marker": "o", "linestyle": "--" if dashed else "-", "label": label, **style}
     if all(c["n"] == 1 for c in cells):
-        ax.plot(xs, ys, **style)
-        return
+        return ax.plot(xs, ys, **style)[0].get_color()
     bars = ax.errorbar(xs, ys, yerr=[c[f"{y}_std"] for c in cells], capsize=3, **style)
     for c in cells:
         ax.scatter([c[x]] * c["n"], [r[y] for r in c["runs"]], s=10, alpha=0.5, color=bars[0].get_color(), zorder=3)
+    return bars[0].get_color()
 
 
 def _line_label(r: dict[str, Any]) -> str:
@@ -185,6 +187,57 @@ def facts_figure(best: list[dict[str, Any]]):
     ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="all facts")
     ax.set(xlabel="facts in the knowledge base", ylabel="facts recalled (test)")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def usage_column(r: dict[str, Any]) -> str | None:
+    """The first memory layer's test-set usage column of a row, if it has one."""
+    return next((c for c in r if c.startswith("test_memory_layer") and c.endswith("_usage")), None)
+
+
+def capacity_figure(best: list[dict[str, Any]]):
+    """Facts recalled vs total parameters (log x), a panel per knowledge-base size: per backbone a line
+    through its memory cells (table sizes) and its MLP cells as squares (a wider MLP, with more FLOPs
+    per token than the backbone's cheapest, as a star), FLOPs per token in the legend; a last panel
+    with the memory cells' test-set slot usage against parameters."""
+    rows = [r for r in best if r.get("task") == "facts"]
+    sizes = sorted({r["task.num_facts"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5.2 * (len(sizes) + 1), 3.9), squeeze=False)
+    colors: dict[str, str] = {}
+    for ax, size in zip(axes[0], sizes):
+        cells = [r for r in rows if r["task.num_facts"] == size]
+        for backbone in sorted({r["backbone"] for r in cells}):
+            mine = [r for r in cells if r["backbone"] == backbone]
+            memory = [r for r in mine if r["memory"] != "none"]
+            if memory:
+                flops = sorted(r["flops_per_token"] / 1e3 for r in memory)
+                colors[backbone] = _draw(ax, f"{backbone} + memory ({flops[0]:.0f}-{flops[-1]:.0f} kFLOP/tok)", memory,
+                                         "params", "facts_recalled", dashed=True, color=colors.get(backbone))
+            mlps = [r for r in mine if r["memory"] == "none"]
+            cheapest = min((r["flops_per_token"] for r in mlps), default=0)
+            for r in sorted(mlps, key=lambda r: r["flops_per_token"]):
+                wide = r["flops_per_token"] > 1.05 * cheapest
+                label = f"{backbone} {'wide ' if wide else ''}MLP ({r['flops_per_token'] / 1e3:.0f} kFLOP/tok)"
+                colors[backbone] = _draw(ax, label, [r], "params", "facts_recalled", dashed=False,
+                                         marker="*" if wide else "s", markersize=10 if wide else 7, color=colors.get(backbone))
+        ax.axhline(size, color="grey", linewidth=0.8, label="all facts")
+        ax.set(title=f"{size} facts", xlabel="total parameters", ylabel="facts recalled (test)")
+        ax.set_xscale("log")
+        ax.legend(fontsize=6)
+    usage_ax = axes[0][-1]
+    for backbone in sorted({r["backbone"] for r in rows}):
+        memory = [r for r in rows if r["backbone"] == backbone and r["memory"] != "none" and usage_column(r)]
+        for size in sizes:
+            cells = [r for r in memory if r["task.num_facts"] == size]
+            if cells:
+                column = usage_column(cells[0])
+                _draw(usage_ax, f"{backbone}, {size} facts", cells, "params", column, dashed=True, color=colors.get(backbone))
+    usage_ax.set(title="memory slots read over the test set", xlabel="total parameters", ylabel="fraction of slots read",
+                 ylim=(0, 1.02))
+    usage_ax.set_xscale("log")
+    if usage_ax.get_legend_handles_labels()[0]:
+        usage_ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -236,6 +289,7 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
         figures["mqar_accuracy_vs_state_size"] = mqar_figure(best, x="state_size")
     if "facts" in tasks:
         figures["facts_recalled"] = facts_figure(best)
+        figures["facts_recalled_vs_params"] = capacity_figure(best)
     if "lm" in tasks:
         figures["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
     with SummaryWriter(str(root / "tb")) as writer:
