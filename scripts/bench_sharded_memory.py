@@ -29,6 +29,7 @@ import socket
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -119,6 +120,12 @@ def layer_optimizer(layer: MemoryPlus) -> torch.optim.Optimizer:
     return optimizer
 
 
+def save_layer(layer, optimizer, path: Path) -> None:
+    """The layer and its optimizer as a distributed checkpoint, every rank writing its part."""
+    state = {"state_dict": layer.state_dict(), "optimizer_states": [optimizer.state_dict()], "hyper_parameters": {"model": {}}}
+    save_distributed(state, path)
+
+
 def _memory_rank(rank: int, world: int, port: int, args, parallel: str, folder: str, read: str, out: str) -> None:
     """One rank of ``--memory``: peak RSS while building, saving and restoring; JSON to ``out``."""
     join_group(rank, world, port)
@@ -137,10 +144,7 @@ def _memory_rank(rank: int, world: int, port: int, args, parallel: str, folder: 
     result["part_bytes"] = layer.values.weight.numel() * layer.values.weight.element_size()
     layer(torch.randn(1, 8, args.d_model)).sum().backward()
     optimizer.step()  # the Adam moments exist from here on
-    measure("save", lambda: save_distributed(
-        {"state_dict": layer.state_dict(), "optimizer_states": [optimizer.state_dict()], "hyper_parameters": {"model": {}}},
-        Path(folder) / f"{parallel}-{world}.ckpt",
-    ))
+    measure("save", partial(save_layer, layer, optimizer, Path(folder) / f"{parallel}-{world}.ckpt"))
     del layer, optimizer
     gc.collect()
 
