@@ -79,7 +79,7 @@ def broadcast_replicated_sparse(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def average_sparse_gradients(module: nn.Module, world_size: int, group=None) -> None:
+def average_sparse_gradients(module: nn.Module, world_size: int) -> None:
     """Replace each replicated table's sparse gradient (N, v) by its mean over ranks, still sparse:
     every rank's touched rows and their gradient rows are gathered (padded on the wire), duplicates
     summed by ``coalesce`` and divided by ``world_size``, so every rank steps with one process's
@@ -90,8 +90,8 @@ def average_sparse_gradients(module: nn.Module, world_size: int, group=None) -> 
         if _replicated_sparse(param) and param.grad is not None:
             grad = param.grad.coalesce()
             rows, values = grad.indices()[0], grad.values()
-            counts = token_counts(rows.numel(), rows.device, group)
-            all_rows, all_values = gather_tokens(rows, counts, group), gather_tokens(values, counts, group)
+            counts = token_counts(rows.numel(), rows.device)
+            all_rows, all_values = gather_tokens(rows, counts), gather_tokens(values, counts)
             param.grad = torch.sparse_coo_tensor(all_rows[None], all_values / world_size, grad.shape, check_invariants=False).coalesce()
 
 
