@@ -118,3 +118,32 @@ def test_bad_model_config_names_the_bad_value(overrides, match):
 def test_unknown_model_config_key_is_an_error():
     with pytest.raises(ValueError, match=r"unknown model config key\(s\) \['d_modle'\]"):
         build_model({"vocab_size": 16, "d_modle": 32})
+
+
+def test_logits_at_scored_positions_equal_the_full_logits_there():
+    torch.manual_seed(0)
+    model = build_model({"vocab_size": 50, "d_model": 16, "pattern": "AS", "memory": {"n_keys": 8, "heads": 1, "knn": 4}})
+    inputs = torch.randint(0, 50, (3, 12))
+    scored = torch.rand(3, 12) < 0.3
+    full = model(inputs)
+    assert torch.allclose(model(inputs, scored), full[scored], atol=1e-6)
+    assert model(inputs, torch.zeros_like(scored)).shape == (0, 50)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # no trainer here: logging is skipped
+def test_training_loss_and_gradients_equal_cross_entropy_over_the_full_logits():
+    """The Lightning module computes logits at scored positions only; the reference takes them
+    everywhere and ignores the unscored targets."""
+    from zoo.lit import LitLanguageModel
+
+    torch.manual_seed(0)
+    lit = LitLanguageModel({"vocab_size": 40, "d_model": 16, "pattern": "A"}, {})
+    inputs = torch.randint(0, 40, (4, 10))
+    targets = torch.where(torch.rand(4, 10) < 0.4, torch.randint(0, 40, (4, 10)), torch.full((4, 10), -100))
+    loss = lit.training_step({"inputs": inputs, "targets": targets}, 0)
+    grads = torch.autograd.grad(loss, list(lit.model.parameters()))
+    reference = F.cross_entropy(lit.model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
+    expected = torch.autograd.grad(reference, list(lit.model.parameters()))
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, atol=1e-6)

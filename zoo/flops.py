@@ -41,6 +41,13 @@ def forward_flops_per_token(model: LanguageModel, seq_len: int) -> int:
     return flops
 
 
+def head_flops_per_token(model: LanguageModel) -> int:
+    """Forward FLOPs of the LM head for one position; training computes logits at the scored
+    positions only (``LanguageModel.forward(inputs, scored)``), so this part of
+    ``forward_flops_per_token`` is spent per scored token."""
+    return 2 * model.lm_head.weight.numel()
+
+
 def state_size(model: LanguageModel, seq_len: int) -> int:
     """Bytes of inference state one sequence of ``seq_len`` tokens keeps: every mixer's cache (a KV
     cache for attention, the recurrent state for the recurrent mixers); the x-axis of zoology's

@@ -66,23 +66,25 @@ class LitLanguageModel(L.LightningModule):
         """Sharded memory's data-parallel needs, attached to every trainer of this module."""
         return [ShardedMemory()]
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """inputs: (B, L) long -> logits (B, L, V)."""
-        return self.model(inputs)
+    def forward(self, inputs: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs: (B, L) long -> logits (B, L, V); with ``scored`` (B, L) bool, (scored.sum(), V)."""
+        return self.model(inputs, scored)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], split: str, test_set: int = 0) -> torch.Tensor:
-        """Loss and metrics of ``split`` (train / val / test); ``test_set`` i >= 1: test slice i - 1."""
+        """Loss and metrics of ``split`` (train / val / test); ``test_set`` i >= 1: test slice i - 1.
+        Logits are computed at the scored positions only (targets != IGNORE_INDEX)."""
         inputs, targets = batch["inputs"], batch["targets"]
-        logits = self(inputs)
         scored = targets != IGNORE_INDEX
+        logits = self(inputs, scored)  # every rank runs the layers, padding batches too (sharded memory's collectives)
         if not scored.any():  # an evaluation batch of padding only (EvalShardSampler): nothing to count
             return logits.sum() * 0.0
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        targets = targets[scored]
+        loss = F.cross_entropy(logits.float(), targets)
         if test_set:
             prefix, accuracy = self.test_slices[test_set - 1], self.slice_accuracy[test_set - 1]
         else:
             prefix, accuracy = split, self.accuracy[f"{split}_acc"]
-        accuracy(logits[scored].argmax(-1), targets[scored])
+        accuracy(logits.argmax(-1), targets)
         on_step = split == "train"
         rows = None if on_step else int(scored.any(-1).sum())  # padding rows (EvalShardSampler) weigh nothing
         # every test set logs under its own name: no dataloader index appended
@@ -92,7 +94,7 @@ class LitLanguageModel(L.LightningModule):
         for name in ("ppl", "bpb"):
             key = f"{split}_{name}"
             if key in self.text_metrics and not test_set:
-                self.text_metrics[key](logits.float(), targets)
+                self.text_metrics[key](logits.float()[None], targets[None])  # (1, N, V): one "sequence" of scored tokens
                 self.log(f"{split}/{name}", self.text_metrics[key], on_step=on_step, on_epoch=not on_step)
         return loss
 

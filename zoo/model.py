@@ -194,11 +194,16 @@ class LanguageModel(nn.Module):
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """inputs: (B, L) long -> logits (B, L, vocab_size)."""
+    def forward(self, inputs: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs: (B, L) long -> logits (B, L, vocab_size). With ``scored`` (B, L) bool: the logits of
+        the scored positions only, (N, vocab_size) in row-major order, N = scored.sum(); every layer
+        still runs on all positions, only the LM head (on the synthetic tasks most of the FLOPs) skips
+        the positions a loss would ignore."""
         x = self.embedding(inputs)
         for block in self.blocks:
             x = block(x)
+        if scored is not None:
+            x = x[scored]
         return self.lm_head(self.norm(x))
 
     def allocate_caches(self, batch_size: int, max_len: int) -> list[Any]:

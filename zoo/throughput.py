@@ -2,8 +2,9 @@
 model FLOPs utilization (MFU) and peak memory of the training steps.
 
 MFU = training FLOPs per token x tokens/s per device / peak FLOP/s of one device. Training FLOPs
-per token are 3x the model's forward count (the backward pass costs twice the forward: the PaLM /
-nanoGPT convention), from what each layer declares (``zoo.flops``). The peak is
+are 3x the model's forward count (the backward pass costs twice the forward: the PaLM / nanoGPT
+convention), from what each layer declares (``zoo.flops``), with the LM head counted at the scored
+positions only, where training computes logits; FLOPs per token are their mean over the fit's tokens. The peak is
 ``throughput.peak_flops`` when given, else measured: a square matmul on the run's device in its
 compute dtype (Lightning's table of theoretical peaks lists some chips with structured sparsity,
 e.g. H100 bf16 at 1979 TFLOP/s, twice its dense rate, so it is not used). Lightning's
@@ -28,7 +29,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from zoo.bench import median_seconds
-from zoo.flops import forward_flops_per_token
+from tasks.base import IGNORE_INDEX
+from zoo.flops import forward_flops_per_token, head_flops_per_token
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward: gradients of inputs and of weights)
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16, "64": torch.float64}  # by the prefix of trainer.precision
@@ -112,7 +114,7 @@ class RunThroughput(Callback):
     def __init__(self, seq_len: int, config: ThroughputConfig):
         self.seq_len = seq_len
         self.config = config
-        self.train_flops_per_token = 0
+        self.forward_flops_per_token = self.head_flops_per_token = 0
         self.peak_flops: float | None = None
         self.peak_source = ""
         self._result: dict[str, Any] = {}
@@ -120,7 +122,8 @@ class RunThroughput(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.peak_flops is not None:
             return
-        self.train_flops_per_token = TRAIN_FLOPS_PER_FORWARD * forward_flops_per_token(pl_module.model, self.seq_len)
+        self.forward_flops_per_token = forward_flops_per_token(pl_module.model, self.seq_len)
+        self.head_flops_per_token = head_flops_per_token(pl_module.model)
         if self.config.peak_flops is not None:
             self.peak_flops, self.peak_source = float(self.config.peak_flops), "throughput.peak_flops"
         else:
@@ -138,7 +141,7 @@ class RunThroughput(Callback):
         self._memory_reset = reset_peak_memory(device)
         window = max(2, min(self.config.window, trainer.max_steps))
         self._throughput = Throughput(available_flops=self.peak_flops, world_size=trainer.world_size, window_size=window)
-        self._batches = self._samples = self._tokens = 0
+        self._batches = self._samples = self._tokens = self._flops = 0
         self._paused = 0.0
         self._started = self._now(device)
 
@@ -152,11 +155,15 @@ class RunThroughput(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         elapsed = self._now(trainer.strategy.root_device) - self._started - self._paused
         inputs = batch["inputs"]
+        scored = int((batch["targets"] != IGNORE_INDEX).sum())
         self._batches += 1
         self._samples += inputs.shape[0]
         self._tokens += inputs.numel()
+        batch_flops = TRAIN_FLOPS_PER_FORWARD * (inputs.numel() * (self.forward_flops_per_token - self.head_flops_per_token)
+                                                 + scored * self.head_flops_per_token)
+        self._flops += batch_flops
         self._throughput.update(time=elapsed, batches=self._batches, samples=self._samples, lengths=self._tokens,
-                                flops=inputs.numel() * self.train_flops_per_token)
+                                flops=batch_flops)  # Lightning's Throughput takes each batch's own FLOPs
         if trainer.global_step % trainer.log_every_n_steps == 0:
             rolling = self._throughput.compute()
             if "device/items_per_sec" in rolling:  # the window is full
@@ -172,11 +179,12 @@ class RunThroughput(Callback):
         seconds = self._now(device) - self._started - self._paused
         memory, memory_source = peak_memory(device, self._memory_reset)
         per_device = self._tokens / seconds if self._batches else 0.0
+        train_flops_per_token = self._flops / self._tokens if self._batches else 0.0
         self._result = {
             "tokens_per_s": per_device * trainer.world_size,
             "step_time_s": seconds / self._batches if self._batches else 0.0,
-            "train_flops_per_token": self.train_flops_per_token,
-            "mfu": per_device * self.train_flops_per_token / self.peak_flops,
+            "train_flops_per_token": train_flops_per_token,
+            "mfu": per_device * train_flops_per_token / self.peak_flops,
             "peak_flops": self.peak_flops,
             "peak_flops_source": self.peak_source,
             "peak_memory_bytes": memory,
