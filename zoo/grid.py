@@ -95,6 +95,12 @@ def _slug(settings: tuple[tuple[str, str], ...]) -> str:
     return re.sub(r"[^A-Za-z0-9=._-]", "-", text) or "default"
 
 
+def shipped_grids() -> list[str]:
+    """Names of the grids shipped in configs/bench/."""
+    shipped = resources.files("zoo.configs") / "bench"
+    return sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+
+
 def load_grid(grid: str) -> dict[str, Any]:
     """A shipped grid name or a YAML path -> the grid mapping, checked."""
     path = Path(grid)
@@ -103,11 +109,10 @@ def load_grid(grid: str) -> dict[str, Any]:
             raise ValueError(f"grid file {grid!r} does not exist")
         text = path.read_text()
     else:
-        shipped = resources.files("zoo.configs") / "bench"
-        names = sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+        names = shipped_grids()
         if grid not in names:
             raise ValueError(f"grid {grid!r} is not a shipped grid; allowed: {names}, or a path to a .yaml file")
-        text = (shipped / f"{grid}.yaml").read_text()
+        text = (resources.files("zoo.configs") / "bench" / f"{grid}.yaml").read_text()
     values = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
     unknown = sorted(set(values) - GRID_KEYS)
     if unknown or not values.get("studies"):
@@ -261,7 +266,7 @@ def is_dispatch_override(override: str) -> bool:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train a benchmark grid, one Hydra job per cell, and write its tables and figures.")
-    parser.add_argument("grid", help="a shipped grid (configs/bench/<name>.yaml: quick, zoology, memory_scaling, second_moment) or a .yaml path")
+    parser.add_argument("grid", help=f"a shipped grid (configs/bench/<name>.yaml: {', '.join(shipped_grids())}) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="hydra/launcher=joblib hydra.launcher.n_jobs=4 ... choose how cells are launched "
                         "(basic, joblib, submitit_local, submitit_slurm); any other memzoo-train override is added to every cell")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/<grid name>/")
