@@ -137,7 +137,7 @@ def test_every_cell_of_the_shipped_grids_composes(grid):
 
 
 def test_unknown_grid_names_the_shipped_ones():
-    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['capacity', 'memory_scaling', 'quick', 'recall_small', 'second_moment', 'zoology'\]"):
+    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['capacity', 'capacity_ablation', 'memory_scaling', 'quick', 'recall_small', 'second_moment', 'zoology'\]"):
         load_grid("huge")
 
 
