@@ -95,10 +95,14 @@ def _slug(settings: tuple[tuple[str, str], ...]) -> str:
     return re.sub(r"[^A-Za-z0-9=._-]", "-", text) or "default"
 
 
+def _shipped_dir():
+    """configs/bench/ as installed (the ``zoo.configs`` package's ``bench`` folder)."""
+    return resources.files("zoo.configs") / "bench"
+
+
 def shipped_grids() -> list[str]:
     """Names of the grids shipped in configs/bench/."""
-    shipped = resources.files("zoo.configs") / "bench"
-    return sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in _shipped_dir().iterdir() if p.name.endswith(".yaml"))
 
 
 def load_grid(grid: str) -> dict[str, Any]:
@@ -112,7 +116,7 @@ def load_grid(grid: str) -> dict[str, Any]:
         names = shipped_grids()
         if grid not in names:
             raise ValueError(f"grid {grid!r} is not a shipped grid; allowed: {names}, or a path to a .yaml file")
-        text = (resources.files("zoo.configs") / "bench" / f"{grid}.yaml").read_text()
+        text = (_shipped_dir() / f"{grid}.yaml").read_text()
     values = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
     unknown = sorted(set(values) - GRID_KEYS)
     if unknown or not values.get("studies"):

@@ -28,8 +28,8 @@ from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from zoo.bench import median_seconds
 from tasks.base import IGNORE_INDEX
+from zoo.bench import median_seconds
 from zoo.flops import forward_flops_per_token, head_flops_per_token
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (twice the forward: gradients of inputs and of weights)
