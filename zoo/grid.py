@@ -44,15 +44,17 @@ from typing import Any
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from zoo.io import atomic_write_json
+from zoo.run_lock import exclusive_dir
+from zoo.safe_yaml import MAX_BYTES, load_bounded_yaml
 from zoo.signals import RunInterrupted, SignalExit, exit_on_signals
 
 GRID_KEYS = {"name", "studies"}
 LR_KEY = "optim.lr"
 STUDY_KEYS = {"base", "axes", "seeds"}
-STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # it names a directory and a Hydra sweep value
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a grid or study names a directory (and a Hydra sweep value)
 LAUNCHER_EXTRAS = "launchers are optional: pip install 'memzoo[joblib]' or 'memzoo[submitit]'"
 
 log = logging.getLogger(__name__)
@@ -110,19 +112,25 @@ def load_grid(grid: str) -> dict[str, Any]:
     path = Path(grid)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise ValueError(f"grid file {grid!r} does not exist")
+            raise ValueError(f"grid file {grid!r} does not exist (or is not a regular file)")
+        if path.stat().st_size > MAX_BYTES:
+            raise ValueError(f"grid file {grid!r} is larger than {MAX_BYTES:,} bytes; a grid file is a few kB of YAML")
         text = path.read_text()
     else:
         names = shipped_grids()
         if grid not in names:
             raise ValueError(f"grid {grid!r} is not a shipped grid; allowed: {names}, or a path to a .yaml file")
         text = (_shipped_dir() / f"{grid}.yaml").read_text()
-    values = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    values = load_bounded_yaml(text, f"grid {grid!r}")
     unknown = sorted(set(values) - GRID_KEYS)
-    if unknown or not values.get("studies"):
+    if unknown or not values.get("studies") or not isinstance(values["studies"], dict):
         raise ValueError(f"grid {grid!r} must have keys {sorted(GRID_KEYS)} with at least one study; unknown: {unknown}")
+    name = values.setdefault("name", path.stem)
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"grid name {name!r} must be one plain name (letters, digits, '_', '.' or '-'; no '/' "
+                         "or '..'): results go to --out/<name>/ and nowhere else")
     for study, spec in values["studies"].items():
-        if not STUDY_NAME.fullmatch(str(study)):
+        if not PLAIN_NAME.fullmatch(str(study)) or str(study) in (".", ".."):
             raise ValueError(f"grid study name {study!r} must be letters, digits, '_', '.' or '-' (it names a directory)")
         bad = sorted(set(spec) - STUDY_KEYS)
         if bad:
@@ -134,7 +142,6 @@ def load_grid(grid: str) -> dict[str, Any]:
         if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
                                   or not all(type(s) is int for s in seeds)):
             raise ValueError(f"grid study {study!r} seeds must be a non-empty list of distinct integers, got {seeds!r}")
-    values.setdefault("name", path.stem)
     return values
 
 
@@ -290,18 +297,19 @@ def main(argv=None) -> None:
     with initialize_config_module(config_module="zoo.configs", version_base="1.3", job_name="memzoo-bench"):
         check_dispatch(hydra_overrides)
         check_cells(cells)
-        pending = [c for c in cells if not is_done(c, root / "runs" / c.study / c.name)]
-        with exit_on_signals():
-            try:
-                if pending:
-                    launch(pending, root, hydra_overrides)
-            except SignalExit as stop:
-                stopped = stop
-            except Exception as err:  # noqa: BLE001 - e.g. a submitit job that died: report what finished
-                launcher_error = err
-                traceback.print_exc()
-    records = collect(cells, root)
-    paths = write_report(records, root) if records else []
+        with exclusive_dir(root, what="grid", choose="pass another --out"):  # one memzoo-bench per grid directory
+            pending = [c for c in cells if not is_done(c, root / "runs" / c.study / c.name)]
+            with exit_on_signals():
+                try:
+                    if pending:
+                        launch(pending, root, hydra_overrides)
+                except SignalExit as stop:
+                    stopped = stop
+                except Exception as err:  # noqa: BLE001 - e.g. a submitit job that died: report what finished
+                    launcher_error = err
+                    traceback.print_exc()
+            records = collect(cells, root)
+            paths = write_report(records, root) if records else []
     failed = [r for r in records if r["status"] == "failed"]
     print(f"{len(records) - len(failed)} of {len(cells)} cells done; " + ", ".join(str(p) for p in paths))
     if failed:
