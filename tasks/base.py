@@ -10,14 +10,47 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from zoo.value_checks import check_int, is_int, is_real
+
 IGNORE_INDEX = -100
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+SEED_MAX = 2**32 - 1  # seeds are integers in [0, 2^32 - 1], what lightning.seed_everything accepts
+TOKEN_BYTES = 8  # int64 token ids
+GENERATION_WORKSPACE = 4  # a generator's temporaries, in multiples of the split it returns (a coarse bound)
+
+
+def check_int_option(name: str, value: object, low: int, high: int | None = None, null: str | None = None) -> None:
+    """``ValueError`` naming ``task.<name>`` unless ``value`` is an integer >= ``low`` (and <= ``high``),
+    or None where ``null`` says what None means."""
+    check_int(f"task.{name}", value, low, high, null)
+
+
+def check_option_types(options: dict[str, object], signature: inspect.Signature) -> None:
+    """``ValueError`` naming ``task.<name>`` for an option whose value is not of its annotated type:
+    an integer (a bool is not one), a finite number, a bool or a string; None only where the
+    annotation or the default allows it. Ranges are the task's own checks."""
+    for name, value in options.items():
+        param = signature.parameters.get(name)
+        if param is None:
+            continue
+        annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+        kinds = {part.strip() for part in annotation.split("|")}
+        if value is None and ("None" in kinds or param.default is None):
+            continue
+        if "int" in kinds and not is_int(value):
+            raise ValueError(f"task.{name}={value!r} must be an integer" + (" or null" if param.default is None else ""))
+        if "float" in kinds and not is_real(value):
+            raise ValueError(f"task.{name}={value!r} must be a finite number")
+        if "bool" in kinds and not isinstance(value, bool):
+            raise ValueError(f"task.{name}={value!r} must be true or false")
+        if "str" in kinds and not isinstance(value, str):
+            raise ValueError(f"task.{name}={value!r} must be a string" + (" or null" if param.default is None else ""))
 
 
 class TokenDataset(Dataset):
@@ -92,7 +125,8 @@ class GeneratedDataModule(L.LightningDataModule):
 
     What a run asks of every task: ``vocab_size`` (every token and scored target is an id in
     ``[0, vocab_size)``), ``bytes_per_token`` (per split, the bytes of text a scored token covers;
-    None but for text tasks) and ``summarize`` (task-level metrics from the test metrics).
+    None but for text tasks), ``summarize`` (task-level metrics from the test metrics), and before
+    anything is generated ``max_seq_len`` and ``data_bytes`` (what the run's size check counts).
     """
 
     splits = ("train", "val", "test")
@@ -101,10 +135,10 @@ class GeneratedDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, seed: int = 0, num_workers: int = 0):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"task.batch_size={batch_size} must be >= 1")
-        if num_workers < 0:
-            raise ValueError(f"task.num_workers={num_workers} must be >= 0 (0: load in the main process)")
+        check_int_option("batch_size", batch_size, 1)
+        check_int_option("seed", seed, 0, SEED_MAX)
+        if not is_int(num_workers) or num_workers < 0:
+            raise ValueError(f"task.num_workers={num_workers!r} must be >= 0 (0: load in the main process)")
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
@@ -121,6 +155,19 @@ class GeneratedDataModule(L.LightningDataModule):
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    @property
+    def max_seq_len(self) -> int:
+        """The longest example of any split, in tokens."""
+        raise NotImplementedError
+
+    def data_bytes(self, splits: Iterable[str] | None = None) -> int:
+        """A coarse bound on the memory ``setup`` takes for ``splits`` (None: all), from the options
+        alone, before anything is generated: the splits' inputs and targets (int64) plus what
+        generating the largest takes; the run's size check (``zoo.size_budget``) adds it up."""
+        raise NotImplementedError
+
+    size_keys = "task.num_train / task.seq_len"  # the options that set data_bytes, named when it is too large
 
     def setup(self, stage: str | None = None) -> None:
         for split in self.splits:
@@ -210,10 +257,11 @@ class SyntheticDataModule(GeneratedDataModule):
         options = bound.arguments
         super().__init__(options.pop("batch_size"), options.pop("seed"), options.pop("num_workers"))
         num_train, num_test, num_val = options.pop("num_train"), options.pop("num_test"), options.pop("num_val")
+        check_int_option("num_val", num_val, 1, null="= num_test")
         num_val = num_test if num_val is None else num_val
-        for name, value in [("num_train", num_train), ("num_test", num_test), ("num_val", num_val)]:
-            if value < 1:
-                raise ValueError(f"task.{name}={value} must be >= 1")
+        for name, value in [("num_train", num_train), ("num_test", num_test)]:
+            check_int_option(name, value, 1)
+        check_option_types(options, inspect.signature(type(self)))  # the knobs and test_<knob>; their ranges are theirs
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         test = {name: options.pop(f"test_{name}") for name in self.test_overrides}
         self.knobs = self.Knobs(**options)
@@ -238,3 +286,20 @@ class SyntheticDataModule(GeneratedDataModule):
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         knobs = dataclasses.asdict(self.split_knobs[split])
         return self.generator(self.sizes[split], **knobs, seed=self.split_seed(split))
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(knobs.seq_len for knobs in self.split_knobs.values())
+
+    def data_bytes(self, splits: Iterable[str] | None = None) -> int:
+        """Inputs and targets of each split, (n, seq_len) int64 each, plus the largest split's
+        generation workspace: the knobs' ``workspace_bytes(n)`` where they define it, else
+        ``GENERATION_WORKSPACE`` times that split."""
+        held, workspace = 0, 0
+        for split in self.splits if splits is None else splits:
+            knobs, n = self.split_knobs[split], self.sizes[split]
+            out = 2 * TOKEN_BYTES * n * knobs.seq_len
+            held += out
+            temporaries = knobs.workspace_bytes(n) if hasattr(knobs, "workspace_bytes") else GENERATION_WORKSPACE * out
+            workspace = max(workspace, temporaries)
+        return held + workspace

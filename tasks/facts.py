@@ -14,11 +14,13 @@ Vocabulary: ``[ARROW, entities..., relations..., values..., fillers...]``.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterable
 
 import torch
 
-from tasks.base import IGNORE_INDEX, GeneratedDataModule
+from tasks.base import IGNORE_INDEX, TOKEN_BYTES, GeneratedDataModule, check_int_option
 
 ARROW = 0
 TOKENS_PER_FACT = 4
@@ -58,8 +60,11 @@ class FactsDataModule(GeneratedDataModule):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         for name, value in [("num_facts", num_facts), ("num_entities", num_entities), ("num_relations", num_relations),
                             ("num_values", num_values), ("num_fillers", num_fillers), ("facts_per_seq", facts_per_seq)]:
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"task.{name}={value!r} must be a positive integer")
+        check_int_option("seq_len", seq_len, 1)
+        check_int_option("num_train", num_train, 1)
+        check_int_option("num_val", num_val, 1, null="all facts")
         if num_facts > num_entities * num_relations:
             raise ValueError(
                 f"task.num_facts={num_facts} must be <= num_entities * num_relations = {num_entities * num_relations}"
@@ -83,7 +88,38 @@ class FactsDataModule(GeneratedDataModule):
         self.facts_per_seq, self.seq_len, self.num_train = facts_per_seq, seq_len, num_train
         self.num_val = num_facts if num_val is None else num_val
         self.vocab_size = 1 + num_entities + num_relations + num_values + num_fillers
-        self.entities, self.relations, self.values = self.knowledge_base()
+
+    @property
+    def entities(self) -> torch.Tensor:
+        return self._knowledge_base[0]
+
+    @property
+    def relations(self) -> torch.Tensor:
+        return self._knowledge_base[1]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._knowledge_base[2]
+
+    @functools.cached_property
+    def _knowledge_base(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Drawn when first asked for (by ``generate``), not in the constructor: the options are
+        checked, and sized (``data_bytes``), before anything of their size is made."""
+        return self.knowledge_base()
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.seq_len
+
+    def data_bytes(self, splits: Iterable[str] | None = None) -> int:
+        """The splits' inputs and targets (int64), the knowledge base's draw over every (entity,
+        relation) pair, the training passes' fact order, and the largest split again as workspace."""
+        rows = {"train": self.num_train, "test": math.ceil(self.num_facts / self.facts_per_seq),
+                "val": math.ceil(self.num_val / self.facts_per_seq)}
+        outputs = [2 * TOKEN_BYTES * rows[s] * self.seq_len for s in (self.splits if splits is None else splits)]
+        passes = math.ceil(self.num_train / math.ceil(self.num_facts / self.facts_per_seq))
+        draws = TOKEN_BYTES * (self.num_entities * self.num_relations + passes * self.num_facts * 2)
+        return sum(outputs) + max(outputs, default=0) + draws
 
     def knowledge_base(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (entity, relation, value) token ids, each (num_facts,): distinct (entity, relation) pairs."""

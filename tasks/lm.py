@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.base import GeneratedDataModule
+from tasks.base import TOKEN_BYTES, GeneratedDataModule, check_int_option
 
 BYTE_VOCAB_SIZE = 256
+BYTES_PER_CORPUS_BYTE = 4 + 3 * TOKEN_BYTES + 2  # text copies, ids, inputs + targets, numpy/torch temporaries
 TOKENIZERS = ("byte", "bpe")
 _SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "encodings"})
 _TOPICS = ("pydoc_data", "topics.py")
@@ -60,13 +61,20 @@ def text_report(corpus: bytes) -> dict[str, int]:
     return {"chars": len(text), "replaced": text.count(REPLACEMENT), "controls": controls}
 
 
+UTF8_MAX_CHAR = 4  # bytes of the longest UTF-8 character
+
+
 def _read_files(files: list[Path], max_bytes: int | None) -> bytes:
-    """The files' contents, in order, as repaired UTF-8, read until ``max_bytes`` is reached."""
+    """The files' contents, in order, as repaired UTF-8, read until ``max_bytes`` is reached: of each
+    file only what is still missing (plus the rest of a character cut at the end), never a whole
+    large file first."""
     parts, total = [], 0
     for file in files:
         if max_bytes is not None and total >= max_bytes:
             break
-        parts.append(_utf8(file.read_bytes()))
+        with open(file, "rb") as f:
+            # a character starting before the cap is read whole, so it decodes as in the whole file
+            parts.append(_utf8(f.read() if max_bytes is None else f.read(max_bytes - total + UTF8_MAX_CHAR)))
         total += len(parts[-1])
     return _cap(b"".join(parts), max_bytes)
 
@@ -233,6 +241,18 @@ class LanguageModelingDataModule(GeneratedDataModule):
         num_workers: int = 0,
     ):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        check_int_option("vocab_size", vocab_size, 2)
+        check_int_option("seq_len", seq_len, 1)
+        check_int_option("max_bytes", max_bytes, 1, null="no cap")
+        for name, value in [("path", path), ("hf_dataset", hf_dataset), ("hf_split", hf_split),
+                            ("hf_text_field", hf_text_field)]:
+            if not (value is None and name in ("path", "hf_dataset") or isinstance(value, str)):
+                raise ValueError(f"task.{name}={value!r} must be a string" + (" or null" if name in ("path", "hf_dataset") else ""))
+        if not isinstance(allow_binary, bool):
+            raise ValueError(f"task.allow_binary={allow_binary!r} must be true or false")
+        for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"task.{name}={value!r} must be a number in (0, 1)")
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"task.tokenizer={tokenizer!r} is not a tokenizer; allowed: {list(TOKENIZERS)}")
         if tokenizer == "byte" and vocab_size != BYTE_VOCAB_SIZE:
@@ -244,10 +264,6 @@ class LanguageModelingDataModule(GeneratedDataModule):
                     "(256 byte tokens plus merges)"
                 )
             _require("tokenizers", "tokenizer", tokenizer, "trains a BPE with the `tokenizers` library")
-        if seq_len < 1:
-            raise ValueError(f"task.seq_len={seq_len} must be >= 1")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError(f"task.max_bytes={max_bytes} must be >= 1 or null (no cap)")
         for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
             if not 0 < value < 1:
                 raise ValueError(f"task.{name}={value} must be in (0, 1)")
@@ -284,6 +300,32 @@ class LanguageModelingDataModule(GeneratedDataModule):
         self.bytes_per_token: dict[str, float] = {}
         self._ids: dict[str, torch.Tensor] = {}
         self._token_bytes: torch.Tensor | None = None
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.seq_len
+
+    size_keys = "task.max_bytes"
+
+    def corpus_bytes(self) -> int | None:
+        """The corpus size before reading it: ``max_bytes``, or the files' sizes when they are less or
+        there is no cap; None for a Hugging Face dataset without a cap (not known before streaming)."""
+        if self.path is not None:
+            path = Path(self.path)
+            files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
+            size = sum(p.stat().st_size for p in files)
+            return size if self.max_bytes is None else min(size, self.max_bytes)
+        if self.hf[0] is not None:
+            return self.max_bytes
+        if self.max_bytes is not None:
+            return self.max_bytes
+        return sum(p.stat().st_size for p in stdlib_files()) + len(stdlib_docs())
+
+    def data_bytes(self, splits=None) -> int:
+        """``BYTES_PER_CORPUS_BYTE`` per corpus byte: the text and its repaired copy, the split copies,
+        int64 token ids and the windows' int64 inputs and targets (all splits: the corpus is read and
+        tokenized whole); 0 when the size is not known before reading (``corpus_bytes``)."""
+        return BYTES_PER_CORPUS_BYTE * (self.corpus_bytes() or 0)
 
     def load_corpus(self) -> bytes:
         """The configured corpus, capped at ``max_bytes``."""

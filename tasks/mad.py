@@ -118,6 +118,13 @@ def _generate_recall(
     return stream[:, :seq_len], torch.where(scored, stream[:, 1:], IGNORE_INDEX)
 
 
+def recall_workspace_bytes(num_examples: int, seq_len: int, max_key_size: int = 1, max_value_size: int = 1) -> int:
+    """What ``_generate_recall`` holds at once, coarsely: about six int64 (n, slots, k + v) tensors
+    (motif tokens, masks, positions; slots = seq_len / 2 + 1) and three (n, seq_len + 2) streams."""
+    slots = seq_len // 2 + 1
+    return 8 * num_examples * (6 * slots * (max_key_size + max_value_size) + 3 * (seq_len + 2))
+
+
 def check_recall_sizes(
     vocab_size: int,
     seq_len: int,
@@ -158,6 +165,9 @@ class InContextRecall:
     def __post_init__(self):
         check_recall_sizes(self.vocab_size, self.seq_len)
 
+    def workspace_bytes(self, num_examples: int) -> int:
+        return recall_workspace_bytes(num_examples, self.seq_len)
+
 
 def generate_icr(
     num_examples: int,
@@ -193,6 +203,9 @@ class FuzzyInContextRecall:
 
     def __post_init__(self):
         check_recall_sizes(self.vocab_size, self.seq_len, self.max_key_motif_size, self.max_value_motif_size)
+
+    def workspace_bytes(self, num_examples: int) -> int:
+        return recall_workspace_bytes(num_examples, self.seq_len, self.max_key_motif_size, self.max_value_motif_size)
 
 
 def generate_fuzzy_icr(
@@ -238,6 +251,9 @@ class NoisyInContextRecall:
     def __post_init__(self):
         check_recall_sizes(self.vocab_size, self.seq_len, noise_vocab_size=self.noise_vocab_size,
                            frac_noise=self.frac_noise)
+
+    def workspace_bytes(self, num_examples: int) -> int:
+        return recall_workspace_bytes(num_examples, self.seq_len)
 
 
 def generate_noisy_icr(
@@ -411,6 +427,8 @@ class Memorization:
 
     def __post_init__(self):
         check_memorization_sizes(self.vocab_size, self.seq_len)
+        if not 0 <= self.map_seed <= 2**32 - 1:
+            raise ValueError(f"task.map_seed={self.map_seed} must be in [0, {2**32 - 1}]")
 
 
 def generate_memorization(

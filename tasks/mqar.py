@@ -48,6 +48,11 @@ class MQAR:
     def __post_init__(self):
         check_mqar_sizes(self.vocab_size, self.seq_len, self.num_kv_pairs, self.power_a)
 
+    def workspace_bytes(self, num_examples: int) -> int:
+        """What ``generate_mqar`` holds at once, coarsely: a float32 draw and its int64 argsort over
+        the vocabulary per example (unique keys and values), and a few (n, seq_len) int64 tensors."""
+        return num_examples * (12 * self.vocab_size + 32 * self.seq_len)
+
 
 def generate_mqar(
     num_examples: int,

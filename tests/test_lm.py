@@ -174,15 +174,15 @@ def test_config_keys_are_the_constructor_arguments_and_build_the_datamodule():
         (dict(tokenizer="word"), r"tokenizer='word' is not a tokenizer; allowed: \['byte', 'bpe'\]"),
         (dict(vocab_size=512), r"vocab_size=512 must be 256 with task.tokenizer='byte'"),
         (dict(vocab_size=256, tokenizer="bpe"), r"vocab_size=256 must be > 256 with task.tokenizer='bpe'"),
-        (dict(seq_len=0), r"seq_len=0 must be >= 1"),
-        (dict(max_bytes=0), r"max_bytes=0 must be >= 1 or null"),
+        (dict(seq_len=0), r"seq_len=0 must be an integer >= 1"),
+        (dict(max_bytes=0), r"max_bytes=0 must be an integer >= 1 or null"),
         (dict(val_fraction=0.0), r"val_fraction=0.0 must be in \(0, 1\)"),
         (dict(test_fraction=1.0), r"test_fraction=1.0 must be in \(0, 1\)"),
         (dict(val_fraction=0.5, test_fraction=0.5), r"val_fraction=0.5 \+ task.test_fraction=0.5 must be < 1"),
         (dict(path="/no/such/corpus"), r"path='/no/such/corpus' does not exist"),
         (dict(path=".", hf_dataset="wikitext"), r"path='.' and task.hf_dataset='wikitext' are exclusive"),
         (dict(max_bytes=1000, seq_len=128), r"max_bytes=1000 leaves the smallest split about 50 bytes, .* 129"),
-        (dict(batch_size=0), r"batch_size=0 must be >= 1"),
+        (dict(batch_size=0), r"batch_size=0 must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_raise_naming_the_field_before_loading(kwargs, match):

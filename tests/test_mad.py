@@ -275,9 +275,9 @@ def test_config_keys_are_the_constructor_arguments_and_vocab_size_covers_every_t
         (InContextRecallDataModule, dict(seq_len=1), r"task\.seq_len=1 must be >= 2"),
         (InContextRecallDataModule, dict(vocab_size=1), r"task\.vocab_size=1 is too small.* must be >= 2"),
         (InContextRecallDataModule, dict(test_seq_len=1), r"task\.test_seq_len=1 must be >= 2 or null"),
-        (InContextRecallDataModule, dict(num_train=0), r"task\.num_train=0 must be >= 1"),
-        (InContextRecallDataModule, dict(num_val=0), r"task\.num_val=0 must be >= 1"),
-        (InContextRecallDataModule, dict(batch_size=0), r"task\.batch_size=0 must be >= 1"),
+        (InContextRecallDataModule, dict(num_train=0), r"task\.num_train=0 must be an integer >= 1"),
+        (InContextRecallDataModule, dict(num_val=0), r"task\.num_val=0 must be an integer >= 1"),
+        (InContextRecallDataModule, dict(batch_size=0), r"task\.batch_size=0 must be an integer >= 1"),
         (FuzzyInContextRecallDataModule, dict(max_key_motif_size=0), r"task\.max_key_motif_size=0 must be >= 1"),
         (FuzzyInContextRecallDataModule, dict(max_value_motif_size=0), r"task\.max_value_motif_size=0 must be >= 1"),
         (FuzzyInContextRecallDataModule, dict(vocab_size=8, max_key_motif_size=5), r"task\.vocab_size=8 .* >= 10"),
@@ -294,7 +294,7 @@ def test_config_keys_are_the_constructor_arguments_and_vocab_size_covers_every_t
         (CompressionDataModule, dict(vocab_size=33), r"task\.vocab_size=33 is too small for seq_len=63.* >= 34"),
         (MemorizationDataModule, dict(seq_len=31), r"task\.seq_len=31 must be even"),
         (MemorizationDataModule, dict(vocab_size=2), r"task\.vocab_size=2 must be >= 3"),
-        (MemorizationDataModule, dict(num_test=0), r"task\.num_test=0 must be >= 1"),
+        (MemorizationDataModule, dict(num_test=0), r"task\.num_test=0 must be an integer >= 1"),
     ],
 )
 def test_impossible_sizes_raise_before_generation(cls, kwargs, match):

@@ -99,7 +99,7 @@ def test_memory_replaces_channel_only_at_listed_layers():
         (dict(layers=[0, 0]), r"memory.layers=\[0, 0\] repeats a layer index"),
         (dict(v_dim=0), r"memory.v_dim=0 must be a positive integer"),
         (dict(query_norm="batchnorm"), r"memory.query_norm='batchnorm'; allowed: \['none', 'layernorm', 'rmsnorm'\]"),
-        (dict(temperature=0.0), r"memory.temperature=0.0 must be > 0"),
+        (dict(temperature=0.0), r"memory.temperature=0.0 must be a finite number > 0"),
         (dict(heads=0), r"memory.heads=0 must be a positive integer"),
         (dict(slots=10), r"unknown memory config key\(s\) \['slots'\]"),
     ],

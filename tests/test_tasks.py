@@ -89,7 +89,7 @@ def test_a_new_synthetic_task_is_one_class_statement_with_its_options_in_the_sig
         (dict(colour="red"), r"unexpected keyword argument 'colour'"),
         (dict(seq_len=2), r"task\.seq_len=2 must be >= 3"),
         (dict(test_seq_len=2), r"test split \(task\.test_seq_len\): task\.seq_len=2 must be >= 3"),
-        (dict(num_test=0), r"task\.num_test=0 must be >= 1"),
+        (dict(num_test=0), r"task\.num_test=0 must be an integer >= 1"),
         (dict(num_workers=-1), r"task\.num_workers=-1 must be >= 0"),
     ],
 )

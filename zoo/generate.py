@@ -10,6 +10,7 @@ import torch
 
 from zoo.checkpointing import read_checkpoint
 from zoo.model import LanguageModel, ModelConfig, build_model
+from zoo.size_budget import check_generation_size
 
 
 def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
@@ -23,8 +24,11 @@ def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> La
     return model.eval()
 
 
-def check_generation_arguments(model: LanguageModel, prompt_ids, max_new_tokens, temperature, top_k) -> None:
-    """``ValueError`` (``TypeError`` for a wrong type) naming the argument, its value and what is allowed."""
+def check_generation_arguments(model: LanguageModel, prompt_ids, max_new_tokens, temperature, top_k,
+                               memory_budget: int | None = None) -> None:
+    """``ValueError`` (``TypeError`` for a wrong type) naming the argument, its value and what is allowed;
+    ``max_new_tokens`` whose output ids and caches exceed ``memory_budget`` bytes (None: the memory
+    of the model's device) is refused before anything is allocated."""
     if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dtype not in (torch.int64, torch.int32):
         what = prompt_ids.dtype if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
         raise TypeError(f"prompt_ids must be an integer (long) tensor of token ids, got {what}")
@@ -37,6 +41,7 @@ def check_generation_arguments(model: LanguageModel, prompt_ids, max_new_tokens,
         raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    check_generation_size(model, prompt_ids.shape[0], prompt_ids.shape[1], max_new_tokens, memory_budget)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature):
         raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
     if temperature < 0:

@@ -25,6 +25,7 @@ from zoo.channels import CHANNELS
 from zoo.memory import MemoryConfig, make_value_table
 from zoo.mixers import MIXERS, PATTERN_LETTERS
 from zoo.tags import is_no_reinit, is_residual_projection, mark_no_decay, shard_of
+from zoo.value_checks import check_bool, check_real, is_int
 
 INIT_STD = 0.02
 
@@ -104,10 +105,29 @@ class ModelConfig:
         return per_layer
 
     def validate(self) -> None:
-        """Cross-field checks, raised before any parameter is allocated."""
-        for name, value in [("vocab_size", self.vocab_size), ("d_model", self.d_model), ("n_layers", self.n_layers)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model {name}={value!r} must be a positive integer")
+        """Every field's type and range, then cross-field checks, raised before any parameter is
+        allocated; a mixer's (or the MLP's) own argument error is prefixed with its config key."""
+        for key, value in [("model vocab_size", self.vocab_size), ("backbone.d_model", self.d_model),
+                           ("backbone.n_layers", self.n_layers)]:
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{key}={value!r} must be a positive integer")
+        for name in ("pattern", "channel"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+                raise ValueError(
+                    f"backbone.{name}={value!r} must be a string"
+                    + (f" of mixer letters {sorted(PATTERN_LETTERS)}" if name == "pattern" else "")
+                    + " or a non-empty list of names, one per layer"
+                )
+        check_bool("backbone.tie_embeddings", self.tie_embeddings)
+        check_real("backbone.norm_eps", self.norm_eps, low=0, low_open=True)
+        for name in ("mixer", "mlp"):
+            options = getattr(self, name)
+            if not isinstance(options, dict):
+                raise ValueError(f"backbone.{name}={options!r} must be a mapping of options")
+        for name, options in self.mixer.items():
+            if not isinstance(options, dict):
+                raise ValueError(f"backbone.mixer.{name}={options!r} must be a mapping of that mixer's options")
         self.layer_mixers()
         memory = self.memory_config()
         if memory is not None:
@@ -119,9 +139,30 @@ class ModelConfig:
         # each mixer's (and the MLP's) own argument checks, run on the meta device: nothing is allocated
         with torch.device("meta"):
             for name in dict.fromkeys(self.layer_mixers()):
-                _build_layer(MIXERS, name, "mixer", self.d_model, 0, self.mixer.get(name, {}))
+                _build_checked(MIXERS, name, "mixer", self.d_model, self.mixer.get(name, {}), f"backbone.mixer.{name}")
             if "mlp" in channels:
-                _build_layer(CHANNELS, "mlp", "channel", self.d_model, 0, self.mlp)
+                _build_checked(CHANNELS, "mlp", "channel", self.d_model, self.mlp, "backbone.mlp")
+
+    def layer_parameters(self) -> dict[str, int]:
+        """Parameters of one layer of each mixer and of the MLP (name -> count), counted on the meta
+        device from the config alone (shapes only: nothing is allocated, however large)."""
+        counts = {}
+        with torch.device("meta"):
+            for name in dict.fromkeys(self.layer_mixers()):
+                layer = _build_checked(MIXERS, name, "mixer", self.d_model, self.mixer.get(name, {}), f"backbone.mixer.{name}")
+                counts[name] = sum(p.numel() for p in layer.parameters())
+            if "mlp" in self.layer_channels():
+                layer = _build_checked(CHANNELS, "mlp", "channel", self.d_model, self.mlp, "backbone.mlp")
+                counts["mlp"] = sum(p.numel() for p in layer.parameters())
+        return counts
+
+
+def _build_checked(registry: dict, name: str, kind: str, d_model: int, kwargs: dict, key: str) -> nn.Module:
+    """``_build_layer`` at layer 0 whose ``ValueError`` names the config key of the options."""
+    try:
+        return _build_layer(registry, name, kind, d_model, 0, kwargs)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from err
 
 
 def _plain(value: Any) -> Any:

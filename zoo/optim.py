@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from zoo.tags import optim_tags, shard_of
+from zoo.value_checks import check_int, check_real, is_real
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, group_lr: dict[str, float] | None = None) -> list[dict]:
@@ -82,8 +83,41 @@ class OptimConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"unknown optim config key(s) {unknown}; allowed: {sorted(known)}")
-        plain = {k: list(v) if k == "betas" else dict(v) if k == "group_lr" else v for k, v in values.items()}
+        plain = {k: list(v) if k == "betas" and _is_sequence(v) else dict(v) if k == "group_lr" and hasattr(v, "items")
+                 else v for k, v in values.items()}
         return cls(**plain)
+
+    def validate(self) -> None:
+        """Every field's type and range (``ValueError`` naming the first bad one); the schedule's
+        length against ``trainer.max_steps`` is ``zoo.run_checks.check_schedule``'s.
+
+        weight_decay: finite, >= 0, and ``lr * weight_decay < 1``: AdamW's decoupled decay multiplies
+        every decayed weight by ``1 - lr * weight_decay`` each step (at the peak lr), which must stay
+        positive or the weights flip sign. Each ``group_lr`` is checked like lr; groups that decay
+        are not known before the model, so the bound uses ``lr``.
+        """
+        if not isinstance(self.group_lr, dict) or not all(isinstance(k, str) for k in self.group_lr):
+            raise ValueError(f"optim.group_lr={self.group_lr!r} must map parameter group names to learning rates")
+        lrs = {"optim.lr": self.lr} | {f"optim.group_lr.{k}": v for k, v in self.group_lr.items()}
+        for name, value in lrs.items():
+            check_real(name, value, low=0, low_open=True)
+        check_real("optim.weight_decay", self.weight_decay, low=0)
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(
+                f"optim.weight_decay={self.weight_decay!r} with optim.lr={self.lr!r}: AdamW multiplies the weights by "
+                f"1 - lr * weight_decay = {1 - self.lr * self.weight_decay:.3g} each step; lr * weight_decay must be < 1"
+            )
+        betas = self.betas
+        if not (_is_sequence(betas) and len(betas) == 2 and all(is_real(b) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"optim.betas={betas!r} must be two numbers in [0, 1) (Adam's beta1, beta2)")
+        check_real("optim.eps", self.eps, low=0, low_open=True)
+        check_int("optim.warmup_steps", self.warmup_steps, low=0, null="a tenth of the schedule")
+        check_real("optim.min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        check_int("optim.total_steps", self.total_steps, low=1, null="trainer.max_steps")
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig"
 
 
 def default_warmup(warmup_steps: int | None, total_steps: int) -> int:

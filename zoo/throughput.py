@@ -47,7 +47,8 @@ class ThroughputConfig:
     window: int = 20
 
     def __post_init__(self):
-        if self.peak_flops is not None and (not isinstance(self.peak_flops, (int, float)) or not math.isfinite(self.peak_flops)
+        if self.peak_flops is not None and (not isinstance(self.peak_flops, (int, float)) or isinstance(self.peak_flops, bool)
+                                            or not math.isfinite(self.peak_flops)
                                             or self.peak_flops <= 0):
             raise ValueError(f"throughput.peak_flops={self.peak_flops!r} must be a finite number > 0 (FLOP/s of one device) "
                              "or null (measured)")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zoo.optim import SECOND_MOMENTS  # the layouts RowAdam keeps
+from zoo.value_checks import check_bool, check_real, is_int
 
 QUERY_NORMS = ("none", "layernorm", "rmsnorm")
 PARALLEL_LAYOUTS = ("none", "rows", "columns")
@@ -83,19 +84,20 @@ class MemoryConfig:
         """Raise ``ValueError`` naming the field, its value and what is allowed."""
         for name in ("n_keys", "heads", "knn", "k_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"memory.{name}={value!r} must be a positive integer")
+        for name in ("query_bias", "gate", "shared", "sparse_updates"):
+            check_bool(f"memory.{name}", getattr(self, name))
         if self.knn > self.n_keys:
             raise ValueError(f"memory.knn={self.knn} must be <= memory.n_keys={self.n_keys}")
         if self.k_dim % 2:
             raise ValueError(f"memory.k_dim={self.k_dim} must be even (it is split into two halves)")
         v_dim = self.resolved_v_dim(d_model)
-        if not isinstance(v_dim, int) or v_dim < 1:
+        if not is_int(v_dim) or v_dim < 1:
             raise ValueError(f"memory.v_dim={self.v_dim!r} must be a positive integer or null (= d_model)")
         if self.query_norm not in QUERY_NORMS:
             raise ValueError(f"memory.query_norm={self.query_norm!r}; allowed: {list(QUERY_NORMS)}")
-        if not self.temperature > 0:
-            raise ValueError(f"memory.temperature={self.temperature} must be > 0")
+        check_real("memory.temperature", self.temperature, low=0, low_open=True)
         if self.parallel not in PARALLEL_LAYOUTS:
             raise ValueError(f"memory.parallel={self.parallel!r}; allowed: {list(PARALLEL_LAYOUTS)}")
         if self.value_dtype not in VALUE_DTYPES:
@@ -114,18 +116,28 @@ class MemoryConfig:
                 "second moment per row from its own columns only, not the whole row's as one process does; "
                 "use memory.parallel=rows or memory.second_moment=full"
             )
-        if not self.value_lr > 0:
-            raise ValueError(f"memory.value_lr={self.value_lr} must be > 0")
+        check_real("memory.value_lr", self.value_lr, low=0, low_open=True)
         if n_layers is not None:
+            if not isinstance(self.layers, list):
+                raise ValueError(f"memory.layers={self.layers!r} must be a list of layer indices")
             if not self.layers:
                 raise ValueError("memory.layers=[] names no layer; give at least one index, or use memory=none")
             for idx in self.layers:
-                if not isinstance(idx, int) or not 0 <= idx < n_layers:
+                if not is_int(idx) or not 0 <= idx < n_layers:
                     raise ValueError(
                         f"memory.layers has index {idx!r}; allowed: 0..{n_layers - 1} (backbone.n_layers={n_layers})"
                     )
             if len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"memory.layers={self.layers} repeats a layer index")
+
+    def parameter_counts(self, d_model: int) -> tuple[int, int]:
+        """(value table, everything else of one memory layer): the table's N * v_dim, and the query
+        projection, sub-keys, W1, W2 and gate of a ``MemoryPlus`` layer, from the config alone."""
+        v_dim = self.resolved_v_dim(d_model)
+        query = d_model * self.heads * self.k_dim + (self.heads * self.k_dim if self.query_bias else 0)
+        sub_keys = self.heads * self.n_keys * self.k_dim  # (heads, 2, n_keys, k_dim / 2)
+        gate = d_model + 1 if self.gate else 0
+        return self.n_slots * v_dim, query + sub_keys + 2 * d_model * v_dim + gate
 
     def check_world_size(self, d_model: int, world_size: int) -> None:
         """Raise ``ValueError`` when ``world_size`` ranks cannot split this memory's ``parallel`` layout."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from zoo.rotary import Rotary
 from zoo.tags import linear, mark_residual_projection, parameter_count
+from zoo.value_checks import check_bool, check_real, is_int
 
 
 @dataclass
@@ -43,10 +44,13 @@ class Attention(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if n_heads < 1 or d_model % n_heads:
+        if not is_int(n_heads) or n_heads < 1 or d_model % n_heads:
             raise ValueError(
-                f"attention n_heads={n_heads} must be a positive divisor of d_model={d_model}"
+                f"attention n_heads={n_heads!r} must be a positive divisor of d_model={d_model}"
             )
+        check_real("attention rotary_base", rotary_base, low=0, low_open=True)
+        check_real("attention dropout", dropout, low=0, high=1, high_open=True)
+        check_bool("attention bias", bias)
         head_dim = d_model // n_heads
         if head_dim % 2:
             raise ValueError(

@@ -29,6 +29,7 @@ from torch import nn
 from zoo.mixers import kernels
 from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step
 from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count
+from zoo.value_checks import is_real
 
 FLA_KERNEL_EPS = 1e-6
 """The normaliser eps fla's ``parallel_based`` adds (fixed there); other eps values run the own path."""
@@ -128,8 +129,8 @@ class Based(nn.Module):
                 raise ValueError(f"based {name}={value!r} must be an integer >= {low}")
         if num_heads > d_model:
             raise ValueError(f"based num_heads={num_heads} must be <= d_model={d_model}")
-        if not eps >= 0:
-            raise ValueError(f"based eps={eps!r} must be >= 0")
+        if not (is_real(eps) and eps >= 0):
+            raise ValueError(f"based eps={eps!r} must be >= 0 and finite")
         self.layer_idx = layer_idx
         self.feature_dim, self.num_heads, self.head_dim = feature_dim, num_heads, d_model // num_heads
         self.n_features = 1 + feature_dim + feature_dim**2

@@ -14,6 +14,7 @@ from torch import nn
 
 from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step
 from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.value_checks import check_bool, is_real
 
 
 @dataclass
@@ -52,10 +53,18 @@ def check_positive_ints(mixer: str, **values) -> None:
             raise ValueError(f"{mixer} {name}={value!r} must be a positive integer")
 
 
+def check_fla_options(mixer: str, norm_eps: float, **flags) -> None:
+    """ValueError unless ``norm_eps`` is a finite number > 0 and every flag a bool."""
+    if not (is_real(norm_eps) and norm_eps > 0):
+        raise ValueError(f"{mixer} norm_eps={norm_eps!r} must be > 0 and finite")
+    for name, value in flags.items():
+        check_bool(f"{mixer} {name}", value)
+
+
 def checked_width(mixer: str, name: str, value: float, d_model: int, num_heads: int) -> int:
     """d_model * ``value`` (an expansion ratio) as an integer divisible by num_heads, or a ValueError."""
-    width = d_model * value
-    if not (isinstance(value, (int, float)) and value > 0 and math.isclose(width, round(width))):
+    width = d_model * value if is_real(value) else math.nan
+    if not (is_real(value) and value > 0 and math.isclose(width, round(width))):
         raise ValueError(f"{mixer} {name}={value!r} must be positive with d_model * {name} an integer (d_model={d_model})")
     if round(width) % num_heads:
         raise ValueError(

@@ -22,9 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.mixers import kernels
-from zoo.mixers.fla_common import FlaLayoutMixer, LinearAttentionCache, RMSNormSwishGate, check_positive_ints
+from zoo.mixers.fla_common import (
+    FlaLayoutMixer,
+    LinearAttentionCache,
+    RMSNormSwishGate,
+    check_fla_options,
+    check_positive_ints,
+)
 from zoo.mixers.ssm_common import dt_bias_init, segment_sum, split_chunks
 from zoo.tags import linear, mark_no_reinit, tag_optim
+from zoo.value_checks import is_real
 
 L2_EPS = 1e-6  # fla's l2norm: x / sqrt(sum x^2 + eps)
 
@@ -133,12 +140,14 @@ class GatedDeltaNet(FlaLayoutMixer):
                 )
             head_dim = 3 * d_model // (4 * num_heads)
         check_positive_ints("gated_deltanet", head_dim=head_dim)
-        head_v_dim = head_dim * expand_v
-        if not (expand_v > 0 and math.isclose(head_v_dim, round(head_v_dim))):
+        head_v_dim = head_dim * expand_v if is_real(expand_v) else math.nan
+        if not (is_real(expand_v) and expand_v > 0 and math.isclose(head_v_dim, round(head_v_dim))):
             raise ValueError(
                 f"gated_deltanet expand_v={expand_v!r} must be positive with head_dim * expand_v an integer "
                 f"(head_dim={head_dim})"
             )
+        check_fla_options("gated_deltanet", norm_eps, use_short_conv=use_short_conv, conv_bias=conv_bias,
+                          allow_neg_eigval=allow_neg_eigval)
         self.layer_idx = layer_idx
         self.chunk_size, self.allow_neg_eigval = chunk_size, allow_neg_eigval
         self._init_projections(d_model, num_heads, head_dim, round(head_v_dim), use_short_conv, conv_size, conv_bias)

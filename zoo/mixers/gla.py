@@ -22,11 +22,13 @@ from zoo.mixers.fla_common import (
     FlaLayoutMixer,
     LinearAttentionCache,
     RMSNormSwishGate,
+    check_fla_options,
     check_positive_ints,
     checked_width,
 )
 from zoo.mixers.ssm_common import split_chunks
 from zoo.tags import linear
+from zoo.value_checks import is_real
 
 SUB_CHUNK = 16  # longest block inside a chunk whose decays are taken step by step (see _anchored_scores)
 FACTORED_SPAN = 20.0  # largest log decay of a chunk for which exp(-cum) stays small enough to factor (e^20 ~ 5e8)
@@ -155,9 +157,10 @@ class GatedLinearAttention(FlaLayoutMixer):
                             chunk_size=chunk_size)
         key_dim = checked_width("gla", "expand_k", expand_k, d_model, num_heads)
         value_dim = checked_width("gla", "expand_v", expand_v, d_model, num_heads)
-        if not gate_logit_normalizer > 0:
-            raise ValueError(f"gla gate_logit_normalizer={gate_logit_normalizer!r} must be > 0")
-        if clamp_min is not None and not clamp_min < 0:
+        if not (is_real(gate_logit_normalizer) and gate_logit_normalizer > 0):
+            raise ValueError(f"gla gate_logit_normalizer={gate_logit_normalizer!r} must be > 0 and finite")
+        check_fla_options("gla", norm_eps, use_short_conv=use_short_conv, conv_bias=conv_bias)
+        if clamp_min is not None and not (is_real(clamp_min) and clamp_min < 0):
             raise ValueError(f"gla clamp_min={clamp_min!r} must be None or < 0 (a floor on the log decay)")
         self.layer_idx = layer_idx
         self.chunk_size, self.gate_logit_normalizer, self.clamp_min = chunk_size, gate_logit_normalizer, clamp_min

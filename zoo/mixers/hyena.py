@@ -28,6 +28,7 @@ from torch import nn
 
 from zoo.mixers.ssm_common import causal_conv, causal_conv_step
 from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.value_checks import is_int, is_real
 
 
 def positional_features(length: int, l_max: int, emb_dim: int, dtype=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,14 +166,17 @@ class Hyena(nn.Module):
         sizes = {"d_model": d_model, "l_max": l_max, "order": order, "filter_order": filter_order,
                  "num_inner_mlps": num_inner_mlps, "short_filter_order": short_filter_order}
         for name, value in sizes.items():
-            if not isinstance(value, int) or value < minimum[name]:
+            if not is_int(value) or value < minimum[name]:
                 raise ValueError(f"hyena {name}={value!r} must be an integer >= {minimum[name]}")
-        if not isinstance(emb_dim, int) or emb_dim < 3 or emb_dim % 2 == 0:
+        if not is_int(emb_dim) or emb_dim < 3 or emb_dim % 2 == 0:
             raise ValueError(f"hyena emb_dim={emb_dim!r} must be an odd integer >= 3 (t, then cosine/sine pairs)")
-        if not (fast_decay_pct > 0 and slow_decay_pct > 0):
+        if not all(is_real(pct) and pct > 0 for pct in (fast_decay_pct, slow_decay_pct)):
             raise ValueError(f"hyena fast_decay_pct={fast_decay_pct}, slow_decay_pct={slow_decay_pct} must be > 0")
-        if not 0 < target < 1:
-            raise ValueError(f"hyena target={target} must be in (0, 1)")
+        if not (is_real(target) and 0 < target < 1):
+            raise ValueError(f"hyena target={target!r} must be in (0, 1)")
+        for name, value in [("w", w), ("shift", shift)]:
+            if not is_real(value):
+                raise ValueError(f"hyena {name}={value!r} must be a finite number")
         self.layer_idx = layer_idx
         self.d_model, self.l_max, self.order = d_model, l_max, order
         self.filter_order, self.emb_dim, self.num_inner_mlps = filter_order, emb_dim, num_inner_mlps

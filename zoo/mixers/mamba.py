@@ -16,8 +16,9 @@ from torch import nn
 
 from zoo.mixers import kernels
 from zoo.mixers.scan import selective_scan
-from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, dt_bias_init
+from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, check_dt_options, dt_bias_init
 from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.value_checks import check_bool, check_real, is_int
 
 
 @dataclass
@@ -56,14 +57,16 @@ class Mamba(nn.Module):
     ):
         super().__init__()
         for name, value in [("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("chunk_size", chunk_size)]:
-            if not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"mamba {name}={value!r} must be a positive integer")
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
-        if not isinstance(dt_rank, int) or dt_rank < 1:
+        if not is_int(dt_rank) or dt_rank < 1:
             raise ValueError(f"mamba dt_rank={dt_rank!r} must be 'auto' or a positive integer")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"mamba dt_min={dt_min}, dt_max={dt_max}: need 0 < dt_min <= dt_max")
+        check_dt_options("mamba", dt_min, dt_max, dt_init_floor)
+        check_real("mamba dt_scale", dt_scale, low=0, low_open=True)
+        check_bool("mamba conv_bias", conv_bias)
+        check_bool("mamba bias", bias)
         self.layer_idx = layer_idx
         self.d_state, self.d_conv, self.dt_rank, self.chunk_size = d_state, d_conv, dt_rank, chunk_size
         self.d_inner = d_inner = expand * d_model

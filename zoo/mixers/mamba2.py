@@ -23,11 +23,13 @@ from zoo.mixers import kernels
 from zoo.mixers.ssm_common import (
     causal_conv_silu,
     causal_conv_silu_step,
+    check_dt_options,
     dt_bias_init,
     segment_sum,
     split_chunks,
 )
 from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.value_checks import check_bool, check_real, is_int, is_real
 
 
 def _states_entering_chunks(chunk_states: torch.Tensor, chunk_decay: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,7 @@ class Mamba2(nn.Module):
         sizes = [("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
                  ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)]
         for name, value in sizes:
-            if not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"mamba2 {name}={value!r} must be a positive integer")
         d_inner = expand * d_model
         if d_inner % headdim:
@@ -151,11 +153,15 @@ class Mamba2(nn.Module):
         nheads = d_inner // headdim
         if nheads % ngroups:
             raise ValueError(f"mamba2 ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}")
+        if not (isinstance(A_init_range, (list, tuple)) and len(A_init_range) == 2 and all(map(is_real, A_init_range))
+                and 0 < A_init_range[0] <= A_init_range[1]):
+            shown = tuple(A_init_range) if isinstance(A_init_range, (list, tuple)) else A_init_range
+            raise ValueError(f"mamba2 A_init_range={shown!r} must satisfy 0 < low <= high (two finite numbers)")
         low, high = A_init_range
-        if not 0 < low <= high:
-            raise ValueError(f"mamba2 A_init_range={tuple(A_init_range)} must satisfy 0 < low <= high")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"mamba2 dt_min={dt_min}, dt_max={dt_max}: need 0 < dt_min <= dt_max")
+        check_dt_options("mamba2", dt_min, dt_max, dt_init_floor)
+        check_real("mamba2 rmsnorm_eps", rmsnorm_eps, low=0, low_open=True)
+        check_bool("mamba2 conv_bias", conv_bias)
+        check_bool("mamba2 bias", bias)
         self.layer_idx = layer_idx
         self.d_inner, self.d_state, self.d_conv, self.chunk_size = d_inner, d_state, d_conv, chunk_size
         self.headdim, self.nheads, self.ngroups = headdim, nheads, ngroups

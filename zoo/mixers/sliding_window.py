@@ -25,7 +25,7 @@ class SlidingWindowAttention(Attention):
     """
 
     def __init__(self, d_model: int, layer_idx: int = 0, window: int = 64, **attention_options):
-        if not isinstance(window, int) or window < 1:
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"sliding_window window={window!r} must be a positive integer")
         super().__init__(d_model, layer_idx, **attention_options)
         self.window = window

@@ -11,6 +11,15 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from zoo.mixers import kernels
+from zoo.value_checks import check_real, is_real
+
+
+def check_dt_options(mixer: str, dt_min: object, dt_max: object, dt_init_floor: object) -> None:
+    """The time-step range of ``mixer`` (mamba, mamba2): 0 < dt_min <= dt_max and dt_init_floor >= 0,
+    all finite; ``ValueError`` naming them otherwise."""
+    if not (is_real(dt_min) and is_real(dt_max) and 0 < dt_min <= dt_max):
+        raise ValueError(f"{mixer} dt_min={dt_min!r}, dt_max={dt_max!r}: need 0 < dt_min <= dt_max, finite")
+    check_real(f"{mixer} dt_init_floor", dt_init_floor, low=0)
 
 
 def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_floor: float) -> torch.Tensor:
