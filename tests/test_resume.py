@@ -91,6 +91,9 @@ def test_sigterm_saves_the_current_step_exits_143_and_resumes_like_an_uninterrup
     resumed = json.loads((tmp_path / "metrics.json").read_text())
     whole = json.loads((uninterrupted / "metrics.json").read_text())
     assert resumed["test"] == whole["test"] and resumed["steps"] == whole["steps"] == 200
+    a, b = torch.load(last, weights_only=True), torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == 200 and all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # overwritten in place: no last-v1.ckpt
 
 
 def test_sigint_stops_a_sweep_with_exit_130_and_a_checkpoint_at_the_current_step(tmp_path):

@@ -3,6 +3,7 @@ sharded memory's distributed checkpoints written by every rank; all read without
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -27,9 +28,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        """Resume reads go through ``load_checkpoint_file`` too: weights only, clear errors; a
-        distributed checkpoint is read whole (this module is not sharded)."""
-        return load_checkpoint_file(path, map_location)
+        """Resume reads go through ``load_checkpoint_file`` too: weights only, checked against the
+        model of their settings, clear errors; a distributed checkpoint is read whole (this module
+        is not sharded)."""
+        return load_checkpoint_file(path, map_location, check_model=True)
 
 
 class DistributedCheckpointDDP(DDPStrategy):
@@ -53,7 +55,7 @@ class DistributedCheckpointDDP(DDPStrategy):
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict[str, Any]:
         sharded = any(shard_of(p) is not None for p in self.lightning_module.parameters())
-        return load_checkpoint_file(checkpoint_path, whole=not sharded)
+        return load_checkpoint_file(checkpoint_path, whole=not sharded, check_model=True)
 
     def remove_checkpoint(self, filepath) -> None:
         if not is_distributed_checkpoint(filepath):
@@ -62,9 +64,10 @@ class DistributedCheckpointDDP(DDPStrategy):
             remove_distributed(filepath)
 
 
-def with_distributed_checkpoints(trainer_options: dict[str, Any]) -> dict[str, Any]:
+def with_distributed_checkpoints(trainer_options: dict[str, Any], collective_timeout_s: float) -> dict[str, Any]:
     """Trainer options with ``strategy: ddp`` as ``DistributedCheckpointDDP`` (the same DDP, which
-    also saves a sharded memory without gathering it)."""
+    also saves a sharded memory without gathering it) whose collectives fail after
+    ``collective_timeout_s`` seconds instead of waiting forever for a rank that stopped."""
     if trainer_options.get("strategy") != "ddp":
         return trainer_options
-    return {**trainer_options, "strategy": DistributedCheckpointDDP()}
+    return {**trainer_options, "strategy": DistributedCheckpointDDP(timeout=timedelta(seconds=collective_timeout_s))}

@@ -20,16 +20,24 @@ No code runs on reading: DCP's own reader unpickles ``.metadata`` with plain ``p
 items with ``torch.load(weights_only=False)``. Here ``.metadata`` is unpickled with an allow-list of
 DCP's metadata classes (a checkpoint holding non-tensor items is refused), tensor data is read by DCP
 with ``torch.load(weights_only=True)``, and ``checkpoint.pt`` is read by the caller weights-only.
+
+Nothing outside the checkpoint is read, and nothing is allocated that its files cannot fill: every
+file read is a regular file (never opened otherwise: a FIFO would block) directly inside the data
+directory after symlinks (``file_inside``); ``.metadata``'s storage entries name such files, with
+their byte ranges inside them and no transforms; the tensors it describes fit in its data files'
+bytes (``fill_tensors``), and the caller may check their shapes first.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
+import stat
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.tensor import DTensor
 
@@ -166,7 +175,7 @@ def _publish(path: Path, data_dir: Path) -> None:
     """Point ``path`` at ``data_dir`` (a relative symlink, swapped in by one rename) and remove the
     data directory it pointed at before."""
     _fsync_dir(data_dir)
-    previous = _data_dir_of(path)
+    previous = linked_data_dir(path)
     link = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.link.tmp"
     os.symlink(data_dir.name, link)
     os.replace(link, path)
@@ -175,7 +184,7 @@ def _publish(path: Path, data_dir: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
-def _data_dir_of(path: Path) -> Path | None:
+def linked_data_dir(path: Path) -> Path | None:
     """The data directory a published checkpoint ``path`` links to (None if it is no such link)."""
     if not path.is_symlink():
         return None
@@ -183,10 +192,25 @@ def _data_dir_of(path: Path) -> Path | None:
     return target if target.parent == path.parent and target.name.endswith(".dcp") else None
 
 
+def data_dir_to_read(path: str | os.PathLike) -> Path:
+    """The data directory of the distributed checkpoint at ``path``: the directory itself, or the one
+    its published link points to, resolved once (a save may swap the link meanwhile).
+    ``UnsafeCheckpoint`` when the link leads out of the folder that holds it."""
+    path = Path(path)
+    data_dir = path.resolve()
+    folder = path.parent.resolve()
+    if path.is_symlink() and folder not in data_dir.parents:
+        raise UnsafeCheckpoint(
+            f"checkpoint {str(path)!r} links to {str(data_dir)!r}, outside its folder {str(folder)!r}: memzoo publishes "
+            "a distributed checkpoint as a link to a data directory beside it, and reads nothing outside that folder"
+        )
+    return data_dir
+
+
 def remove_distributed(path: str | os.PathLike) -> None:
     """Delete a published checkpoint: the link and its data directory."""
     path = Path(path)
-    target = _data_dir_of(path)
+    target = linked_data_dir(path)
     path.unlink()
     if target is not None:
         shutil.rmtree(target, ignore_errors=True)
@@ -197,7 +221,7 @@ def remove_unlinked_data(folder: Path) -> list[Path]:
     saving, or before it removed the previous one); removes and returns them."""
     if not folder.is_dir():
         return []
-    linked = {_data_dir_of(p) for p in folder.iterdir() if p.is_symlink()}
+    linked = {linked_data_dir(p) for p in folder.iterdir() if p.is_symlink()}
     stale = [p for p in folder.glob(".*.dcp") if p.is_dir() and not p.is_symlink() and p not in linked]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
@@ -206,6 +230,69 @@ def remove_unlinked_data(folder: Path) -> list[Path]:
 
 class _Refused(pickle.UnpicklingError):
     """A pickle that names something other than tensor metadata."""
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint that would make memzoo read outside it, block on a non-regular file, or allocate
+    more than its files hold."""
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_inside(data_dir: Path, name: Any, what: str) -> Path:
+    """``data_dir / name``, checked without opening it: ``name`` is one path component, and the file
+    (after symlinks) is a regular file directly inside ``data_dir``. ``UnsafeCheckpoint`` naming
+    ``what`` otherwise; an opened FIFO or device would block or never end."""
+    where = f"checkpoint {str(data_dir)!r}: {what} {name!r}"
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        raise UnsafeCheckpoint(f"{where} is not a file name inside the checkpoint directory (memzoo reads nothing outside it)")
+    target = (data_dir / name).resolve()
+    if target.parent != data_dir.resolve():
+        raise UnsafeCheckpoint(f"{where} is a link to {str(target)!r}, outside the checkpoint directory "
+                               "(memzoo reads nothing outside it)")
+    try:
+        mode = target.stat().st_mode
+    except OSError as err:
+        raise UnsafeCheckpoint(f"{where} is missing: {err}") from err
+    if not stat.S_ISREG(mode):
+        kind = next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+        raise UnsafeCheckpoint(f"{where} is {kind}, not a regular file; memzoo reads checkpoints from regular files only")
+    return target
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_storage(metadata: Metadata, data_dir: Path) -> dict[str, int]:
+    """Each storage entry of ``metadata`` -> a byte range inside a regular file of ``data_dir``, read
+    as written (no transform: memzoo writes none, and one could inflate what is read). Returns the
+    size of each data file."""
+    entries = metadata.storage_data
+    if not isinstance(entries, dict):
+        raise UnsafeCheckpoint(f"checkpoint {str(data_dir)!r}: {METADATA_FILE} has no storage table")
+    sizes: dict[str, int] = {}
+    for index, info in entries.items():
+        if not isinstance(info, _StorageInfo):
+            raise UnsafeCheckpoint(f"checkpoint {str(data_dir)!r}: {METADATA_FILE} has a storage entry of type "
+                                   f"{type(info).__name__}")
+        name = info.relative_path
+        if name not in sizes:
+            sizes[name] = file_inside(data_dir, name, f"{METADATA_FILE}'s data file").stat().st_size
+        if not (_is_count(info.offset) and _is_count(info.length)) or info.offset + info.length > sizes[name]:
+            raise UnsafeCheckpoint(
+                f"checkpoint {str(data_dir)!r}: its tensor files are missing, truncated or corrupt: {METADATA_FILE} places "
+                f"{getattr(index, 'fqn', index)!r} at offset {info.offset!r}, length {info.length!r} of {name!r}, "
+                f"which holds {sizes[name]} bytes"
+            )
+        if getattr(info, "transform_descriptors", None):
+            raise UnsafeCheckpoint(
+                f"checkpoint {str(data_dir)!r}: {METADATA_FILE} asks to decode {name!r} with {info.transform_descriptors!r}; "
+                "memzoo writes and reads plain tensor data only"
+            )
+    return sizes
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -218,13 +305,16 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 class _SafeReader(FileSystemReader):
-    """DCP's file reader whose metadata goes through ``_MetadataUnpickler``."""
+    """DCP's file reader whose metadata goes through ``_MetadataUnpickler`` and whose storage
+    entries are checked (``_check_storage``) before any data file is opened."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        with open(Path(self.path) / METADATA_FILE, "rb") as handle:
+        data_dir = Path(self.path)
+        with open(file_inside(data_dir, METADATA_FILE, "metadata file"), "rb") as handle:
             metadata = _MetadataUnpickler(handle).load()
         if not isinstance(metadata, Metadata):
             raise _Refused(f"{METADATA_FILE} holds a {type(metadata).__name__}, not DCP metadata")
+        _check_storage(metadata, data_dir)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -241,13 +331,19 @@ def _read(data_dir: Path, templates: dict[str, torch.Tensor]) -> None:
             warnings.filterwarnings("ignore", message=_ONE_PROCESS_WARNING)
             dcp.load(templates, storage_reader=_SafeReader(data_dir), no_dist=True)
     except CheckpointException as err:  # DCP wraps whatever failed while reading
+        for failure in err.failures.values():
+            if isinstance(failure[0], UnsafeCheckpoint):
+                raise failure[0] from None
         raise ValueError(f"checkpoint {str(data_dir)!r}: its tensor files are missing, truncated or corrupt: {err}") from err
 
 
 def read_metadata(data_dir: Path) -> Metadata:
-    """The DCP metadata of ``data_dir``; ``ValueError`` for a missing, truncated or code-carrying one."""
+    """The DCP metadata of ``data_dir``, its storage entries checked; ``ValueError`` for a missing,
+    truncated or code-carrying one, ``UnsafeCheckpoint`` for one that points outside its files."""
     try:
         return _SafeReader(data_dir).read_metadata()
+    except UnsafeCheckpoint:
+        raise
     except _Refused as err:
         raise ValueError(
             f"checkpoint {str(data_dir)!r}: {METADATA_FILE} holds objects other than DCP's tensor metadata; "
@@ -278,27 +374,60 @@ class SavedShards:
         return self._last[1]
 
 
-def fill_tensors(rest: dict[str, Any], data_dir: Path, whole: bool) -> dict[str, Any]:
+def _checked_size(saved: Any, key: str, data_dir: Path) -> tuple[torch.Size, torch.dtype, int]:
+    """A tensor's (shape, dtype, bytes) from its DCP metadata; ``ValueError`` if it is no tensor's."""
+    if not isinstance(saved, TensorStorageMetadata):
+        raise ValueError(f"checkpoint {str(data_dir)!r} lists tensor {key!r} that its DCP metadata lacks")
+    size, dtype = saved.size, getattr(saved.properties, "dtype", None)
+    if not isinstance(size, torch.Size) or not all(_is_count(n) for n in size) or not isinstance(dtype, torch.dtype):
+        raise UnsafeCheckpoint(f"checkpoint {str(data_dir)!r}: {METADATA_FILE} gives tensor {key!r} size {size!r}, "
+                               f"dtype {dtype!r}")
+    return size, dtype, math.prod(size) * dtype.itemsize
+
+
+def fill_tensors(rest: dict[str, Any], data_dir: Path, whole: bool,
+                 check_shapes: Callable[[dict[str, torch.Size]], None] | None = None) -> dict[str, Any]:
     """``checkpoint.pt``'s contents -> the checkpoint, its model and optimizer tensors read from
     ``data_dir``: replicated ones whole; sharded ones whole too with ``whole`` (one process), else as
-    ``SavedShards`` for the loading modules to read their own parts of. ``ValueError`` for a
-    checkpoint whose index and metadata disagree."""
+    ``SavedShards`` for the loading modules to read their own parts of.
+
+    Before any tensor is allocated, ``check_shapes`` (if given) sees the shape of each ``state_dict``
+    entry (by its key) as the metadata states it, and the bytes the metadata describes are checked
+    against the data files' sizes. ``ValueError`` for a checkpoint whose index and metadata disagree
+    or whose metadata claims more than its files hold."""
     metadata = read_metadata(data_dir)
     checkpoint = dict(rest)
     index = checkpoint.pop(INDEX_KEY, None)
-    if not isinstance(index, list):
+    if not isinstance(index, list) or not all(
+        isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], list) and entry[0] and isinstance(entry[1], str)
+        for entry in index
+    ):
         raise ValueError(f"checkpoint {str(data_dir)!r}: {REST_FILE} lacks its {INDEX_KEY!r} index")
+    saved = metadata.state_dict_metadata if isinstance(metadata.state_dict_metadata, dict) else {}
+    sizes = {key: _checked_size(saved.get(key), key, data_dir) for _, key, _ in index}
+    if check_shapes is not None:
+        check_shapes({path[1]: sizes[key][0] for path, key, _ in index if len(path) == 2 and path[0] == "state_dict"})
+    claimed = sum(nbytes for _, _, nbytes in sizes.values())  # each DCP key once: allocated once
+    held = sum(_check_storage(metadata, data_dir).values())
+    if claimed > held:
+        key = max(sizes, key=lambda k: sizes[k][2])
+        raise UnsafeCheckpoint(
+            f"checkpoint {str(data_dir)!r}: {METADATA_FILE} describes {claimed:,} bytes of tensors (the largest "
+            f"{key!r}, {tuple(sizes[key][0])} {sizes[key][1]}) but its data files hold {held:,} bytes; "
+            "refused before allocating (a corrupt or forged checkpoint)"
+        )
     values: dict[str, Any] = {}
     templates: dict[str, torch.Tensor] = {}
     for path, key, sharded in index:
         if key not in values:
-            saved = metadata.state_dict_metadata.get(key)
-            if not isinstance(saved, TensorStorageMetadata):
-                raise ValueError(f"checkpoint {str(data_dir)!r} lists tensor {key!r} that its DCP metadata lacks")
+            shape, dtype, _ = sizes[key]
             if sharded and not whole:
-                values[key] = SavedShards(data_dir, key, saved.size, saved.properties.dtype)
+                values[key] = SavedShards(data_dir, key, shape, dtype)
             else:
-                values[key] = templates[key] = torch.empty(saved.size, dtype=saved.properties.dtype)
-        _set(checkpoint, path, values[key])
+                values[key] = templates[key] = torch.empty(shape, dtype=dtype)
+        try:
+            _set(checkpoint, path, values[key])
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"checkpoint {str(data_dir)!r}: {REST_FILE}'s index names {path!r}, which it lacks") from err
     _read(data_dir, templates)
     return checkpoint

@@ -105,7 +105,8 @@ class ValueTable(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        self.init_seed = int(torch.randint(2**32, ()))  # drawn on a meta table too: every layout draws the same
+        # drawn on the CPU generator for a meta table too (also under torch.device("meta")): every layout draws the same
+        self.init_seed = int(torch.randint(2**32, (), device="cpu"))
         if not self.weight.is_meta:
             draw_values_(self.weight, self.init_seed, self.n_slots, self.v_dim)
 
