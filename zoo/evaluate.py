@@ -17,19 +17,43 @@ from zoo.checkpointing import read_checkpoint
 from zoo.guards import check_token_ids
 from zoo.io import atomic_write_json, format_metrics
 from zoo.lit import LitLanguageModel
+from zoo.run_checks import RUN_MARKERS
+from zoo.run_lock import exclusive_dir
+
+
+def claim_eval_dir(run_dir: Path, overwrite: bool) -> None:
+    """An evaluation writes its own directory: never one holding a training run (its metrics.json
+    would be replaced), nor an earlier evaluation's metrics.json unless ``overwrite``."""
+    training = [name for name in RUN_MARKERS if name != "metrics.json" and (run_dir / name).exists()]
+    if training:
+        raise ValueError(
+            f"{str(run_dir)!r} holds a training run ({', '.join(training)}); memzoo-eval never writes into one: "
+            "pass the run's checkpoint as ckpt= and leave hydra.run.dir at its default (runs/eval/...) or choose a new one"
+        )
+    if (run_dir / "metrics.json").exists() and not overwrite:
+        raise ValueError(f"{str(run_dir)!r} already holds an evaluation's metrics.json: pass overwrite=true to replace it, "
+                         "or choose another hydra.run.dir")
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Test ``cfg.ckpt`` on ``cfg.task``; returns (and writes to run_dir/metrics.json) the metrics."""
+    """Test ``cfg.ckpt`` on ``cfg.task``; returns (and writes to run_dir/metrics.json) the metrics.
+    The directory is locked for the evaluation and checked first (``claim_eval_dir``)."""
     run_dir = Path(run_dir)
+    with exclusive_dir(run_dir, what="evaluation"):
+        claim_eval_dir(run_dir, overwrite=bool(cfg.get("overwrite", False)))
+        return _test_checkpoint(cfg, run_dir)
+
+
+def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """``evaluate`` in a claimed directory: read the checkpoint, test it, write metrics.json."""
     started = time.perf_counter()
-    checkpoint, model_values = read_checkpoint(cfg.ckpt)  # read once: model config and weights
+    checkpoint, model_values = read_checkpoint(cfg.ckpt)  # read once (a run directory: its last.ckpt), weights checked
     datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
     datamodule.setup("test")
     check_token_ids({"test": datamodule.datasets["test"]}, model_values["vocab_size"])
     module = LitLanguageModel(
         model=model_values,
-        optim=checkpoint["hyper_parameters"]["optim"],
+        optim={},  # testing takes no optimizer settings: the defaults (a checkpoint may carry none)
         bytes_per_token=datamodule.bytes_per_token,
     )
     module.load_state_dict(checkpoint["state_dict"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -25,9 +25,13 @@ from zoo.io import atomic_write_json, atomic_write_text, format_metrics
 from zoo.lit import LitLanguageModel
 from zoo.memory.monitor import MemoryMonitor, memory_layers, sent_bytes_per_token
 from zoo.model import ModelConfig
-from zoo.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
+from zoo.run_checkpoint import RunCheckpoint
+from zoo.run_checks import check_batches, check_run_options, check_schedule, claim_run_dir, remove_stale_temp_files
+from zoo.run_lock import exclusive_dir
 from zoo.signals import CheckpointOnSignal, RunInterrupted, StopSignals
+from zoo.size_budget import Budget, check_run_size
 from zoo.slices import generate_slices, slice_datamodules
+from zoo.stuck_ranks import CollectiveTimeout, collective_timeouts
 from zoo.throughput import RunThroughput, ThroughputConfig
 
 # lightning's pytree helper trips a torch deprecation on every step; it is not ours to act on
@@ -125,16 +129,23 @@ def close_loggers(loggers: list[Logger], status: str) -> None:
             wandb.finish(exit_code=0 if status == "success" else 1)
 
 
-def check_run_config(cfg: DictConfig) -> None:
-    """The checks a run makes before it generates data or builds a model (schedule, throughput and
-    logger settings, task arguments, model settings), for callers that want them early
-    (``memzoo-bench`` checks every cell first)."""
-    check_schedule(OmegaConf.to_container(cfg.optim, resolve=True), OmegaConf.to_container(cfg.trainer, resolve=True))
+def check_run_config(cfg: DictConfig, budget: Budget | None = None) -> None:
+    """The checks a run makes before it generates data or builds a model (seed and run options,
+    schedule and trainer, throughput and logger settings, task arguments, model settings, and
+    unless ``size_check=false`` the memory the run would take against ``budget``, None: this
+    machine's; see ``zoo.size_budget``); ``train`` makes them first, ``memzoo-bench`` for every cell."""
+    check_run_options(cfg.get("seed"), cfg.get("size_check", True), cfg.get("overwrite", False),
+                      OmegaConf.select(cfg, "checkpoint.every_n_train_steps"), cfg.collective_timeout_s)
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_schedule(OmegaConf.to_container(cfg.optim, resolve=True), trainer)
     throughput_config(cfg)
     check_logger(cfg.logger)
     task = OmegaConf.to_container(cfg.task, resolve=True)
-    slice_datamodules(task, OmegaConf.to_container(cfg.test_slices, resolve=True))
-    model_config(cfg, build_datamodule(task).vocab_size)
+    slices = slice_datamodules(task, OmegaConf.to_container(cfg.test_slices, resolve=True))
+    datamodule = build_datamodule(task)
+    model_values = model_config(cfg, datamodule.vocab_size)
+    if cfg.get("size_check", True):
+        check_run_size(model_values, datamodule, list(slices.values()), trainer, budget)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -147,13 +158,20 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     started = time.perf_counter()
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
     optim_options = OmegaConf.to_container(cfg.optim, resolve=True)
-    check_schedule(optim_options, trainer_options)
+    check_run_config(cfg)  # every value, and the size budget, before any data, model or file is made
     speed = throughput_config(cfg)
-    check_logger(cfg.logger)
     resume = resume_path(cfg.get("ckpt"), run_dir)
-    if rank_zero_only.rank == 0:  # the ranks Lightning or torchrun start later share rank 0's directory
+    if rank_zero_only.rank != 0:  # the ranks Lightning or torchrun start later share rank 0's directory
+        return _fit_and_test(cfg, run_dir, resume, trainer_options, optim_options, speed, started)
+    with exclusive_dir(run_dir):  # one run per directory: a second memzoo-train into it is refused
         claim_run_dir(run_dir, resuming=resume is not None, overwrite=bool(cfg.get("overwrite", False)))
         remove_stale_temp_files(run_dir)
+        return _fit_and_test(cfg, run_dir, resume, trainer_options, optim_options, speed, started)
+
+
+def _fit_and_test(cfg: DictConfig, run_dir: Path, resume: Path | None, trainer_options: dict[str, Any],
+                  optim_options: dict[str, Any], speed: ThroughputConfig, started: float) -> dict[str, Any]:
+    """``train`` once its settings are checked and its directory claimed: data, model, fit, test, metrics.json."""
     loggers, status = build_loggers(cfg.logger, run_dir), "failed"
     try:
         with StopSignals() as stop:
@@ -172,16 +190,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             stop.check("before training started")
 
             seq_len = datamodule.datasets["train"].inputs.shape[1]
-            checkpoint = ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                save_last=True,
-                save_top_k=0,
-                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-            )
+            # last.ckpt, overwritten in place; restores no paths from a checkpoint, removes nothing outside checkpoints/
+            checkpoint = RunCheckpoint(run_dir / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_train_steps)
             on_signal = CheckpointOnSignal(stop, run_dir / "checkpoints")
             throughput = RunThroughput(seq_len, speed)
             trainer = L.Trainer(
-                **with_distributed_checkpoints(trainer_options),
+                **with_distributed_checkpoints(trainer_options, cfg.collective_timeout_s),
                 default_root_dir=str(run_dir),
                 logger=loggers,
                 callbacks=[checkpoint, on_signal, throughput, MemoryMonitor(), LearningRateMonitor(logging_interval="step")],
@@ -197,12 +211,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             )
             if trainer.is_global_zero:
                 atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-            with stop.lightning_stops_as_interrupts():  # a signal: RunInterrupted
+            with stop.lightning_stops_as_interrupts(), collective_timeouts(trainer, cfg.collective_timeout_s):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
             stop.check(f"after training (step {trainer.global_step}, checkpoint in {run_dir / 'checkpoints'})")
             # the task's test split, then each slice, loaded (and sharded across ranks) as the task loads it
             test_sets = [datamodule.test_dataloader(), *(datamodule._eval_loader(name) for name in slices)]
-            with stop.lightning_stops_as_interrupts():
+            with stop.lightning_stops_as_interrupts(), collective_timeouts(trainer, cfg.collective_timeout_s):
                 test_results = trainer.test(module, dataloaders=test_sets, verbose=False)
             stop.check("after the test")
         test = {k: float(v) for results in test_results for k, v in results.items()}
@@ -249,6 +263,9 @@ def main(cfg: DictConfig) -> None:
     except RunInterrupted as stopped:  # 143 (SIGTERM) / 130 (SIGINT): a sweep stops here too
         print(f"{stopped}; resume with: memzoo-train ... hydra.run.dir={run_dir} ckpt=last", file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except CollectiveTimeout as stuck:
+        print(f"{stuck}; the last checkpoint is in {run_dir}/checkpoints (resume with ckpt=last)", file=sys.stderr)
+        sys.exit(1)
     rank_zero_info(f"{format_metrics(metrics['test'])} in {metrics['wall_time_s']:.0f}s; metrics.json in {run_dir}")
 
 
