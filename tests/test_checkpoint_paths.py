@@ -364,6 +364,7 @@ def test_memzoo_eval_tests_a_checkpoint_without_optimizer_settings(finished_run,
 def test_memzoo_eval_of_a_run_directory_tests_its_last_checkpoint_or_says_what_to_pass(finished_run, tmp_path):
     metrics = evaluate(eval_cfg(finished_run), tmp_path / "eval")
     assert metrics["test"] == evaluate(eval_cfg(finished_run / "checkpoints" / "last.ckpt"), tmp_path / "file")["test"]
+    assert metrics["ckpt"] == str(finished_run / "checkpoints" / "last.ckpt")  # the file tested is recorded
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoints").mkdir(parents=True)
     (unfinished / "checkpoints" / "step-3.ckpt").write_bytes(b"x")

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from tasks import build_datamodule
-from zoo.checkpointing import read_checkpoint
+from zoo.checkpointing import checkpoint_in, read_checkpoint
 from zoo.guards import check_token_ids
 from zoo.io import atomic_write_json, format_metrics
 from zoo.lit import LitLanguageModel
@@ -62,7 +62,7 @@ def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {
         "test": {k: float(v) for k, v in results[0].items()},
-        "ckpt": str(cfg.ckpt),
+        "ckpt": str(checkpoint_in(cfg.ckpt)),  # the file tested, also when ckpt= named a run directory
         "task": cfg.task.name,
         "test_shape": list(datamodule.datasets["test"].inputs.shape),
         "wall_time_s": round(time.perf_counter() - started, 2),
