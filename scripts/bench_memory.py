@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.bench import median_seconds
-from zoo.io import write_bench_results
+from zoo.core.io import write_bench_results
+from zoo.core.timing import median_seconds
 from zoo.memory import MemoryConfig, MemoryPlus, ProductKeys
 from zoo.memory.layer import make_value_table
-from zoo.mlp import SwiGLU
-from zoo.optim import build_optimizer, param_groups
+from zoo.model.mlp import SwiGLU
+from zoo.training.optim import build_optimizer, param_groups
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

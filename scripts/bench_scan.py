@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.io import write_bench_results
+from zoo.core.io import write_bench_results
 from zoo.mixers.scan import selective_scan, selective_scan_sequential
 from zoo.mixers.scan_chunked import selective_scan_chunked
 

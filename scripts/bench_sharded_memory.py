@@ -36,14 +36,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from zoo.bench import median_seconds, peak_rss, reset_peak_rss
-from zoo.checkpointing import load_checkpoint_file
-from zoo.distributed_checkpoint import save_distributed
-from zoo.io import write_bench_results
+from zoo.checkpoint.distributed import save_distributed
+from zoo.checkpoint.files import load_checkpoint_file
+from zoo.core.io import write_bench_results
+from zoo.core.timing import median_seconds, peak_rss, reset_peak_rss
 from zoo.memory import MemoryConfig, MemoryPlus
 from zoo.memory.comm import comm_bytes_per_token
 from zoo.memory.sharding import save_and_load_sharded_state, shard_memory
-from zoo.optim import build_optimizer, param_groups
+from zoo.training.optim import build_optimizer, param_groups
 
 MIB = 2**20
 

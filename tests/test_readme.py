@@ -28,5 +28,5 @@ def test_config_choices_in_readme_commands_exist():
     stored = ConfigStore.instance().repo
     text = "\n".join(readme_commands())
     for group, choice in re.findall(r"\b(backbone|memory|optim|task|trainer|logger)=([a-z0-9_]+)", text):
-        in_yaml = (ROOT / "configs" / group / f"{choice}.yaml").is_file()
+        in_yaml = (ROOT / "zoo" / "configs" / group / f"{choice}.yaml").is_file()
         assert in_yaml or f"{choice}.yaml" in stored.get(group, {}), f"{group}={choice}"

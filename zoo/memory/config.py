@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from zoo.optim import SECOND_MOMENTS  # the layouts RowAdam keeps
-from zoo.value_checks import check_bool, check_real, is_int
+from zoo.core.value_checks import check_bool, check_real, is_int
+from zoo.memory.optim import SECOND_MOMENTS  # the layouts RowAdam keeps
 
 QUERY_NORMS = ("none", "layernorm", "rmsnorm")
 PARALLEL_LAYOUTS = ("none", "rows", "columns")

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.core.tags import linear, mark_residual_projection, parameter_count
 from zoo.memory.config import MemoryConfig
 from zoo.memory.product_keys import ProductKeys
 from zoo.memory.usage import UsageTracker
 from zoo.memory.values import ValueTable
-from zoo.tags import linear, mark_residual_projection, parameter_count
 
 
 def make_value_table(config: MemoryConfig, d_model: int) -> ValueTable:

@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.core.tags import mark_no_reinit, tag_optim
 from zoo.memory.bags import bag_read, sum_rows_by_slot, work_dtype
 from zoo.memory.config import MemoryConfig
-from zoo.tags import mark_no_reinit, tag_optim
-
 
 SEARCH_CHUNK_ELEMENTS = 1 << 22  # half scores materialised at once during the search (16 MiB fp32)
 

@@ -4,7 +4,7 @@ local ``ValueTable``, and the product-key search over row-sharded slots.
 Each rank materialises only its part of the table, drawn from the table's seed (``draw_values_``), so
 the parts assemble to the table one process builds, for any world size. ``state_dict()`` holds the
 part as a DTensor (this rank's chunk of the full table; no communication), which
-``zoo.distributed_checkpoint`` writes as a distributed checkpoint. ``load_state_dict`` takes the full
+``zoo.checkpoint.distributed`` writes as a distributed checkpoint. ``load_state_dict`` takes the full
 table (a single-file checkpoint, one process's state), a DTensor of the same layout, or a distributed
 checkpoint's ``SavedShards`` (any world size and layout) and keeps this rank's part.
 """
@@ -17,12 +17,12 @@ from torch import nn
 from torch.distributed import tensor as dtensor
 from torch.distributed.device_mesh import DeviceMesh
 
-from zoo.distributed_checkpoint import SavedShards
+from zoo.checkpoint.distributed import SavedShards
+from zoo.core.tags import Shard, mark_no_reinit, mark_sharded, optim_tags, shard_of, tag_optim
 from zoo.memory.bags import work_dtype
 from zoo.memory.collectives import gather_tokens, send_to_owners, token_counts
 from zoo.memory.product_keys import search_pairs
 from zoo.memory.values import ValueTable, draw_values_, read_rows
-from zoo.tags import Shard, mark_no_reinit, mark_sharded, optim_tags, shard_of, tag_optim
 
 
 def full_shape(local: torch.Size, shard: Shard) -> torch.Size:
@@ -63,7 +63,7 @@ def own_part(value: torch.Tensor | SavedShards, shard: Shard, device: torch.devi
             raise ValueError(
                 f"a DTensor laid out as {value.placements} over {value.device_mesh} cannot load into this rank's "
                 f"chunk {shard.rank} of {shard.world} along dim {shard.dim}: save it as a distributed checkpoint "
-                "(zoo.distributed_checkpoint), which reads into any layout"
+                "(zoo.checkpoint.distributed), which reads into any layout"
             )
         return value.to_local()
     return chunk_of(value, shard)

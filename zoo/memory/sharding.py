@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from zoo.distributed_checkpoint import SavedShards
+from zoo.checkpoint.distributed import SavedShards
+from zoo.core.tags import optim_tags, shard_of
 from zoo.memory.collectives import gather_tokens, token_counts
 from zoo.memory.layer import MemoryPlus
 from zoo.memory.sharded_values import (
@@ -23,7 +24,6 @@ from zoo.memory.sharded_values import (
     full_shape,
     own_part,
 )
-from zoo.tags import optim_tags, shard_of
 
 LAYOUTS = {"rows": RowShardedValues, "columns": ColumnShardedValues}
 

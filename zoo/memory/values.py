@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zoo.core.tags import mark_no_reinit, tag_optim
 from zoo.memory.bags import bag_read, bag_weight_grad, sorted_reads, sum_rows_by_slot, work_dtype
 from zoo.memory.workspace import Workspace
-from zoo.tags import mark_no_reinit, tag_optim
 
 VALUE_GROUP = "memory_values"
 INIT_BLOCK_ELEMENTS = 1 << 20  # values per init generator (4 MiB of float32): all a rank draws beyond its part

@@ -16,9 +16,9 @@ a layer pattern string (``"AAAA"``) to those names. Adding a mixer is one module
 
 from zoo.mixers.attention import Attention
 from zoo.mixers.based import Based
-from zoo.mixers.hyena import Hyena
 from zoo.mixers.gated_deltanet import GatedDeltaNet
 from zoo.mixers.gla import GatedLinearAttention
+from zoo.mixers.hyena import Hyena
 from zoo.mixers.mamba import Mamba
 from zoo.mixers.mamba2 import Mamba2
 from zoo.mixers.sliding_window import SlidingWindowAttention

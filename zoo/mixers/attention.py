@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.rotary import Rotary
-from zoo.tags import linear, mark_residual_projection, parameter_count
-from zoo.value_checks import check_bool, check_real, is_int
+from zoo.core.tags import linear, mark_residual_projection, parameter_count
+from zoo.core.value_checks import check_bool, check_real, is_int
+from zoo.mixers.rotary import Rotary
 
 
 @dataclass

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count
+from zoo.core.value_checks import is_real
 from zoo.mixers import kernels
 from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step
-from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count
-from zoo.value_checks import is_real
 
 FLA_KERNEL_EPS = 1e-6
 """The normaliser eps fla's ``parallel_based`` adds (fixed there); other eps values run the own path."""

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.core.value_checks import check_bool, is_real
 from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step
-from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
-from zoo.value_checks import check_bool, is_real
 
 
 @dataclass

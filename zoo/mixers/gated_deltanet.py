@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.core.tags import linear, mark_no_reinit, tag_optim
+from zoo.core.value_checks import is_real
 from zoo.mixers import kernels
 from zoo.mixers.fla_common import (
     FlaLayoutMixer,
@@ -30,8 +32,6 @@ from zoo.mixers.fla_common import (
     check_positive_ints,
 )
 from zoo.mixers.ssm_common import dt_bias_init, segment_sum, split_chunks
-from zoo.tags import linear, mark_no_reinit, tag_optim
-from zoo.value_checks import is_real
 
 L2_EPS = 1e-6  # fla's l2norm: x / sqrt(sum x^2 + eps)
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.core.tags import linear
+from zoo.core.value_checks import is_real
 from zoo.mixers import kernels
 from zoo.mixers.fla_common import (
     FlaLayoutMixer,
@@ -27,8 +29,6 @@ from zoo.mixers.fla_common import (
     checked_width,
 )
 from zoo.mixers.ssm_common import split_chunks
-from zoo.tags import linear
-from zoo.value_checks import is_real
 
 SUB_CHUNK = 16  # longest block inside a chunk whose decays are taken step by step (see _anchored_scores)
 FACTORED_SPAN = 20.0  # largest log decay of a chunk for which exp(-cum) stays small enough to factor (e^20 ~ 5e8)

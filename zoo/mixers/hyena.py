@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.core.value_checks import is_int, is_real
 from zoo.mixers.ssm_common import causal_conv, causal_conv_step
-from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
-from zoo.value_checks import is_int, is_real
 
 
 def positional_features(length: int, l_max: int, emb_dim: int, dtype=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:

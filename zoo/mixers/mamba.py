@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.core.value_checks import check_bool, check_real, is_int
 from zoo.mixers import kernels
 from zoo.mixers.scan import selective_scan
 from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, check_dt_options, dt_bias_init
-from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
-from zoo.value_checks import check_bool, check_real, is_int
 
 
 @dataclass

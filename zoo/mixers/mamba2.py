@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
+from zoo.core.value_checks import check_bool, check_real, is_int, is_real
 from zoo.mixers import kernels
 from zoo.mixers.ssm_common import (
     causal_conv_silu,
@@ -28,8 +30,6 @@ from zoo.mixers.ssm_common import (
     segment_sum,
     split_chunks,
 )
-from zoo.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
-from zoo.value_checks import check_bool, check_real, is_int, is_real
 
 
 def _states_entering_chunks(chunk_states: torch.Tensor, chunk_decay: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from zoo.core.tags import parameter_count
 from zoo.mixers.attention import Attention, KVCache
-from zoo.tags import parameter_count
 
 
 class SlidingWindowAttention(Attention):

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from zoo.core.value_checks import check_real, is_real
 from zoo.mixers import kernels
-from zoo.value_checks import check_real, is_real
 
 
 def check_dt_options(mixer: str, dt_min: object, dt_max: object, dt_init_floor: object) -> None:

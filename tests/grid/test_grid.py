@@ -1,0 +1,181 @@
+"""The benchmark grid: every cell trained through train(), results and figures written, finished
+cells skipped on a rerun, failed cells recorded, hparams and figures in TensorBoard."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from zoo.grid.runner import expand, load_grid, main
+
+TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+        "backbone.d_model=16", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"]
+GRID = {
+    "name": "tiny",
+    "studies": {
+        "mqar": {"base": ["task.num_train=256", "task.num_test=64", "task.batch_size=32", *TINY],
+                 "axes": {"memory": ["none", "pkm"], "optim.lr": [0.003, 0.001]}},
+        "facts": {"base": ["task=facts", "task.num_entities=50", "task.num_train=200", "backbone.channel=mlp", *TINY],
+                  "axes": {"memory": ["none", "pkm"], "task.num_facts": [100, 200]}},
+        "lm": {"base": ["task=lm", "task.max_bytes=100000", *TINY], "axes": {"memory": ["none"]}},
+        # valid on paper, fails when the run starts (a sharded memory needs a process group)
+        "broken": {"base": ["memory=pkm", *TINY], "axes": {"memory.parallel": ["rows"]}},
+    },
+}
+
+
+def write_grid(tmp_path: Path) -> Path:
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(GRID))
+    return path
+
+
+def metrics_mtimes(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in root.glob("runs/*/*/metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    grid_file = write_grid(tmp)
+    with pytest.raises(SystemExit) as failed:
+        main([str(grid_file), "--out", str(tmp / "results")])
+    assert failed.value.code == 1  # a failed cell makes memzoo-bench exit non-zero, after the report
+    return grid_file, tmp / "results" / "tiny"
+
+
+def test_grid_writes_a_row_per_cell_a_summary_and_the_figures(grid_run):
+    _, root = grid_run
+    rows = list(csv.DictReader((root / "results.csv").open()))
+    assert len(rows) == 4 + 4 + 1 + 1
+    done = [r for r in rows if r["status"] == "done"]
+    assert len(done) == 9
+    for r in done:
+        assert int(r["params"]) > 0 and int(r["active_params"]) > 0 and int(r["flops_per_token"]) > 0
+        assert float(r["wall_time_s"]) > 0 and r["backbone"] == "transformer"
+    for r in (r for r in done if r["task"] == "mqar"):  # keys and values of every position, float32
+        assert int(r["state_size"]) == int(r["n_layers"]) * 2 * int(r["task.seq_len"]) * int(r["d_model"]) * 4
+    (broken,) = [r for r in rows if r["status"] == "failed"]
+    assert "memory.parallel='rows' needs a process group" in broken["error"]
+    assert json.loads((root / "runs" / "broken" / "parallel=rows" / "error.json").read_text())["traceback"]
+    summary = (root / "summary.md").read_text()
+    assert "## mqar (best learning rate per cell)" in summary and "## failed cells" in summary
+    for name in ("mqar_accuracy_vs_d_model", "mqar_accuracy_vs_state_size", "facts_recalled", "facts_recalled_vs_params",
+                 "lm_val_bpb_vs_step"):
+        assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_best_of_lr_keeps_one_row_per_cell(grid_run):
+    _, root = grid_run
+    mqar_section = (root / "summary.md").read_text().split("## mqar")[1].split("##")[0]
+    mqar_rows = [line for line in mqar_section.splitlines() if line.startswith("| transformer")]
+    assert len(mqar_rows) == 2  # memory none / pkm, each the better of two learning rates
+
+
+def test_tensorboard_holds_run_hparams_and_grid_figures(grid_run):
+    _, root = grid_run
+    hparams, scalars = {}, set()
+    for events in next((root / "runs" / "mqar").glob("*/tb")).glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars.update(acc.Tags()["scalars"])
+        try:
+            hparams.update(acc.PluginTagToContent("hparams"))
+        except KeyError:  # an events file without hparams (Lightning starts one per fit / test)
+            pass
+    assert "_hparams_/session_start_info" in hparams and "_hparams_/experiment" in hparams
+    assert "final/acc" in scalars
+    grid_events = next((root / "tb").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(grid_events), size_guidance={"images": 0})
+    acc.Reload()
+    assert set(acc.Tags()["images"]) == {"grid/mqar_accuracy_vs_d_model", "grid/mqar_accuracy_vs_state_size",
+                                         "grid/facts_recalled", "grid/facts_recalled_vs_params", "grid/lm_val_bpb_vs_step"}
+
+
+def test_rerun_trains_only_the_cells_without_metrics(grid_run):
+    grid_file, root = grid_run
+    before = metrics_mtimes(root)
+    with pytest.raises(SystemExit):  # the broken cell fails again
+        main([str(grid_file), "--out", str(root.parent)])
+    assert metrics_mtimes(root) == before  # nothing retrained
+    interrupted = sorted(before)[0]
+    Path(interrupted).unlink()  # as if the run had been killed before finishing
+    with pytest.raises(SystemExit):
+        main([str(grid_file), "--out", str(root.parent)])
+    after = metrics_mtimes(root)
+    assert set(after) == set(before)
+    assert [p for p in before if after[p] != before[p]] == [interrupted]
+
+
+@pytest.mark.parametrize("bad, match", [("memory.knnn=4", "knnn"), ("memory.knn=99", "memory.knn=99 must be <= memory.n_keys=32"),
+                                        ("optim.lr=-1", r"optim.lr=-1.0 must be a finite number > 0"),
+                                        ("throughput.window=1", r"throughput.window=1 must be an integer >= 2")])
+def test_an_invalid_last_cell_stops_the_grid_before_any_cell_trains(tmp_path, bad, match):
+    import yaml
+
+    grid = {"name": "early", "studies": {"s": {"base": ["memory=pkm", *TINY], "axes": {"task.seed": [1, 2, 3]}},
+                                         "t": {"base": ["memory=pkm", *TINY, bad], "axes": {"task.seed": [4]}}}}
+    path = tmp_path / "early.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ValueError, match=rf"grid cell t/seed=4 is invalid: .*{match}"):
+        main([str(path), "--out", str(tmp_path / "results")])
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("grid", ["quick", "recall_small", "capacity", "zoology", "memory_scaling", "second_moment"])
+def test_every_cell_of_the_shipped_grids_composes(grid):
+    cells = expand(load_grid(grid))
+    assert cells
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
+        for cell in cells:
+            compose("train", overrides=list(cell.overrides))
+
+
+def test_unknown_grid_names_the_shipped_ones():
+    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['capacity', 'capacity_ablation', 'memory_scaling', 'quick', 'recall_small', 'second_moment', 'zoology'\]"):
+        load_grid("huge")
+
+
+def test_grid_with_unknown_keys_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nstudies:\n  s:\n    base: []\n    axis: {memory: [none]}\n")
+    with pytest.raises(ValueError, match=r"grid study 's' has unknown key\(s\) \['axis'\]"):
+        load_grid(str(path))
+
+
+def test_sigterm_stops_memzoo_bench_with_exit_143_after_writing_the_report_of_finished_cells(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    import yaml
+
+    quick = ["memory=pkm", "backbone.d_model=16", "task.num_train=4096", "task.batch_size=16",
+             "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    grid = {"name": "stopped", "studies": {
+        "first": {"base": [*quick, "trainer.max_steps=4"], "axes": {"optim.lr": [0.003]}},
+        "second": {"base": [*quick, "trainer.max_steps=5000", "checkpoint.every_n_train_steps=10"], "axes": {"optim.lr": [0.003]}},
+    }}
+    path = tmp_path / "stopped.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    bench = [str(Path(sys.executable).parent / "memzoo-bench"), str(path), "--out", str(tmp_path / "results")]
+    proc = subprocess.Popen(bench, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "results" / "stopped" / "runs" / "second" / "lr=0.003" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    rows = list(csv.DictReader((tmp_path / "results" / "stopped" / "results.csv").open()))
+    assert [(r["study"], r["status"]) for r in rows] == [("first", "done")]
+    assert "1 of 2 cells done" in out and "stopped by SIGTERM" in err
+    assert torch.load(last, weights_only=True)["global_step"] >= 10  # the stopped cell saved where it was

@@ -1,0 +1,149 @@
+"""Model factory: shapes, attention against a sequential float64 reference, learning, config errors."""
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo import ModelConfig, build_model
+from zoo.mixers import MIXERS, PATTERN_LETTERS
+from zoo.mixers.attention import Attention
+
+
+def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Causal MHA written as a loop over query positions, rotary via complex multiplication."""
+    batch, length, d_model = x.shape
+    heads, hd = attn.n_heads, attn.head_dim
+    q, k, v = (x @ attn.qkv.weight.T).view(batch, length, 3, heads, hd).unbind(2)  # (B,L,H,hd)
+    half = hd // 2
+    freqs = attn.rotary.inv_freq.double()
+    angle = torch.arange(length, dtype=torch.float64)[:, None] * freqs[None]  # (L, hd/2)
+    phase = torch.polar(torch.ones_like(angle), angle)[None, :, None, :]
+
+    def rotate(t):
+        z = torch.complex(t[..., :half], t[..., half:]) * phase
+        return torch.cat([z.real, z.imag], dim=-1)
+
+    q, k = rotate(q), rotate(k)
+    out = torch.zeros(batch, length, heads, hd, dtype=x.dtype)
+    for t in range(length):
+        scores = torch.einsum("bhd,bshd->bhs", q[:, t], k[:, : t + 1]) / math.sqrt(hd)
+        out[:, t] = torch.einsum("bhs,bshd->bhd", scores.softmax(-1), v[:, : t + 1])
+    return out.reshape(batch, length, d_model) @ attn.out_proj.weight.T
+
+
+def test_attention_matches_sequential_reference():
+    torch.manual_seed(0)
+    attn = Attention(32, 0, n_heads=4).double()
+    torch.nn.init.normal_(attn.out_proj.weight, std=0.2)
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    torch.testing.assert_close(attn(x), reference_attention(attn, x), rtol=1e-10, atol=1e-10)
+
+
+def test_attention_is_causal():
+    torch.manual_seed(0)
+    attn = Attention(16, 0, n_heads=2)
+    x = torch.randn(1, 9, 16)
+    y = x.clone()
+    y[:, 5:] = torch.randn(1, 4, 16)
+    torch.testing.assert_close(attn(x)[:, :5], attn(y)[:, :5])
+
+
+def test_language_model_output_shape_and_tied_head():
+    model = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=3, mixer={"attention": {"n_heads": 4}}))
+    logits = model(torch.randint(0, 50, (3, 13)))
+    assert logits.shape == (3, 13, 50)
+    assert model.lm_head.weight is model.embedding.weight
+    untied = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=1, tie_embeddings=False))
+    assert untied.num_parameters() == model.num_parameters() - 2 * _block_params(model) + 50 * 32
+
+
+def _block_params(model):
+    return sum(p.numel() for p in model.blocks[0].parameters())
+
+
+def test_gpt_init_scales_residual_projections():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=64, d_model=128, n_layers=8))
+    block = model.blocks[0]
+    assert block.mixer.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    expected = 0.02 / math.sqrt(16)
+    assert block.mixer.out_proj.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert block.channel.w2.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert torch.equal(block.mixer_norm.weight, torch.ones(128))
+
+
+def test_pattern_repeats_and_channel_none_removes_mlp():
+    model = build_model(ModelConfig(vocab_size=16, d_model=16, n_layers=4, pattern="A", channel=["mlp", "none"]))
+    assert [b.channel is None for b in model.blocks] == [False, True, False, True]
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=32, d_model=32, n_layers=2, mixer={"attention": {"n_heads": 2}}))
+    inputs = torch.randint(0, 32, (4, 16))
+    targets = torch.randint(0, 32, (4, 16))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(pattern="AX"), r"unknown mixer letter 'X'; allowed letters: " + re.escape(str(sorted(PATTERN_LETTERS)))),
+        (dict(pattern=["attention", "lstm"]), r"unknown mixer 'lstm'; allowed: " + re.escape(str(sorted(MIXERS)))),
+        (dict(channel="moe"), r"unknown channel 'moe'; allowed: \['mlp', 'none'\]"),
+        (dict(pattern="AAA"), r"backbone.pattern has 3 entries, which must divide n_layers=2"),
+        (dict(mixer={"attention": {"n_heads": 3}}), r"n_heads=3 must be a positive divisor of d_model=32"),
+        (dict(mixer={"attention": {"num_heads": 2}}), r"unexpected keyword argument 'num_heads'"),
+        (dict(mixer={"ssm": {}}), r"options for unknown mixer 'ssm'"),
+        (dict(d_model=0), r"d_model=0 must be a positive integer"),
+    ],
+)
+def test_bad_model_config_names_the_bad_value(overrides, match):
+    values = {"vocab_size": 16, "d_model": 32, "n_layers": 2, **overrides}
+    with pytest.raises(ValueError, match=match):
+        build_model(values)
+
+
+def test_unknown_model_config_key_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown model config key\(s\) \['d_modle'\]"):
+        build_model({"vocab_size": 16, "d_modle": 32})
+
+
+def test_logits_at_scored_positions_equal_the_full_logits_there():
+    torch.manual_seed(0)
+    model = build_model({"vocab_size": 50, "d_model": 16, "pattern": "AS", "memory": {"n_keys": 8, "heads": 1, "knn": 4}})
+    inputs = torch.randint(0, 50, (3, 12))
+    scored = torch.rand(3, 12) < 0.3
+    full = model(inputs)
+    assert torch.allclose(model(inputs, scored), full[scored], atol=1e-6)
+    assert model(inputs, torch.zeros_like(scored)).shape == (0, 50)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # no trainer here: logging is skipped
+def test_training_loss_and_gradients_equal_cross_entropy_over_the_full_logits():
+    """The Lightning module computes logits at scored positions only; the reference takes them
+    everywhere and ignores the unscored targets."""
+    from zoo.training.lit import LitLanguageModel
+
+    torch.manual_seed(0)
+    lit = LitLanguageModel({"vocab_size": 40, "d_model": 16, "pattern": "A"}, {})
+    inputs = torch.randint(0, 40, (4, 10))
+    targets = torch.where(torch.rand(4, 10) < 0.4, torch.randint(0, 40, (4, 10)), torch.full((4, 10), -100))
+    loss = lit.training_step({"inputs": inputs, "targets": targets}, 0)
+    grads = torch.autograd.grad(loss, list(lit.model.parameters()))
+    reference = F.cross_entropy(lit.model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
+    expected = torch.autograd.grad(reference, list(lit.model.parameters()))
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, atol=1e-6)

@@ -1,0 +1,300 @@
+"""A grid's records -> results.csv (one row per run), summary.md (per cell: mean ± std over its
+seeds, at the learning rate with the best mean), PNG figures (error bars and per-seed points when a
+cell has several seeds), and the figures as images in the grid's TensorBoard log."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+from zoo.core.io import atomic_write, atomic_write_text  # noqa: E402
+
+TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")
+THROUGHPUT = ("tokens_per_s", "step_time_s", "mfu", "peak_flops", "peak_memory_bytes")
+# columns that say what a run is; every other numeric column is a measurement, averaged over seeds
+DESCRIPTION = {"study", "cell", "setting", "group", "seed", "status", "error", "backbone", "memory", "d_model", "n_layers",
+               "channel", "task", "lr", "steps_planned", "params", "active_params", "flops_per_token", "state_size"}
+
+
+def row(record: dict[str, Any]) -> dict[str, Any]:
+    """One results.csv row: settings from the run's resolved config, then its final metrics."""
+    out = {"study": record["study"], "cell": record["cell"], "setting": record["setting"], "group": record["group"],
+           "seed": record["seed"], "status": record["status"]}
+    config_path = Path(record["dir"]) / "config.yaml"
+    if config_path.is_file():
+        cfg = OmegaConf.load(config_path)
+        out.update(seed=cfg.seed, backbone=cfg.backbone.name, memory=cfg.memory.name, d_model=cfg.backbone.d_model,
+                   n_layers=cfg.backbone.n_layers, channel=cfg.backbone.channel, task=cfg.task.name,
+                   lr=cfg.optim.lr, steps_planned=cfg.trainer.max_steps)
+        out.update({f"task.{k}": cfg.task[k] for k in TASK_KNOBS if k in cfg.task})
+    metrics = record.get("metrics")
+    if metrics:
+        out.update(params=metrics["params"]["total"], active_params=metrics["params"]["active"],
+                   flops_per_token=metrics["flops_per_token"], state_size=metrics.get("state_size"),
+                   steps=metrics["steps"], wall_time_s=metrics["wall_time_s"])
+        out.update({k: metrics["throughput"][k] for k in THROUGHPUT if k in metrics.get("throughput", {})})
+        out.update({k.replace("/", "_"): v for k, v in metrics["test"].items()})
+        out.update(metrics.get("task_metrics", {}))
+    if record["status"] == "failed":
+        out["error"] = record["error"]
+    return out
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    columns: list[str] = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def score(r: dict[str, Any]) -> float:
+    """Higher is better: accuracy, or minus bits per byte for language modeling."""
+    return -r["test_bpb"] if "test_bpb" in r else r["test_acc"]
+
+
+def _measured(column: str, value: Any) -> bool:
+    return column not in DESCRIPTION and not column.startswith("task.") and isinstance(value, (int, float)) \
+        and not isinstance(value, bool)
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per cell (study, setting) over its finished runs, one per seed: the settings of its
+    first run; each measured column's mean and ``<column>_std`` (sample standard deviation, n - 1
+    in the denominator; 0 for a single run); ``n`` runs; ``runs``, the rows themselves."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "done":
+            cells[(r["study"], r["setting"])].append(r)
+    out = []
+    for runs in cells.values():
+        cell = {k: v for k, v in runs[0].items() if not _measured(k, v) and k != "seed"}
+        cell["cell"] = runs[0]["setting"]
+        for column, value in runs[0].items():
+            if _measured(column, value):
+                values = [r[column] for r in runs if r.get(column) is not None]
+                cell[column] = statistics.fmean(values)
+                cell[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        cell.update(n=len(runs), runs=runs)
+        out.append(cell)
+    return out
+
+
+def best_of_lr(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each cell but its learning rate, the one with the best mean score over its seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for cell in cells:
+        groups[(cell["study"], cell["group"])].append(cell)
+    return [max(group, key=score) for group in groups.values()]
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    best = best_of_lr(aggregate(rows))
+    for study in dict.fromkeys(r["study"] for r in rows):
+        chosen = [r for r in best if r["study"] == study]
+        if not chosen:
+            continue
+        seeded = any(r["n"] > 1 for r in chosen)
+        slice_cols = [c for c in chosen[0] if c.startswith("test_") and c.endswith("_acc") and c != "test_acc"]
+        usage_cols = sorted({c for r in chosen for c in r if c.startswith("test_memory_layer") and not c.endswith("_std")})
+        metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled") if c in chosen[0]] + usage_cols
+        knob_cols = [c for c in chosen[0] if c.startswith("task.")]
+        cols = ["backbone", "memory", "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", "state_size",
+                *metric_cols, "wall_time_s", "tokens_per_s", "mfu", *(["n"] if seeded else [])]
+        title = "mean ± std over seeds, best mean learning rate per cell" if seeded else "best learning rate per cell"
+        lines += [f"## {study} ({title})", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+        for r in chosen:
+            lines.append("| " + " | ".join(_fmt(r.get(c), r.get(f"{c}_std") if r["n"] > 1 else None) for c in cols) + " |")
+        lines.append("")
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        lines += ["## failed cells", ""] + [f"- {r['study']}/{r['cell']}: {r['error']}" for r in failed] + [""]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, std: float | None = None) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if std is None else f"{value:.4g} ± {std:.2g}"
+    return "-" if value is None else str(value)
+
+
+def _draw(ax, label: str, cells: list[dict[str, Any]], x: str, y: str, dashed: bool, **style: Any) -> str:
+    """A line through the cells' mean ``y`` against ``x``; with several seeds, ± one standard
+    deviation as error bars and each seed's value as a point. ``style`` overrides matplotlib's
+    (``marker``, ``color``, ...). Returns the line's color."""
+    cells = sorted(cells, key=lambda c: c[x])
+    xs, ys = [c[x] for c in cells], [c[y] for c in cells]
+    style = {"marker": "o", "linestyle": "--" if dashed else "-", "label": label, **style}
+    if all(c["n"] == 1 for c in cells):
+        return ax.plot(xs, ys, **style)[0].get_color()
+    bars = ax.errorbar(xs, ys, yerr=[c[f"{y}_std"] for c in cells], capsize=3, **style)
+    for c in cells:
+        ax.scatter([c[x]] * c["n"], [r[y] for r in c["runs"]], s=10, alpha=0.5, color=bars[0].get_color(), zorder=3)
+    return bars[0].get_color()
+
+
+def _line_label(r: dict[str, Any]) -> str:
+    return f"{r['backbone']} + {'memory' if r['memory'] != 'none' else r['channel'] if r['channel'] != 'none' else 'no channel'}"
+
+
+def mqar_figure(best: list[dict[str, Any]], x: str = "d_model"):
+    """MQAR accuracy vs ``x`` (``d_model``, or ``state_size``: inference bytes per sequence, log x,
+    zoology's recall-vs-state comparison), a line per backbone +- memory, a panel per (seq_len, pairs)."""
+    rows = [r for r in best if r.get("task") == "mqar" and r.get(x)]
+    panels = sorted({(r["task.seq_len"], r["task.num_kv_pairs"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (seq_len, pairs) in zip(axes[0], panels):
+        lines = defaultdict(list)
+        for r in rows:
+            if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
+                lines[_line_label(r)].append(r)
+        for label, cells in sorted(lines.items()):
+            _draw(ax, label, cells, x, "test_acc", dashed="memory" in label)
+        xlabel = "inference state per sequence (bytes)" if x == "state_size" else x
+        ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel=xlabel, ylabel="MQAR test accuracy", ylim=(0, 1.02))
+        ax.set_xscale("log", base=10 if x == "state_size" else 2)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def facts_figure(best: list[dict[str, Any]]):
+    """Facts recalled vs facts in the knowledge base, MLP vs memory per backbone (FLOPs in the legend)."""
+    rows = [r for r in best if r.get("task") == "facts"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    lines = defaultdict(list)
+    for r in rows:
+        lines[(_line_label(r), r["flops_per_token"])].append(r)
+    for (label, flops), cells in sorted(lines.items()):
+        _draw(ax, f"{label} ({flops / 1e3:.0f} kFLOP/tok)", cells, "task.num_facts", "facts_recalled", dashed="memory" in label)
+    top = max((r["task.num_facts"] for r in rows), default=1)
+    ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="all facts")
+    ax.set(xlabel="facts in the knowledge base", ylabel="facts recalled (test)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def usage_column(r: dict[str, Any]) -> str | None:
+    """The first memory layer's test-set usage column of a row, if it has one."""
+    return next((c for c in r if c.startswith("test_memory_layer") and c.endswith("_usage")), None)
+
+
+def capacity_figure(best: list[dict[str, Any]]):
+    """Facts recalled vs total parameters (log x), a panel per knowledge-base size: per backbone a line
+    through its memory cells (table sizes) and its MLP cells as squares (a wider MLP, with more FLOPs
+    per token than the backbone's cheapest, as a star), FLOPs per token in the legend; a last panel
+    with the memory cells' test-set slot usage against parameters."""
+    rows = [r for r in best if r.get("task") == "facts"]
+    sizes = sorted({r["task.num_facts"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5.2 * (len(sizes) + 1), 3.9), squeeze=False)
+    colors: dict[str, str] = {}
+    for ax, size in zip(axes[0], sizes):
+        cells = [r for r in rows if r["task.num_facts"] == size]
+        for backbone in sorted({r["backbone"] for r in cells}):
+            mine = [r for r in cells if r["backbone"] == backbone]
+            memory = [r for r in mine if r["memory"] != "none"]
+            if memory:
+                flops = sorted(r["flops_per_token"] / 1e3 for r in memory)
+                colors[backbone] = _draw(ax, f"{backbone} + memory ({flops[0]:.0f}-{flops[-1]:.0f} kFLOP/tok)", memory,
+                                         "params", "facts_recalled", dashed=True, color=colors.get(backbone))
+            mlps = [r for r in mine if r["memory"] == "none"]
+            cheapest = min((r["flops_per_token"] for r in mlps), default=0)
+            for r in sorted(mlps, key=lambda r: r["flops_per_token"]):
+                wide = r["flops_per_token"] > 1.05 * cheapest
+                label = f"{backbone} {'wide ' if wide else ''}MLP ({r['flops_per_token'] / 1e3:.0f} kFLOP/tok)"
+                colors[backbone] = _draw(ax, label, [r], "params", "facts_recalled", dashed=False,
+                                         marker="*" if wide else "s", markersize=10 if wide else 7, color=colors.get(backbone))
+        ax.axhline(size, color="grey", linewidth=0.8, label="all facts")
+        ax.set(title=f"{size} facts", xlabel="total parameters", ylabel="facts recalled (test)")
+        ax.set_xscale("log")
+        ax.legend(fontsize=6)
+    usage_ax = axes[0][-1]
+    for backbone in sorted({r["backbone"] for r in rows}):
+        memory = [r for r in rows if r["backbone"] == backbone and r["memory"] != "none" and usage_column(r)]
+        for size in sizes:
+            cells = [r for r in memory if r["task.num_facts"] == size]
+            if cells:
+                column = usage_column(cells[0])
+                _draw(usage_ax, f"{backbone}, {size} facts", cells, "params", column, dashed=True, color=colors.get(backbone))
+    usage_ax.set(title="memory slots read over the test set", xlabel="total parameters", ylabel="fraction of slots read",
+                 ylim=(0, 1.02))
+    usage_ax.set_xscale("log")
+    if usage_ax.get_legend_handles_labels()[0]:
+        usage_ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def validation_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a scalar from a run's TensorBoard events."""
+    points = []
+    for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            points += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return sorted(points)
+
+
+def lm_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
+    """LM validation bits per byte vs step, a line per backbone +- memory (the mean over seeds,
+    shaded ± one standard deviation when there are several)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for r in sorted((r for r in best if r.get("task") == "lm"), key=_line_label):
+        by_step = defaultdict(list)
+        for run in r["runs"]:
+            for step, value in validation_curve(dirs[(run["study"], run["cell"])], "val/bpb"):
+                by_step[step].append(value)
+        if by_step:
+            xs = sorted(by_step)
+            ys = [statistics.fmean(by_step[x]) for x in xs]
+            line = ax.plot(xs, ys, marker=".", linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r))
+            if r["n"] > 1:
+                spread = [statistics.stdev(by_step[x]) if len(by_step[x]) > 1 else 0.0 for x in xs]
+                ax.fill_between(xs, [y - s for y, s in zip(ys, spread)], [y + s for y, s in zip(ys, spread)],
+                                color=line[0].get_color(), alpha=0.2)
+    ax.set(xlabel="training step", ylabel="validation bits per byte")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
+    """results.csv, summary.md, one PNG per task family present, and those figures in root/tb."""
+    rows = [row(r) for r in records]
+    paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary_markdown(rows))]
+    best = best_of_lr(aggregate(rows))
+    dirs = {(r["study"], r["cell"]): Path(r["dir"]) for r in records}
+    tasks = {r.get("task") for r in best}
+    figures = {}
+    if "mqar" in tasks:
+        figures["mqar_accuracy_vs_d_model"] = mqar_figure(best)
+        figures["mqar_accuracy_vs_state_size"] = mqar_figure(best, x="state_size")
+    if "facts" in tasks:
+        figures["facts_recalled"] = facts_figure(best)
+        figures["facts_recalled_vs_params"] = capacity_figure(best)
+    if "lm" in tasks:
+        figures["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
+    with SummaryWriter(str(root / "tb")) as writer:
+        for name, fig in figures.items():
+            path = atomic_write(root / f"{name}.png", lambda handle: fig.savefig(handle, dpi=110, format="png"))
+            writer.add_figure(f"grid/{name}", fig, close=True)
+            paths.append(path)
+    return paths

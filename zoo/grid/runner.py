@@ -1,0 +1,328 @@
+"""``memzoo-bench GRID [OVERRIDE ...] [--out DIR] [--list]`` (= ``python scripts/recall_bench.py``):
+train every cell of a benchmark grid through ``zoo.training.train.train``, each cell one job of a Hydra
+multirun, then write results.csv, summary.md, figures and dashboards.
+
+A grid (``configs/bench/<name>.yaml``, or a path to such a file) has a ``name`` and ``studies``;
+each study has ``base`` overrides (any ``memzoo-train`` override), ``axes`` (override key -> list
+of values; its cells are their product) and, optionally, ``seeds``: each cell then runs once per
+seed (``seed=S``), and the report gives mean ± std over them. Command-line OVERRIDEs that start
+with ``hydra`` choose and configure the launcher; any other is appended to every cell.
+
+Dispatch is Hydra's: memzoo-bench composes ``configs/grid.yaml`` as a multirun whose sweep is
+``cell`` (the cells still to train) and the launcher runs one job per cell: the default (basic) in
+this process, one after another; ``hydra/launcher=joblib`` several side by side on this machine;
+``submitit_local`` / ``submitit_slurm`` as submitit jobs. A job trains cell ``c`` of study ``s``
+in ``<out>/<grid>/runs/<s>/<c>/`` like a ``memzoo-train`` run, from the overrides memzoo-bench
+wrote there (``cell.json``) before launching; Hydra's own record of each job (config, log,
+submitit's output) goes to ``<out>/<grid>/jobs/<time>/``. The report is read back from the cell
+directories, whoever ran them.
+
+A cell with a ``metrics.json`` (and the same overrides in its ``cell.json``) is done and is not
+launched again, so an interrupted grid resumes; a cell that raises writes ``error.json`` and the
+others go on. Every cell is composed and checked before any trains. SIGTERM / SIGINT stop the grid
+(a cell training in this process first saves its checkpoint), the report of the finished cells is
+written and the exit code is 143 / 130; any failed cell makes it 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from zoo.core.io import atomic_write_json
+from zoo.grid.safe_yaml import MAX_BYTES, load_bounded_yaml
+from zoo.training.run_lock import exclusive_dir
+from zoo.training.signals import RunInterrupted, SignalExit, exit_on_signals
+
+GRID_KEYS = {"name", "studies"}
+LR_KEY = "optim.lr"
+STUDY_KEYS = {"base", "axes", "seeds"}
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a grid or study names a directory (and a Hydra sweep value)
+LAUNCHER_EXTRAS = "launchers are optional: pip install 'memzoo[joblib]' or 'memzoo[submitit]'"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a grid: its study, axis values, seed (None: the study lists no
+    ``seeds``) and full override list."""
+
+    study: str
+    settings: tuple[tuple[str, str], ...]
+    seed: int | None
+    overrides: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The run directory's name: the axis values, then the seed."""
+        seed = () if self.seed is None else (("seed", str(self.seed)),)
+        return _slug(self.settings + seed)
+
+    @property
+    def setting(self) -> str:
+        """The name without the seed: the runs a summary row averages."""
+        return _slug(self.settings)
+
+    @property
+    def group(self) -> str:
+        """The setting without the learning rate: the runs a best-of-lr table chooses between."""
+        return _slug(tuple((k, v) for k, v in self.settings if k != LR_KEY))
+
+    @property
+    def key(self) -> str:
+        """``<study>/<name>``: the job's ``cell`` and the run directory under ``runs/``."""
+        return f"{self.study}/{self.name}"
+
+
+def _slug(settings: tuple[tuple[str, str], ...]) -> str:
+    text = "_".join(f"{key.split('.')[-1]}={value}" for key, value in settings)
+    return re.sub(r"[^A-Za-z0-9=._-]", "-", text) or "default"
+
+
+def _shipped_dir():
+    """configs/bench/ as installed (the ``zoo.configs`` package's ``bench`` folder)."""
+    return resources.files("zoo.configs") / "bench"
+
+
+def shipped_grids() -> list[str]:
+    """Names of the grids shipped in configs/bench/."""
+    return sorted(p.name[:-5] for p in _shipped_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def load_grid(grid: str) -> dict[str, Any]:
+    """A shipped grid name or a YAML path -> the grid mapping, checked."""
+    path = Path(grid)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ValueError(f"grid file {grid!r} does not exist (or is not a regular file)")
+        if path.stat().st_size > MAX_BYTES:
+            raise ValueError(f"grid file {grid!r} is larger than {MAX_BYTES:,} bytes; a grid file is a few kB of YAML")
+        text = path.read_text()
+    else:
+        names = shipped_grids()
+        if grid not in names:
+            raise ValueError(f"grid {grid!r} is not a shipped grid; allowed: {names}, or a path to a .yaml file")
+        text = (_shipped_dir() / f"{grid}.yaml").read_text()
+    values = load_bounded_yaml(text, f"grid {grid!r}")
+    unknown = sorted(set(values) - GRID_KEYS)
+    if unknown or not values.get("studies") or not isinstance(values["studies"], dict):
+        raise ValueError(f"grid {grid!r} must have keys {sorted(GRID_KEYS)} with at least one study; unknown: {unknown}")
+    name = values.setdefault("name", path.stem)
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"grid name {name!r} must be one plain name (letters, digits, '_', '.' or '-'; no '/' "
+                         "or '..'): results go to --out/<name>/ and nowhere else")
+    for study, spec in values["studies"].items():
+        if not PLAIN_NAME.fullmatch(str(study)) or str(study) in (".", ".."):
+            raise ValueError(f"grid study name {study!r} must be letters, digits, '_', '.' or '-' (it names a directory)")
+        bad = sorted(set(spec) - STUDY_KEYS)
+        if bad:
+            raise ValueError(f"grid study {study!r} has unknown key(s) {bad}; allowed: {sorted(STUDY_KEYS)}")
+        for key, options in spec.get("axes", {}).items():
+            if not isinstance(options, list) or not options:
+                raise ValueError(f"grid study {study!r} axis {key!r} must be a non-empty list, got {options!r}")
+        seeds = spec.get("seeds")
+        if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                                  or not all(type(s) is int for s in seeds)):
+            raise ValueError(f"grid study {study!r} seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    return values
+
+
+def expand(grid: dict[str, Any], extra: Sequence[str] = ()) -> list[Cell]:
+    """Every run of every study, in order (axes vary fastest last, seeds fastest); ``extra``
+    overrides are appended to every cell's."""
+    cells = []
+    for study, spec in grid["studies"].items():
+        axes = spec.get("axes", {})
+        for combo in itertools.product(*axes.values()):
+            settings = tuple((key, str(value)) for key, value in zip(axes, combo))
+            overrides = (*spec.get("base", []), *(f"{k}={v}" for k, v in settings), *extra)
+            for seed in spec.get("seeds") or [None]:
+                seeded = overrides if seed is None else (*overrides, f"seed={seed}")
+                cells.append(Cell(study, settings, seed, seeded))
+    return cells
+
+
+def _recorded(cell: Cell, run_dir: Path) -> bool:
+    """The directory was made for exactly this cell (its cell.json holds the same overrides)."""
+    record = run_dir / "cell.json"
+    return record.is_file() and json.loads(record.read_text())["overrides"] == list(cell.overrides)
+
+
+def is_done(cell: Cell, run_dir: Path) -> bool:
+    """A finished run of exactly this cell: metrics.json beside a cell.json with the same overrides
+    (a cell whose grid entry changed is trained again)."""
+    return (run_dir / "metrics.json").is_file() and _recorded(cell, run_dir)
+
+
+def compose_cell(overrides: Sequence[str]) -> DictConfig:
+    """A cell's ``memzoo-train`` config (Hydra composition checks every override key and value);
+    inside an initialized Hydra: memzoo-bench's, which its launchers carry into every job."""
+    return compose("train", overrides=list(overrides))
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Compose and check every cell (``zoo.training.train.check_run_config``) before any trains: a typo or an
+    impossible setting in the last cell fails at once, naming the cell. Raises ``ValueError``."""
+    from zoo.training.train import check_run_config
+
+    for cell in cells:
+        try:
+            check_run_config(compose_cell(cell.overrides))
+        except Exception as err:  # noqa: BLE001 - Hydra and the checks raise several kinds
+            raise ValueError(f"grid cell {cell.key} is invalid: {err}") from err
+
+
+def check_dispatch(hydra_overrides: Sequence[str]) -> None:
+    """Compose the launch config with the ``hydra`` overrides (launcher choice and settings), so a
+    typo or a launcher that is not installed fails before any cell trains."""
+    try:
+        compose("grid", overrides=list(hydra_overrides), return_hydra_config=True)
+    except Exception as err:  # noqa: BLE001 - Hydra raises several kinds
+        raise ValueError(f"memzoo-bench launcher overrides {list(hydra_overrides)} are invalid ({LAUNCHER_EXTRAS}): {err}") from err
+
+
+def prepare(cell: Cell, run_dir: Path) -> None:
+    """A fresh directory for the cell's job, holding only ``cell.json``: a cell interrupted half-way,
+    failed or changed starts over."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    atomic_write_json(run_dir / "cell.json", {"study": cell.study, "seed": cell.seed, "overrides": list(cell.overrides)})
+
+
+class CellJob:
+    """The task function of memzoo-bench's multirun: trains the cell its job config names (``cell``)
+    from the overrides in that cell's ``cell.json``; a failure is written to ``error.json``. It holds
+    only the grid's directory, so launchers pickle it cheaply to other processes and machines."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __call__(self, cfg: DictConfig) -> str:
+        from zoo.grid.devices import one_device_per_job
+        from zoo.training.train import train
+
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        run_dir = self.root / "runs" / cfg.cell
+        overrides = json.loads((run_dir / "cell.json").read_text())["overrides"]
+        started = time.perf_counter()
+        try:
+            run_cfg = compose_cell(overrides)
+            with one_device_per_job(run_cfg, HydraConfig.get().job.num):
+                train(run_cfg, run_dir)
+            return "done"
+        except RunInterrupted as stopped:  # past Hydra's runner (it catches Exception): the grid stops
+            raise SignalExit(stopped.exit_code) from stopped
+        except Exception as err:  # noqa: BLE001 - a failed cell is recorded; the others go on
+            error = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                     "overrides": overrides, "wall_time_s": round(time.perf_counter() - started, 2)}
+            atomic_write_json(run_dir / "error.json", error)
+            log.error(f"cell {cfg.cell} failed: {error['error']}")
+            return "failed"
+
+
+def launch(cells: list[Cell], root: Path, hydra_overrides: Sequence[str]) -> None:
+    """One Hydra multirun job per cell, run by the launcher ``hydra_overrides`` choose; inside
+    memzoo-bench's initialized Hydra. Hydra has no public call for a multirun of a given task
+    function (``hydra.main`` wraps one around ``sys.argv``), so this is the one its ``main`` makes."""
+    for cell in cells:
+        prepare(cell, root / "runs" / cell.study / cell.name)
+    sweep = ",".join(f"'{cell.key}'" for cell in cells)  # keys hold '=': quoted for the override parser
+    overrides = [f"root='{root}'", f"cell={sweep}", *hydra_overrides]
+    GlobalHydra.instance().hydra.multirun(config_name="grid", task_function=CellJob(root), overrides=overrides)
+
+
+def collect(cells: list[Cell], root: Path) -> list[dict[str, Any]]:
+    """One record per cell that finished (``metrics.json``) or failed (``error.json``) under its
+    current overrides, in grid order: what the report is built from."""
+    records = []
+    for cell in cells:
+        run_dir = root / "runs" / cell.study / cell.name
+        record = {"study": cell.study, "cell": cell.name, "setting": cell.setting, "group": cell.group,
+                  "seed": cell.seed, "dir": str(run_dir)}
+        if is_done(cell, run_dir):
+            record.update(status="done", metrics=json.loads((run_dir / "metrics.json").read_text()))
+        elif (run_dir / "error.json").is_file() and _recorded(cell, run_dir):
+            error = json.loads((run_dir / "error.json").read_text())["error"]
+            record.update(status="failed", error=error.splitlines()[0])
+        else:
+            continue
+        records.append(record)
+    return records
+
+
+def is_dispatch_override(override: str) -> bool:
+    """``hydra/launcher=joblib``, ``hydra.launcher.n_jobs=2``, ``+hydra...``: for the launch, not the cells."""
+    return re.match(r"[+~]*hydra[./]", override) is not None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Train a benchmark grid, one Hydra job per cell, and write its tables and figures.")
+    parser.add_argument("grid", help=f"a shipped grid (configs/bench/<name>.yaml: {', '.join(shipped_grids())}) or a .yaml path")
+    parser.add_argument("overrides", nargs="*", help="hydra/launcher=joblib hydra.launcher.n_jobs=4 ... choose how cells are launched "
+                        "(basic, joblib, submitit_local, submitit_slurm); any other memzoo-train override is added to every cell")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/<grid name>/")
+    parser.add_argument("--list", action="store_true", help="print the cells and their overrides, train nothing")
+    args = parser.parse_intermixed_args(argv)
+    grid = load_grid(args.grid)
+    hydra_overrides = [o for o in args.overrides if is_dispatch_override(o)]
+    cells = expand(grid, [o for o in args.overrides if not is_dispatch_override(o)])
+    if args.list:
+        for cell in cells:
+            print(f"{cell.key}: {' '.join(cell.overrides)}")
+        return
+    from zoo.grid.report import write_report
+
+    root = (args.out / grid["name"]).resolve()
+    stopped = launcher_error = None
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3", job_name="memzoo-bench"):
+        check_dispatch(hydra_overrides)
+        check_cells(cells)
+        with exclusive_dir(root, what="grid", choose="pass another --out"):  # one memzoo-bench per grid directory
+            pending = [c for c in cells if not is_done(c, root / "runs" / c.study / c.name)]
+            with exit_on_signals():
+                try:
+                    if pending:
+                        launch(pending, root, hydra_overrides)
+                except SignalExit as stop:
+                    stopped = stop
+                except Exception as err:  # noqa: BLE001 - e.g. a submitit job that died: report what finished
+                    launcher_error = err
+                    traceback.print_exc()
+            records = collect(cells, root)
+            paths = write_report(records, root) if records else []
+    failed = [r for r in records if r["status"] == "failed"]
+    print(f"{len(records) - len(failed)} of {len(cells)} cells done; " + ", ".join(str(p) for p in paths))
+    if failed:
+        print("failed: " + ", ".join(f"{r['study']}/{r['cell']} ({r['error']})" for r in failed))
+    if stopped is not None:
+        print(f"stopped by {stopped.signal_name}: rerun `memzoo-bench {args.grid}` to continue", file=sys.stderr)
+        sys.exit(stopped.code)
+    if launcher_error is not None:
+        print(f"the launcher stopped ({type(launcher_error).__name__}): rerun `memzoo-bench {args.grid}` to continue", file=sys.stderr)
+        sys.exit(1)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

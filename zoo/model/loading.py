@@ -1,0 +1,78 @@
+"""A ``memzoo-train`` checkpoint read into its model: the weights checked against the model its
+settings describe (on the meta device: nothing allocated), then loaded on one process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.checkpoint.files import checkpoint_in, load_checkpoint_file
+from zoo.model.language_model import LanguageModel, ModelConfig, build_model
+
+MODEL_PREFIX = "model."  # the LanguageModel's entries in a Lightning checkpoint's state_dict
+
+
+def model_shapes(model_values: dict[str, Any]) -> dict[str, torch.Size]:
+    """A checkpoint's model settings (``hyper_parameters.model``) -> the shape of each state_dict
+    entry of its model (``MODEL_PREFIX`` + name), from a model built on the meta device (nothing
+    allocated; a sharded memory as one whole table, as a distributed checkpoint stores it)."""
+    values = dict(model_values)
+    if isinstance(values.get("memory"), dict):
+        values["memory"] = {**values["memory"], "parallel": "none"}
+    with torch.device("meta"):
+        model = build_model(ModelConfig.from_mapping(values))
+    return {MODEL_PREFIX + key: value.shape for key, value in model.state_dict().items()}
+
+
+def check_weights(path: str | os.PathLike, model_values: Any, shapes: dict[str, Any]) -> None:
+    """The ``state_dict`` entries ``shapes`` (key -> shape or tensor) of the checkpoint ``path``
+    against the model its ``model_values`` describe: ``ValueError`` naming the file and each missing,
+    unexpected or differently shaped entry."""
+    where = f"checkpoint {str(path)!r}"
+    try:
+        want = model_shapes(model_values)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
+        raise ValueError(f"{where}: its hyper_parameters.model does not describe a model memzoo builds: {err}") from err
+    got = dict(shapes)  # a LitLanguageModel's state is its model's: any other entry is unexpected
+    problems = [f"missing {key}" for key in want if key not in got]
+    problems += [f"unexpected {key}" for key in got if key not in want]
+    problems += [f"{key}: checkpoint {_shape(got[key])}, model {tuple(shape)}" for key, shape in want.items()
+                 if key in got and _shape(got[key]) != tuple(shape)]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(f"{where}: its weights do not fit the model of its hyper_parameters.model: {shown}")
+
+
+def _shape(value: Any) -> tuple | str:
+    if isinstance(value, torch.Size):
+        return tuple(value)
+    return tuple(value.shape) if torch.is_tensor(value) else f"a {type(value).__name__}, not a tensor"
+
+
+def read_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``memzoo-train`` checkpoint (file, distributed, or a training run directory's last one) ->
+    (the checkpoint, its model config for one process).
+
+    A sharded memory (``memory.parallel`` rows / columns) becomes ``none``: one process reads the
+    table whole (a distributed checkpoint's parts assembled). Raises ``ValueError`` as
+    ``checkpoint_in`` and ``load_checkpoint_file`` do; the weights fit the model the config builds.
+    """
+    checkpoint = load_checkpoint_file(checkpoint_in(ckpt), map_location, check_weights=check_weights)
+    values = dict(checkpoint["hyper_parameters"]["model"])
+    if values.get("memory"):
+        values["memory"] = {**values["memory"], "parallel": "none"}
+    return checkpoint, values
+
+
+def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
+    """A ``memzoo-train`` checkpoint -> its ``LanguageModel`` in eval mode, on one process (a sharded
+    run's distributed checkpoint is read whole: the ranks' parts assembled into the full table)."""
+    checkpoint, values = read_checkpoint(ckpt, map_location)
+    model = build_model(ModelConfig.from_mapping(values))
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    return model.eval()

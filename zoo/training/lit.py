@@ -1,0 +1,159 @@
+"""The Lightning module: next-token cross-entropy on scored positions, accuracy, AdamW + schedule."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from zoo.memory.sharding_callback import ShardedMemory
+from zoo.model.language_model import ModelConfig, build_model
+from zoo.tasks.base import IGNORE_INDEX
+from zoo.training.guards import check_same_model, first_non_finite_gradient, first_non_finite_output
+from zoo.training.metrics import BitsPerByte
+from zoo.training.optim import (
+    OptimConfig,
+    build_optimizer,
+    clip_grad_norm,
+    default_warmup,
+    param_groups,
+    warmup_cosine_scheduler,
+)
+
+
+class LitLanguageModel(L.LightningModule):
+    """Trains ``build_model(model)`` on ``{"inputs", "targets"}`` batches.
+
+    Args:
+        model: ``ModelConfig`` fields (a mapping) for ``build_model``.
+        optim: ``OptimConfig`` fields (a mapping; the ones left out take their defaults).
+        bytes_per_token: per split, the bytes of text a scored token covers (language modeling);
+            when given, perplexity (``{split}/ppl``) and bits per byte (``{split}/bpb``) are logged.
+        test_slices: names of extra test sets (``test/<slice>``), test dataloaders 1, 2, ... after
+            the task's test split; each logs its own ``test/<slice>/loss`` and ``test/<slice>/acc``.
+    """
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], bytes_per_token: dict[str, float] | None = None,
+                 test_slices: list[str] | None = None):
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # train() logs them once, with the final metrics
+        self.model_config = ModelConfig.from_mapping(model)
+        self.model = build_model(self.model_config)
+        self.optim = OptimConfig.from_mapping(optim)
+        vocab = self.model_config.vocab_size
+        self.accuracy = torch.nn.ModuleDict(
+            {
+                f"{split}_acc": MulticlassAccuracy(num_classes=vocab, ignore_index=IGNORE_INDEX, average="micro")
+                for split in ("train", "val", "test")
+            }
+        )
+        self.test_slices = list(test_slices or [])
+        self.slice_accuracy = torch.nn.ModuleList(
+            MulticlassAccuracy(num_classes=vocab, ignore_index=IGNORE_INDEX, average="micro") for _ in self.test_slices
+        )
+        self.text_metrics = torch.nn.ModuleDict()
+        for split, per_token in (bytes_per_token or {}).items():
+            self.text_metrics[f"{split}_ppl"] = Perplexity(ignore_index=IGNORE_INDEX)
+            self.text_metrics[f"{split}_bpb"] = BitsPerByte(per_token, ignore_index=IGNORE_INDEX)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Sharded memory's data-parallel needs, attached to every trainer of this module."""
+        return [ShardedMemory()]
+
+    def forward(self, inputs: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs: (B, L) long -> logits (B, L, V); with ``scored`` (B, L) bool, (scored.sum(), V)."""
+        return self.model(inputs, scored)
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], split: str, test_set: int = 0) -> torch.Tensor:
+        """Loss and metrics of ``split`` (train / val / test); ``test_set`` i >= 1: test slice i - 1.
+        Logits are computed at the scored positions only (targets != IGNORE_INDEX)."""
+        inputs, targets = batch["inputs"], batch["targets"]
+        scored = targets != IGNORE_INDEX
+        logits = self(inputs, scored)  # every rank runs the layers, padding batches too (sharded memory's collectives)
+        if not scored.any():  # an evaluation batch of padding only (EvalShardSampler): nothing to count
+            return logits.sum() * 0.0
+        targets = targets[scored]
+        loss = F.cross_entropy(logits.float(), targets)
+        if test_set:
+            prefix, accuracy = self.test_slices[test_set - 1], self.slice_accuracy[test_set - 1]
+        else:
+            prefix, accuracy = split, self.accuracy[f"{split}_acc"]
+        accuracy(logits.argmax(-1), targets)
+        on_step = split == "train"
+        rows = None if on_step else int(scored.any(-1).sum())  # padding rows (EvalShardSampler) weigh nothing
+        # every test set logs under its own name: no dataloader index appended
+        self.log(f"{prefix}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step,
+                 batch_size=rows, add_dataloader_idx=False)
+        self.log(f"{prefix}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True, add_dataloader_idx=False)
+        for name in ("ppl", "bpb"):
+            key = f"{split}_{name}"
+            if key in self.text_metrics and not test_set:
+                self.text_metrics[key](logits.float()[None], targets[None])  # (1, N, V): one "sequence" of scored tokens
+                self.log(f"{split}/{name}", self.text_metrics[key], on_step=on_step, on_epoch=not on_step)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._shared_step(batch, "train")
+        if not torch.isfinite(loss):
+            where = first_non_finite_output(self.model, batch["inputs"])
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}, first in {where}; "
+                "the run stops here and checkpoints/ keeps the last good checkpoint"
+            )
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        where = first_non_finite_gradient(self.model)
+        if where is not None:
+            raise FloatingPointError(
+                f"non-finite gradient at step {self.global_step} in {where}; "
+                "the run stops here and checkpoints/ keeps the last good checkpoint"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        # plain types and tensors only, so the checkpoint loads with torch.load(weights_only=True)
+        numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model (naming what differs); restore the RNG states."""
+        check_same_model(checkpoint["hyper_parameters"]["model"], self.hparams["model"])
+        states = checkpoint.get("rng_states")
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            name, keys, pos, has_gauss, cached = states["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._shared_step(batch, "test", dataloader_idx)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optim
+        groups = param_groups(self.model, opt.lr, opt.weight_decay, opt.group_lr)
+        optimizer = build_optimizer(groups, betas=tuple(opt.betas), eps=opt.eps)
+        total = opt.total_steps or self.trainer.max_steps
+        if total is None or total < 1:
+            total = int(self.trainer.estimated_stepping_batches)
+        warmup = default_warmup(opt.warmup_steps, total)
+        scheduler = warmup_cosine_scheduler(optimizer, warmup, total, opt.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping over dense and sparse gradients alike (torch's own rejects sparse ones)."""
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}; allowed: 'norm'")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        clip_grad_norm(params, gradient_clip_val)

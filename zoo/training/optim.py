@@ -1,0 +1,185 @@
+"""Optimizer parameter groups from parameter tags, and the warmup + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from zoo.core.tags import optim_tags, shard_of
+from zoo.core.value_checks import check_int, check_real, is_real
+from zoo.memory.optim import DenseSparseAdam, coalesced
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, group_lr: dict[str, float] | None = None) -> list[dict]:
+    """Split trainable parameters into AdamW groups by their tags.
+
+    Untagged parameters get ``lr`` and ``weight_decay``; a tag overrides either (and may add
+    ``sparse=True``), and ``group_lr[NAME]`` overrides the learning rate of the parameters tagged
+    ``group=NAME`` (e.g. memory values). Each group carries a ``name`` for logging. Tied parameters
+    appear once.
+    """
+    group_lr = dict(group_lr or {})
+    unknown = sorted(set(group_lr) - {optim_tags(p).get("group") for p in model.parameters()})
+    if unknown:
+        raise ValueError(f"optim.group_lr names parameter group(s) {unknown} that this model does not have")
+    groups: dict[tuple, dict] = {}
+    seen: set[int] = set()
+    for param in model.parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        tags = optim_tags(param)
+        name = tags.pop("group", None)
+        options = {"lr": lr, "weight_decay": weight_decay, **tags}
+        if name in group_lr:
+            options["lr"] = group_lr[name]
+        if name is None:
+            name = "decay" if options["weight_decay"] > 0 else "no_decay"
+        key = (name, tuple(sorted(options.items())))
+        groups.setdefault(key, {"name": name, "params": [], **options})["params"].append(param)
+    return list(groups.values())
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear 0 -> 1 over ``warmup_steps``, then cosine 1 -> ``min_lr_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay; the ``optim`` config group (``optim=adamw``) is
+    this dataclass, so every default lives here.
+
+    lr: peak learning rate. weight_decay: AdamW's, on matrices only (``param_groups``).
+    betas, eps: Adam's. warmup_steps: linear warmup length; None = a tenth of the schedule.
+    min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+    group_lr: learning rate per tagged parameter group, e.g. ``{memory_values: 1.0e-3}``.
+    total_steps: length of the cosine schedule; None = ``trainer.max_steps``.
+    """
+
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    group_lr: dict[str, float] = field(default_factory=dict)
+    total_steps: int | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "OptimConfig":
+        """Plain or OmegaConf mapping -> config; an unknown key is a ``ValueError``."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown optim config key(s) {unknown}; allowed: {sorted(known)}")
+        plain = {k: list(v) if k == "betas" and _is_sequence(v) else dict(v) if k == "group_lr" and hasattr(v, "items")
+                 else v for k, v in values.items()}
+        return cls(**plain)
+
+    def validate(self) -> None:
+        """Every field's type and range (``ValueError`` naming the first bad one); the schedule's
+        length against ``trainer.max_steps`` is ``zoo.training.run_checks.check_schedule``'s.
+
+        weight_decay: finite, >= 0, and ``lr * weight_decay < 1``: AdamW's decoupled decay multiplies
+        every decayed weight by ``1 - lr * weight_decay`` each step (at the peak lr), which must stay
+        positive or the weights flip sign. Each ``group_lr`` is checked like lr; groups that decay
+        are not known before the model, so the bound uses ``lr``.
+        """
+        if not isinstance(self.group_lr, dict) or not all(isinstance(k, str) for k in self.group_lr):
+            raise ValueError(f"optim.group_lr={self.group_lr!r} must map parameter group names to learning rates")
+        lrs = {"optim.lr": self.lr} | {f"optim.group_lr.{k}": v for k, v in self.group_lr.items()}
+        for name, value in lrs.items():
+            check_real(name, value, low=0, low_open=True)
+        check_real("optim.weight_decay", self.weight_decay, low=0)
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(
+                f"optim.weight_decay={self.weight_decay!r} with optim.lr={self.lr!r}: AdamW multiplies the weights by "
+                f"1 - lr * weight_decay = {1 - self.lr * self.weight_decay:.3g} each step; lr * weight_decay must be < 1"
+            )
+        betas = self.betas
+        if not (_is_sequence(betas) and len(betas) == 2 and all(is_real(b) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"optim.betas={betas!r} must be two numbers in [0, 1) (Adam's beta1, beta2)")
+        check_real("optim.eps", self.eps, low=0, low_open=True)
+        check_int("optim.warmup_steps", self.warmup_steps, low=0, null="a tenth of the schedule")
+        check_real("optim.min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        check_int("optim.total_steps", self.total_steps, low=1, null="trainer.max_steps")
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig"
+
+
+def default_warmup(warmup_steps: int | None, total_steps: int) -> int:
+    """``optim.warmup_steps``, where None means a tenth of the schedule."""
+    return total_steps // 10 if warmup_steps is None else warmup_steps
+
+
+def check_warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> None:
+    """``ValueError`` naming the field unless warmup_steps >= 0, total_steps >= 1 (integers) and
+    0 <= min_lr_ratio <= 1."""
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={warmup_steps!r} must be an integer >= 0")
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(
+            f"the schedule's total steps={total_steps!r} must be an integer >= 1 (optim.total_steps or trainer.max_steps)"
+        )
+    if not isinstance(min_lr_ratio, (int, float)) or not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"optim.min_lr_ratio={min_lr_ratio!r} must be in [0, 1]")
+
+
+def warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` following ``warmup_cosine`` (scales every group's own base lr)."""
+    check_warmup_cosine(warmup_steps, total_steps, min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
+    )
+
+
+def build_optimizer(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """Plain AdamW when no group is sparse, else ``DenseSparseAdam``."""
+    if any(g.get("sparse", False) for g in groups):
+        return DenseSparseAdam(groups, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, betas=betas, eps=eps)
+
+
+@torch.no_grad()
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` that also takes sparse gradients (coalesced in place, so duplicate rows
+    count once as their sum) and sharded parameters (their squared norms are summed over ranks, so
+    every rank clips by the norm of the whole gradient). Returns the total 2-norm before clipping."""
+    grads, sharded, group = [], [], None
+    for param in params:
+        if param.grad is None:
+            continue
+        if param.grad.is_sparse:
+            param.grad = coalesced(param.grad)
+        grad = param.grad._values() if param.grad.is_sparse else param.grad
+        shard = shard_of(param)
+        (grads if shard is None else sharded).append(grad)
+        group = shard.group if shard is not None else group
+    if not grads and not sharded:
+        return torch.tensor(0.0)
+    total_sq = sum((torch.linalg.vector_norm(g, dtype=torch.float64) ** 2 for g in grads), torch.tensor(0.0, dtype=torch.float64))
+    if sharded:
+        sharded_sq = sum(torch.linalg.vector_norm(g, dtype=torch.float64) ** 2 for g in sharded)
+        dist.all_reduce(sharded_sq, group=group)
+        total_sq = total_sq + sharded_sq
+    total = total_sq.sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads + sharded:
+        g.mul_(scale.to(g.dtype))
+    return total.to((grads + sharded)[0].dtype)
