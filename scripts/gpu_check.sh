@@ -12,15 +12,15 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$REPO"/.whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
-# run outside the source tree: from the repo root `zoo` would resolve to the sources, which lack zoo.configs
+# run outside the source tree, so that the installed wheel (not the sources) is what is tested
 rm -rf /tmp/memzoo_tests && cp -r "$REPO/tests" /tmp/memzoo_tests && cd /tmp
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton, zoo; print('torch', torch.__version__, 'triton', triton.__version__, 'memzoo', zoo.__file__)"
 
 echo "== CUDA tests"
-timeout 150 python3 -m pytest -q -p no:cacheprovider /tmp/memzoo_tests/test_memory_triton.py \
-  /tmp/memzoo_tests/test_memory_precision.py /tmp/memzoo_tests/test_memory_layer.py \
-  /tmp/memzoo_tests/test_memory_optim.py /tmp/memzoo_tests/test_mamba2.py /tmp/memzoo_tests/test_mamba.py
+timeout 150 python3 -m pytest -q -p no:cacheprovider /tmp/memzoo_tests/memory/test_memory_triton.py \
+  /tmp/memzoo_tests/memory/test_memory_precision.py /tmp/memzoo_tests/memory/test_memory_layer.py \
+  /tmp/memzoo_tests/memory/test_memory_optim.py /tmp/memzoo_tests/mixers/test_mamba2.py /tmp/memzoo_tests/mixers/test_mamba.py
 
 echo "== memory benchmark (the issue's shapes: 16384 tokens, d_model 1024, 4 heads, top-32, k_dim 512)"
 for dtype in fp32 bf16; do

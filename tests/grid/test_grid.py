@@ -45,7 +45,7 @@ def grid_run(tmp_path_factory):
     grid_file = write_grid(tmp)
     with pytest.raises(SystemExit) as failed:
         main([str(grid_file), "--out", str(tmp / "results")])
-    assert failed.value.code == 1  # a failed cell makes memzoo-bench exit non-zero, after the report
+    assert failed.value.code == 1  # a failed cell makes memzoo-grid exit non-zero, after the report
     return grid_file, tmp / "results" / "tiny"
 
 
@@ -148,7 +148,7 @@ def test_grid_with_unknown_keys_is_an_error(tmp_path):
         load_grid(str(path))
 
 
-def test_sigterm_stops_memzoo_bench_with_exit_143_after_writing_the_report_of_finished_cells(tmp_path):
+def test_sigterm_stops_memzoo_grid_with_exit_143_after_writing_the_report_of_finished_cells(tmp_path):
     import signal
     import subprocess
     import sys
@@ -165,7 +165,7 @@ def test_sigterm_stops_memzoo_bench_with_exit_143_after_writing_the_report_of_fi
     }}
     path = tmp_path / "stopped.yaml"
     path.write_text(yaml.safe_dump(grid))
-    bench = [str(Path(sys.executable).parent / "memzoo-bench"), str(path), "--out", str(tmp_path / "results")]
+    bench = [str(Path(sys.executable).parent / "memzoo-grid"), str(path), "--out", str(tmp_path / "results")]
     proc = subprocess.Popen(bench, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "results" / "stopped" / "runs" / "second" / "lr=0.003" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
@@ -179,3 +179,10 @@ def test_sigterm_stops_memzoo_bench_with_exit_143_after_writing_the_report_of_fi
     assert [(r["study"], r["status"]) for r in rows] == [("first", "done")]
     assert "1 of 2 cells done" in out and "stopped by SIGTERM" in err
     assert torch.load(last, weights_only=True)["global_step"] >= 10  # the stopped cell saved where it was
+
+
+def test_memzoo_bench_is_the_grid_runners_older_name_for_the_same_command():
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.name.startswith("memzoo-")}
+    assert scripts["memzoo-grid"] == scripts["memzoo-bench"] == "zoo.grid.runner:main"

@@ -1,6 +1,6 @@
-"""A grid file cannot make memzoo-bench write outside --out, hang or recurse: its name is one plain
+"""A grid file cannot make memzoo-grid write outside --out, hang or recurse: its name is one plain
 path component, its YAML aliases expand to a bounded size and never refer to themselves, and one
-memzoo-bench at a time runs a grid directory."""
+memzoo-grid at a time runs a grid directory."""
 
 import os
 import time
@@ -81,7 +81,7 @@ def test_oversized_grid_files_and_fifos_are_refused_before_reading(tmp_path):
         load_grid(str(fifo))
 
 
-def test_a_second_memzoo_bench_into_a_grid_directory_in_use_is_refused(tmp_path):
+def test_a_second_memzoo_grid_into_a_grid_directory_in_use_is_refused(tmp_path):
     path = write(tmp_path, yaml.safe_dump({"name": "busy", "studies": STUDY}))
     with exclusive_dir(tmp_path / "out" / "busy"):
         with pytest.raises(ValueError, match=rf"grid directory '.*busy' is in use by process {os.getpid()} .*pass another --out"):

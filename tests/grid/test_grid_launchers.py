@@ -1,4 +1,4 @@
-"""memzoo-bench dispatches its cells through Hydra's launchers: joblib runs cells side by side and
+"""memzoo-grid dispatches its cells through Hydra's launchers: joblib runs cells side by side and
 writes the files (and metrics) of the serial run, submitit_local runs them as submitit jobs, an
 interrupted parallel grid resumes, and a job on a machine with several GPUs claims a free one."""
 
@@ -53,7 +53,7 @@ def test_joblib_trains_two_cells_at_once_and_writes_the_files_and_metrics_of_the
     main([str(grid), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "--out", str(tmp_path / "joblib")])
     serial, parallel = tmp_path / "serial" / "pair", tmp_path / "joblib" / "pair"
     assert files(parallel) == files(serial)
-    assert {"runs/mqar/memory=pkm/metrics.json", "jobs/TIME/mqar/memory=pkm/memzoo-bench.log", "summary.md"} <= files(serial)
+    assert {"runs/mqar/memory=pkm/metrics.json", "jobs/TIME/mqar/memory=pkm/memzoo-grid.log", "summary.md"} <= files(serial)
     for cell, row in results(serial).items():  # the same training, wherever it ran
         other = results(parallel)[cell]
         assert other["test_acc"] == row["test_acc"] and abs(float(other["test_loss"]) - float(row["test_loss"])) < 1e-5
@@ -61,7 +61,7 @@ def test_joblib_trains_two_cells_at_once_and_writes_the_files_and_metrics_of_the
     spans = [((d / "config.yaml").stat().st_mtime, (d / "metrics.json").stat().st_mtime) for d in (parallel / "runs" / "mqar").iterdir()]
     (start_a, end_a), (start_b, end_b) = spans
     assert start_a < end_b and start_b < end_a
-    logs = [p.read_text() for p in (parallel / "jobs").rglob("memzoo-bench.log")]
+    logs = [p.read_text() for p in (parallel / "jobs").rglob("memzoo-grid.log")]
     assert len(logs) == 2
 
 

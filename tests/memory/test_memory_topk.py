@@ -34,12 +34,13 @@ def test_module_search_equals_brute_force_over_all_slots(query_norm):
     # independent path: each slot's key is the concatenation of its two sub-keys
     q = keys.query(x).view(40, 3, 2, 4)
     sub = keys.sub_keys
-    if query_norm == "layernorm":
-        norm = lambda t: (t - t.mean(-1, keepdim=True)) / (t.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
-    elif query_norm == "rmsnorm":
-        norm = lambda t: t / (t.pow(2).mean(-1, keepdim=True) + torch.finfo(t.dtype).eps).sqrt()
-    else:
-        norm = lambda t: t
+    def norm(t):
+        if query_norm == "layernorm":
+            return (t - t.mean(-1, keepdim=True)) / (t.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        if query_norm == "rmsnorm":
+            return t / (t.pow(2).mean(-1, keepdim=True) + torch.finfo(t.dtype).eps).sqrt()
+        return t
+
     q, sub = norm(q).flatten(-2), norm(sub)
     full_keys = torch.cat(
         [sub[:, 0].unsqueeze(2).expand(-1, -1, 12, -1), sub[:, 1].unsqueeze(1).expand(-1, 12, -1, -1)], dim=-1

@@ -218,7 +218,7 @@ def test_row_adam_through_the_triton_kernel_equals_the_pytorch_update(monkeypatc
     tables[1].data.copy_(tables[0].data)
     optimizers = [optim.RowAdam([t], lr=0.05, second_moment=second_moment) for t in tables]
     updates = [optim.row_adam_update_, triton_ops.row_adam_]  # reference, kernel
-    for step in range(3):
+    for _ in range(3):
         rows = torch.randperm(30)[:7].sort().values.to(DEVICE)
         grad = torch.randn(7, 6, device=DEVICE)
         for t, opt, update in zip(tables, optimizers, updates):

@@ -68,7 +68,7 @@ def fuzzy_reference(row: list[int], half: int) -> tuple[list[int], set[int]]:
     runs = split_runs(row, half)
     assert runs[0][1][0] < half, "a sequence starts with a key motif"
     expected, seen, last = [IGNORE] * len(row), {}, {IGNORE}
-    for (key_start, key), (value_start, value) in zip(runs[0::2], runs[1::2]):
+    for (_, key), (value_start, value) in zip(runs[0::2], runs[1::2]):
         key, complete = tuple(key), value_start + len(value) < len(row)
         if key in seen:
             known = seen[key]
@@ -103,7 +103,7 @@ def test_fuzzy_icr_motifs_are_contiguous_multi_token_and_answers_are_earlier_val
     key_sizes, value_sizes = set(), set()
     for row_in, row_tgt in zip(inputs.tolist(), targets.tolist()):
         runs = split_runs(row_in, half)
-        for start, motif in runs[:-1]:  # the last run may be cut by seq_len
+        for _, motif in runs[:-1]:  # the last run may be cut by seq_len
             assert len(set(motif)) == len(motif), "a motif is distinct tokens"
             (key_sizes if motif[0] < half else value_sizes).add(len(motif))
         expected, last = fuzzy_reference(row_in, half)

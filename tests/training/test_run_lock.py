@@ -1,4 +1,4 @@
-"""One run per directory: a second memzoo-train (or memzoo-eval, or memzoo-bench) into a directory
+"""One run per directory: a second memzoo-train (or memzoo-eval, or memzoo-grid) into a directory
 that another process is using is refused before it writes anything, naming the holder; the lock
 leaves no file behind and is released when the holder ends; memzoo-eval never writes into a
 training run's directory."""

@@ -294,7 +294,7 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
         figures["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
     with SummaryWriter(str(root / "tb")) as writer:
         for name, fig in figures.items():
-            path = atomic_write(root / f"{name}.png", lambda handle: fig.savefig(handle, dpi=110, format="png"))
+            path = atomic_write(root / f"{name}.png", lambda handle, fig=fig: fig.savefig(handle, dpi=110, format="png"))
             writer.add_figure(f"grid/{name}", fig, close=True)
             paths.append(path)
     return paths

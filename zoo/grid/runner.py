@@ -1,18 +1,18 @@
-"""``memzoo-bench GRID [OVERRIDE ...] [--out DIR] [--list]`` (= ``python scripts/recall_bench.py``):
+"""``memzoo-grid GRID [OVERRIDE ...] [--out DIR] [--list]`` (``memzoo-grid`` is the same command, its older name):
 train every cell of a benchmark grid through ``zoo.training.train.train``, each cell one job of a Hydra
 multirun, then write results.csv, summary.md, figures and dashboards.
 
-A grid (``configs/bench/<name>.yaml``, or a path to such a file) has a ``name`` and ``studies``;
+A grid (``zoo/grid/specs/<name>.yaml``, or a path to such a file) has a ``name`` and ``studies``;
 each study has ``base`` overrides (any ``memzoo-train`` override), ``axes`` (override key -> list
 of values; its cells are their product) and, optionally, ``seeds``: each cell then runs once per
 seed (``seed=S``), and the report gives mean ± std over them. Command-line OVERRIDEs that start
 with ``hydra`` choose and configure the launcher; any other is appended to every cell.
 
-Dispatch is Hydra's: memzoo-bench composes ``configs/grid.yaml`` as a multirun whose sweep is
+Dispatch is Hydra's: memzoo-grid composes ``zoo/configs/grid.yaml`` as a multirun whose sweep is
 ``cell`` (the cells still to train) and the launcher runs one job per cell: the default (basic) in
 this process, one after another; ``hydra/launcher=joblib`` several side by side on this machine;
 ``submitit_local`` / ``submitit_slurm`` as submitit jobs. A job trains cell ``c`` of study ``s``
-in ``<out>/<grid>/runs/<s>/<c>/`` like a ``memzoo-train`` run, from the overrides memzoo-bench
+in ``<out>/<grid>/runs/<s>/<c>/`` like a ``memzoo-train`` run, from the overrides memzoo-grid
 wrote there (``cell.json``) before launching; Hydra's own record of each job (config, log,
 submitit's output) goes to ``<out>/<grid>/jobs/<time>/``. The report is read back from the cell
 directories, whoever ran them.
@@ -98,12 +98,12 @@ def _slug(settings: tuple[tuple[str, str], ...]) -> str:
 
 
 def _shipped_dir():
-    """configs/bench/ as installed (the ``zoo.configs`` package's ``bench`` folder)."""
-    return resources.files("zoo.configs") / "bench"
+    """The shipped grids' folder as installed (``zoo/grid/specs``, package data of ``zoo.grid``)."""
+    return resources.files("zoo.grid") / "specs"
 
 
 def shipped_grids() -> list[str]:
-    """Names of the grids shipped in configs/bench/."""
+    """Names of the grids shipped in zoo/grid/specs/."""
     return sorted(p.name[:-5] for p in _shipped_dir().iterdir() if p.name.endswith(".yaml"))
 
 
@@ -174,7 +174,7 @@ def is_done(cell: Cell, run_dir: Path) -> bool:
 
 def compose_cell(overrides: Sequence[str]) -> DictConfig:
     """A cell's ``memzoo-train`` config (Hydra composition checks every override key and value);
-    inside an initialized Hydra: memzoo-bench's, which its launchers carry into every job."""
+    inside an initialized Hydra: memzoo-grid's, which its launchers carry into every job."""
     return compose("train", overrides=list(overrides))
 
 
@@ -196,7 +196,7 @@ def check_dispatch(hydra_overrides: Sequence[str]) -> None:
     try:
         compose("grid", overrides=list(hydra_overrides), return_hydra_config=True)
     except Exception as err:  # noqa: BLE001 - Hydra raises several kinds
-        raise ValueError(f"memzoo-bench launcher overrides {list(hydra_overrides)} are invalid ({LAUNCHER_EXTRAS}): {err}") from err
+        raise ValueError(f"memzoo-grid launcher overrides {list(hydra_overrides)} are invalid ({LAUNCHER_EXTRAS}): {err}") from err
 
 
 def prepare(cell: Cell, run_dir: Path) -> None:
@@ -209,7 +209,7 @@ def prepare(cell: Cell, run_dir: Path) -> None:
 
 
 class CellJob:
-    """The task function of memzoo-bench's multirun: trains the cell its job config names (``cell``)
+    """The task function of memzoo-grid's multirun: trains the cell its job config names (``cell``)
     from the overrides in that cell's ``cell.json``; a failure is written to ``error.json``. It holds
     only the grid's directory, so launchers pickle it cheaply to other processes and machines."""
 
@@ -242,7 +242,7 @@ class CellJob:
 
 def launch(cells: list[Cell], root: Path, hydra_overrides: Sequence[str]) -> None:
     """One Hydra multirun job per cell, run by the launcher ``hydra_overrides`` choose; inside
-    memzoo-bench's initialized Hydra. Hydra has no public call for a multirun of a given task
+    memzoo-grid's initialized Hydra. Hydra has no public call for a multirun of a given task
     function (``hydra.main`` wraps one around ``sys.argv``), so this is the one its ``main`` makes."""
     for cell in cells:
         prepare(cell, root / "runs" / cell.study / cell.name)
@@ -277,7 +277,7 @@ def is_dispatch_override(override: str) -> bool:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train a benchmark grid, one Hydra job per cell, and write its tables and figures.")
-    parser.add_argument("grid", help=f"a shipped grid (configs/bench/<name>.yaml: {', '.join(shipped_grids())}) or a .yaml path")
+    parser.add_argument("grid", help=f"a shipped grid (zoo/grid/specs/<name>.yaml: {', '.join(shipped_grids())}) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="hydra/launcher=joblib hydra.launcher.n_jobs=4 ... choose how cells are launched "
                         "(basic, joblib, submitit_local, submitit_slurm); any other memzoo-train override is added to every cell")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/<grid name>/")
@@ -294,10 +294,10 @@ def main(argv=None) -> None:
 
     root = (args.out / grid["name"]).resolve()
     stopped = launcher_error = None
-    with initialize_config_module(config_module="zoo.configs", version_base="1.3", job_name="memzoo-bench"):
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3", job_name="memzoo-grid"):
         check_dispatch(hydra_overrides)
         check_cells(cells)
-        with exclusive_dir(root, what="grid", choose="pass another --out"):  # one memzoo-bench per grid directory
+        with exclusive_dir(root, what="grid", choose="pass another --out"):  # one memzoo-grid per grid directory
             pending = [c for c in cells if not is_done(c, root / "runs" / c.study / c.name)]
             with exit_on_signals():
                 try:
@@ -315,10 +315,10 @@ def main(argv=None) -> None:
     if failed:
         print("failed: " + ", ".join(f"{r['study']}/{r['cell']} ({r['error']})" for r in failed))
     if stopped is not None:
-        print(f"stopped by {stopped.signal_name}: rerun `memzoo-bench {args.grid}` to continue", file=sys.stderr)
+        print(f"stopped by {stopped.signal_name}: rerun `memzoo-grid {args.grid}` to continue", file=sys.stderr)
         sys.exit(stopped.code)
     if launcher_error is not None:
-        print(f"the launcher stopped ({type(launcher_error).__name__}): rerun `memzoo-bench {args.grid}` to continue", file=sys.stderr)
+        print(f"the launcher stopped ({type(launcher_error).__name__}): rerun `memzoo-grid {args.grid}` to continue", file=sys.stderr)
         sys.exit(1)
     if failed:
         sys.exit(1)

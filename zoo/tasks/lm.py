@@ -354,7 +354,7 @@ class LanguageModelingDataModule(GeneratedDataModule):
                 f"{MAX_NON_TEXT_FRACTION:.0%}); pass task.allow_binary=true to train on it anyway"
             )
         if report["replaced"]:
-            warnings.warn(f"{self._source()}: {report['replaced']} undecodable byte sequences replaced by U+FFFD")
+            warnings.warn(f"{self._source()}: {report['replaced']} undecodable byte sequences replaced by U+FFFD", stacklevel=2)
         self.split_bytes = split_corpus(corpus, self.val_fraction, self.test_fraction)
         if self.tokenizer_name == "bpe":
             self.tokenizer = train_bpe(self.split_bytes["train"], self.vocab_size)

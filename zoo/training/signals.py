@@ -41,7 +41,7 @@ class SignalExit(SystemExit):
 @contextmanager
 def exit_on_signals() -> Iterator[None]:
     """While open (main thread only), SIGTERM and SIGINT raise ``SignalExit`` where the process is:
-    for a process that waits on others (``memzoo-bench`` while a launcher runs its cells), so the
+    for a process that waits on others (``memzoo-grid`` while a launcher runs its cells), so the
     wait ends at once. A run started inside installs its own ``StopSignals``, which takes the
     signal first and saves a checkpoint."""
     if threading.current_thread() is not threading.main_thread():

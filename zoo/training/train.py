@@ -133,7 +133,7 @@ def check_run_config(cfg: DictConfig, budget: Budget | None = None) -> None:
     """The checks a run makes before it generates data or builds a model (seed and run options,
     schedule and trainer, throughput and logger settings, task arguments, model settings, and
     unless ``size_check=false`` the memory the run would take against ``budget``, None: this
-    machine's; see ``zoo.model.size_budget``); ``train`` makes them first, ``memzoo-bench`` for every cell."""
+    machine's; see ``zoo.model.size_budget``); ``train`` makes them first, ``memzoo-grid`` for every cell."""
     check_run_options(cfg.get("seed"), cfg.get("size_check", True), cfg.get("overwrite", False),
                       OmegaConf.select(cfg, "checkpoint.every_n_train_steps"), cfg.collective_timeout_s)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
