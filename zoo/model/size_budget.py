@@ -180,7 +180,7 @@ def check_size_budget(parts: Sequence[Part], budget: Budget, world: int = 1) -> 
         raise ValueError(
             f"size check: this run needs about {_gib(need)}{breakdown}, more than the {_gib(have)} of "
             f"{source}; the largest part is the {counted[0].name}: lower {counted[0].keys} "
-            "(a coarse estimate, see zoo/size_budget.py; size_check=false skips this check)"
+            "(a coarse estimate, see zoo/model/size_budget.py; size_check=false skips this check)"
         )
 
 
