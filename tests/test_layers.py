@@ -17,7 +17,7 @@ ALLOWED = {
     "memory": {"core", "checkpoint"},
     "model": {"core", "checkpoint", "mixers", "memory"},
     "training": {"core", "checkpoint", "mixers", "tasks", "memory", "model"},
-    "configs": {"core", "memory", "training"},  # the dataclass-backed presets
+    "configs": {"core", "memory", "model", "training"},  # the dataclass-backed presets
     "grid": {"core", "checkpoint", "tasks", "memory", "model", "training"},
     "": {"model"},  # zoo/__init__.py: the public API
 }
@@ -58,3 +58,16 @@ def test_every_subpackage_imports_only_the_rooms_below_it():
 def test_every_module_lives_in_a_room():
     loose = sorted(p.name for p in ZOO.glob("*.py") if p.name != "__init__.py")
     assert loose == [], f"modules outside a subpackage: {loose}"
+
+
+def test_zoo_is_the_only_top_level_package_the_project_installs():
+    import pytest
+    from setuptools import find_packages
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    root = ZOO.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    installed = find_packages(str(root), include=config["include"])
+    assert {name.split(".")[0] for name in installed} == {"zoo"}
+    assert "zoo.configs" in installed and "zoo.grid" in installed  # the YAML package data ships inside them

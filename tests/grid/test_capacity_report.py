@@ -10,7 +10,7 @@ from zoo import build_model
 from zoo.grid.report import aggregate, best_of_lr, capacity_figure, summary_markdown
 from zoo.grid.runner import expand, load_grid
 from zoo.model.flops import forward_flops_per_token
-from zoo.training.train import model_config
+from zoo.training.config import RunConfig
 
 
 def run(cell, seed, params, flops, recalled, memory="pkm", usage=None):
@@ -62,8 +62,7 @@ def test_capacity_grid_memory_models_stay_within_5_percent_below_the_mlp_flops()
                 continue
             cfg = compose("train", overrides=list(cell.overrides))
             task = cfg.task
-            vocab = 1 + task.num_entities + task.num_relations + task.num_values + task.num_fillers
-            model = build_model(model_config(cfg, vocab))
+            model = build_model(RunConfig.from_hydra(cfg).model)  # the vocabulary from the task's sizes
             flops[(cell.study, dict(cell.settings)["backbone"], dict(cell.settings).get("memory.n_keys"))] = (
                 forward_flops_per_token(model, task.seq_len), model.num_parameters())
     for backbone in ("transformer", "mamba2"):

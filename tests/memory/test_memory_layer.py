@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo import ModelConfig, build_model
+from zoo.core.dataclass_config import from_mapping
 from zoo.memory import MemoryConfig, MemoryPlus, ValueTable
 
 
@@ -106,7 +107,9 @@ def test_memory_replaces_channel_only_at_listed_layers():
 )
 def test_bad_memory_setting_raises_before_any_parameter_is_made(memory, match):
     with pytest.raises(ValueError, match=match):
-        ModelConfig(vocab_size=20, d_model=16, n_layers=2, memory={"n_keys": 8, "k_dim": 8, **memory}).validate()
+        config = from_mapping(ModelConfig, {"vocab_size": 20, "d_model": 16, "n_layers": 2,
+                                            "memory": {"n_keys": 8, "k_dim": 8, **memory}}, "model")
+        config.validate()
 
 
 def test_shared_table_with_other_width_is_a_v_dim_mismatch():

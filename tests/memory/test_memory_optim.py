@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zoo import ModelConfig, build_model
-from zoo.memory import VALUE_GROUP
+from zoo.memory import VALUE_GROUP, MemoryConfig
 from zoo.memory.optim import DenseSparseAdam, RowAdam
 from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
 
@@ -31,8 +31,9 @@ def test_value_group_has_own_lr_and_no_weight_decay():
     groups = {g["name"]: g for g in param_groups(memory_model(True), lr=3e-3, weight_decay=0.1)}
     assert groups[VALUE_GROUP]["lr"] == 1e-2 and groups[VALUE_GROUP]["weight_decay"] == 0.0
     assert groups[VALUE_GROUP]["sparse"] is True
-    override = {g["name"]: g for g in param_groups(memory_model(True), 3e-3, 0.1, group_lr={VALUE_GROUP: 5e-4})}
-    assert override[VALUE_GROUP]["lr"] == 5e-4
+    with pytest.raises(ValueError, match=r"group_lr names parameter group\(s\) \['memory_values'\] whose parameters set "
+                                         r"their own learning rate .*memory.value_lr"):
+        param_groups(memory_model(True), 3e-3, 0.1, group_lr={VALUE_GROUP: 5e-4})  # one knob: memory.value_lr
     with pytest.raises(ValueError, match=r"group_lr names parameter group\(s\) \['memroy_values'\]"):
         param_groups(memory_model(True), 3e-3, 0.1, group_lr={"memroy_values": 1.0})
 
@@ -148,7 +149,7 @@ def test_row_wise_second_moment_equals_a_per_row_loop_with_one_v_per_row():
 
 def test_memory_second_moment_row_reaches_the_value_optimizer():
     memory = dict(n_keys=4, heads=1, knn=2, k_dim=8, layers=[0], second_moment="row")
-    model = build_model(ModelConfig(vocab_size=8, d_model=8, n_layers=1, memory=memory))
+    model = build_model(ModelConfig(vocab_size=8, d_model=8, n_layers=1, memory=MemoryConfig(**memory)))
     optimizer = build_optimizer(param_groups(model, lr=1e-3, weight_decay=0.1))
     model(torch.randint(0, 8, (2, 5))).sum().backward()
     optimizer.step()

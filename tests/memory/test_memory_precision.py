@@ -130,9 +130,9 @@ def test_fp16_autocast_with_a_grad_scaler_learns_a_batch_with_sparse_value_gradi
     """fp16's recipe (autocast + loss scaling, which unscales the sparse value gradients) on CPU;
     Lightning runs 16-mixed only on CUDA, where the same GradScaler does the same."""
     torch.manual_seed(0)
-    memory = dict(n_keys=8, heads=2, knn=4, k_dim=16, layers=[1])
+    memory = MemoryConfig(n_keys=8, heads=2, knn=4, k_dim=16, layers=[1], value_lr=3e-2)
     model = build_model(ModelConfig(vocab_size=16, d_model=32, n_layers=2, pattern="A", memory=memory))
-    optimizer = build_optimizer(param_groups(model, lr=3e-3, weight_decay=0.0, group_lr={"memory_values": 3e-2}))
+    optimizer = build_optimizer(param_groups(model, lr=3e-3, weight_decay=0.0))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     inputs = torch.randint(0, 16, (8, 12))
     losses = []

@@ -182,10 +182,11 @@ def test_conv_keeps_its_init_and_output_projection_is_scaled_by_model_init():
 def test_backbone_yaml_states_the_constructor_defaults():
     backbone = yaml.safe_load((CONFIGS / "backbone" / "based.yaml").read_text())
     assert backbone["pattern"] == "B"
-    mixer = Based(backbone["d_model"])
+    d_model = ModelConfig(vocab_size=128).d_model  # the preset inherits it (defaults: [base])
+    mixer = Based(d_model)
     stated = backbone["mixer"]["based"]
     assert stated == {name: getattr(mixer, name) for name in stated}
-    assert Based(backbone["d_model"], **stated).state_dict().keys() == mixer.state_dict().keys()
+    assert Based(d_model, **stated).state_dict().keys() == mixer.state_dict().keys()
 
 
 @pytest.mark.parametrize(

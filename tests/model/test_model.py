@@ -52,11 +52,12 @@ def test_attention_is_causal():
 
 
 def test_language_model_output_shape_and_tied_head():
-    model = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=3, mixer={"attention": {"n_heads": 4}}))
+    model = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=3, mixer={"attention": {"n_heads": 4}},
+                                    tie_embeddings=True))
     logits = model(torch.randint(0, 50, (3, 13)))
     assert logits.shape == (3, 13, 50)
     assert model.lm_head.weight is model.embedding.weight
-    untied = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=1, tie_embeddings=False))
+    untied = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=1))  # untied by default
     assert untied.num_parameters() == model.num_parameters() - 2 * _block_params(model) + 50 * 32
 
 
@@ -137,7 +138,7 @@ def test_training_loss_and_gradients_equal_cross_entropy_over_the_full_logits():
     from zoo.training.lit import LitLanguageModel
 
     torch.manual_seed(0)
-    lit = LitLanguageModel({"vocab_size": 40, "d_model": 16, "pattern": "A"}, {})
+    lit = LitLanguageModel(ModelConfig(vocab_size=40, d_model=16, pattern="A"))
     inputs = torch.randint(0, 40, (4, 10))
     targets = torch.where(torch.rand(4, 10) < 0.4, torch.randint(0, 40, (4, 10)), torch.full((4, 10), -100))
     loss = lit.training_step({"inputs": inputs, "targets": targets}, 0)

@@ -24,7 +24,7 @@ from test_signals import Regression, SigtermAfterStep, loader
 from zoo import load_model
 from zoo.checkpoint.distributed import is_distributed_checkpoint, save_distributed
 from zoo.checkpoint.files import atomic_torch_save, load_checkpoint_file
-from zoo.model.language_model import ModelConfig, build_model
+from zoo.model.language_model import build_model
 from zoo.model.loading import MODEL_PREFIX
 from zoo.training.evaluate import evaluate
 from zoo.training.run_checkpoint import RunCheckpoint
@@ -240,7 +240,7 @@ def test_last_ckpt_after_sigterm_resume_and_finish_is_the_final_state_bit_for_bi
 def sharded_ckpt(tmp_path) -> Path:
     """A memzoo distributed checkpoint of ``MODEL`` (with one optimizer tensor) published at
     checkpoints/last.ckpt."""
-    model = build_model(ModelConfig.from_mapping(MODEL))
+    model = build_model(MODEL)
     checkpoint = {"state_dict": {MODEL_PREFIX + k: v for k, v in model.state_dict().items()},
                   "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(16, 16)}}}],
                   "hyper_parameters": {"model": MODEL, "optim": {}}, "global_step": 3}

@@ -11,7 +11,10 @@ from omegaconf import OmegaConf
 
 from zoo.memory import MemoryConfig
 from zoo.mixers import MIXERS
+from zoo.model import ModelConfig
+from zoo.model.mlp import SwiGLU
 from zoo.tasks import TASKS
+from zoo.training.config import RunConfig
 from zoo.training.optim import OptimConfig
 from zoo.training.throughput import ThroughputConfig
 
@@ -44,9 +47,48 @@ def composed(*overrides: str):
 
 def test_memory_pkm_is_the_memory_config_dataclass_with_nothing_restated_in_yaml():
     memory = OmegaConf.to_container(composed("memory=pkm").memory)
-    assert memory.pop("name") == "pkm"
+    assert memory["name"] == "pkm"
     assert memory == dataclasses.asdict(MemoryConfig())
     assert not (CONFIGS / "memory" / "pkm.yaml").exists()
+
+
+def test_the_default_run_trains_model_config_defaults():
+    """``memzoo-train`` with no overrides trains ``ModelConfig()`` (with the default task's vocabulary),
+    and every other typed group is its dataclass's defaults."""
+    run = RunConfig.from_hydra(composed())
+    assert run.model == ModelConfig(vocab_size=TASKS["mqar"]().vocab_size)
+    assert run.model.memory is None and run.memory_name == "none"
+    assert run.optim == OptimConfig() and run.throughput == ThroughputConfig()
+    assert RunConfig.from_hydra(composed("memory=pkm")).model.memory == MemoryConfig()
+
+
+def test_model_config_mlp_default_is_the_mlp_constructor_defaults():
+    defaults = code_defaults(SwiGLU.__init__)
+    defaults.pop("layer_idx")
+    assert ModelConfig(vocab_size=2).mlp == defaults
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "backbone").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_backbone_preset_states_only_what_it_changes_from_model_config(path):
+    values = yaml.safe_load(path.read_text())
+    assert values.pop("defaults") == ["base", "_self_"]
+    assert values.pop("name") == path.stem
+    defaults = dataclasses.asdict(ModelConfig(vocab_size=2))
+    restated = {k: v for k, v in values.items() if k != "mixer" and defaults[k] == v}
+    assert not restated, f"{path.name} restates ModelConfig's defaults: {restated}"
+    assert values["mixer"], "each preset states its mixers' options (backbone/base has none)"
+    composed_backbone = OmegaConf.to_container(composed(f"backbone={path.stem}").backbone)
+    assert composed_backbone == {**{k: v for k, v in defaults.items() if k not in ("vocab_size", "memory")},
+                                 "name": path.stem, **values}
+
+
+@pytest.mark.parametrize("name", ["gpu", "ddp"])
+def test_trainer_presets_inherit_cpu_and_state_only_what_they_change(name):
+    cpu = yaml.safe_load((CONFIGS / "trainer" / "cpu.yaml").read_text())
+    values = yaml.safe_load((CONFIGS / "trainer" / f"{name}.yaml").read_text())
+    assert values.pop("defaults") == ["cpu", "_self_"]
+    assert values and all(cpu.get(k) != v for k, v in values.items())
+    assert OmegaConf.to_container(composed(f"trainer={name}").trainer) == {**cpu, **values}
 
 
 def test_optim_is_the_optim_config_dataclass_with_nothing_restated_in_yaml():

@@ -26,15 +26,17 @@ def test_norms_embeddings_and_biases_get_no_weight_decay():
     assert total == model.num_parameters()  # tied head counted once
 
 
-def test_named_group_takes_its_own_learning_rate():
+def test_named_group_takes_its_own_learning_rate_from_one_knob_only():
     module = nn.Sequential(linear(4, 4), linear(4, 4))
-    tag_optim(module[1].weight, group="memory_values", weight_decay=0.0)
-    groups = {g["name"]: g for g in param_groups(module, lr=1e-2, weight_decay=0.1, group_lr={"memory_values": 1e-3})}
-    assert groups["memory_values"]["lr"] == 1e-3 and groups["memory_values"]["weight_decay"] == 0.0
+    tag_optim(module[1].weight, group="extra", weight_decay=0.0)
+    groups = {g["name"]: g for g in param_groups(module, lr=1e-2, weight_decay=0.1, group_lr={"extra": 1e-3})}
+    assert groups["extra"]["lr"] == 1e-3 and groups["extra"]["weight_decay"] == 0.0
     assert groups["decay"]["lr"] == 1e-2
-    tag_optim(module[1].weight, lr=2e-3)
+    tag_optim(module[1].weight, lr=2e-3)  # the group now sets its own lr where it is made (as memory values do)
     groups = {g["name"]: g for g in param_groups(module, lr=1e-2, weight_decay=0.1)}
-    assert groups["memory_values"]["lr"] == 2e-3  # the tag's own lr when the config names none
+    assert groups["extra"]["lr"] == 2e-3
+    with pytest.raises(ValueError, match=r"optim.group_lr names parameter group\(s\) \['extra'\] whose parameters set their own"):
+        param_groups(module, lr=1e-2, weight_decay=0.1, group_lr={"extra": 1e-3})  # never silently over the tag
 
 
 def test_warmup_then_cosine_to_min_ratio():

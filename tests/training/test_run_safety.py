@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_module
 
 from zoo.checkpoint.distributed import remove_distributed, save_distributed
 from zoo.checkpoint.files import load_checkpoint_file
+from zoo.training.optim import OptimConfig
 from zoo.training.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
 from zoo.training.train import train
 
@@ -28,7 +29,9 @@ def make_cfg(*overrides):
     [
         (["optim.lr=-1"], r"^optim.lr=-1.0 must be a finite number > 0$"),
         (["optim.lr=nan"], r"^optim.lr=nan must be a finite number > 0$"),
-        (["+optim.group_lr.memory_values=0"], r"^optim.group_lr.memory_values=0.0 must be a finite number > 0$"),
+        (["+optim.group_lr.memory_values=0.01"],
+         r"^optim.group_lr.memory_values=0.01: the memory value table's learning rate has one knob, memory.value_lr; "),
+        (["+optim.group_lr.other=0"], r"^optim.group_lr.other=0.0 must be a finite number > 0$"),
         (["trainer.gradient_clip_val=-1"], r"^trainer.gradient_clip_val=-1 must be >= 0"),
         (["trainer.max_steps=0"], r"^trainer.max_steps=0 must be an integer >= 1$"),
         (["optim.warmup_steps=4"], r"^optim.warmup_steps=4 must be < the schedule's 4 steps"),
@@ -42,7 +45,7 @@ def test_settings_that_would_train_wrongly_fail_before_anything_is_written(tmp_p
 
 
 def test_the_schedule_check_names_only_the_failing_field():
-    good_optim, good_trainer = {"lr": 1e-3, "warmup_steps": None}, {"max_steps": 10, "gradient_clip_val": 1.0}
+    good_optim, good_trainer = OptimConfig(lr=1e-3, warmup_steps=None), {"max_steps": 10, "gradient_clip_val": 1.0}
     check_schedule(good_optim, good_trainer)  # warmup null = a tenth of the schedule
     with pytest.raises(ValueError) as err:
         check_schedule(good_optim, {**good_trainer, "max_steps": 0})

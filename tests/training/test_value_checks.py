@@ -9,13 +9,15 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from zoo.core.dataclass_config import from_mapping
 from zoo.grid.runner import expand, load_grid, shipped_grids
 from zoo.model.generate import check_generation_arguments, generate
 from zoo.model.language_model import ModelConfig, build_model
 from zoo.model.size_budget import Budget, GiB, Part, check_size_budget, parameter_counts, run_parts
 from zoo.tasks import TASKS, build_datamodule
 from zoo.tasks.lm import _cap, _read_files, _utf8, path_corpus
-from zoo.training.train import check_run_config, model_config, train
+from zoo.training.config import RunConfig
+from zoo.training.train import check_run_config, train
 
 TINY = ["backbone.d_model=16", "task.num_train=256", "task.num_test=64", "task.batch_size=32",
         "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false"]
@@ -171,7 +173,7 @@ def test_a_run_too_large_for_the_machine_is_refused_with_a_byte_estimate_and_the
 def tiny_estimate(*overrides):
     cfg = make_cfg(*overrides)
     datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
-    return sum(p.bytes for p in run_parts(model_config(cfg, datamodule.vocab_size), datamodule))
+    return sum(p.bytes for p in run_parts(RunConfig.from_hydra(cfg).model, datamodule))
 
 
 def test_size_check_false_lets_a_run_over_the_budget_pass_the_check():
@@ -229,7 +231,7 @@ MODELS = [
 
 @pytest.mark.parametrize("values", MODELS, ids=lambda v: f"{v['pattern']}{'+memory' if 'memory' in v else ''}")
 def test_parameters_counted_from_the_config_equal_the_built_models(values):
-    config = ModelConfig.from_mapping({"vocab_size": 50, **values})
+    config = from_mapping(ModelConfig, {"vocab_size": 50, **values}, "model")
     config.validate()
     assert sum(parameter_counts(config).values()) == build_model({"vocab_size": 50, **values}).num_parameters()
 

@@ -4,7 +4,9 @@ and runs trained one after another in one process (a grid) get one W&B run each.
 import pytest
 from hydra import compose, initialize_config_module
 
-from zoo.training.train import check_logger, train
+from zoo.core.dataclass_config import from_mapping
+from zoo.training.config import LoggerConfig
+from zoo.training.train import train
 
 pytest.importorskip("wandb", reason="wandb is not installed (memzoo[wandb])")
 
@@ -44,4 +46,4 @@ def test_wandb_mode_must_be_one_wandb_knows():
     with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
         cfg = compose("train", overrides=["logger=wandb", "logger.mode=cloud"])
     with pytest.raises(ValueError, match=r"logger.mode='cloud' is not a W&B mode; allowed: \['online', 'offline', 'disabled'\]"):
-        check_logger(cfg.logger)
+        from_mapping(LoggerConfig, cfg.logger, "logger").check()

@@ -1,31 +1,55 @@
 """memzoo's Hydra configs (``pkg://zoo.configs``). The groups whose settings are a library dataclass
 are that dataclass, stored here in Hydra's ConfigStore, so each default has one place (the
-dataclass) and a bad type fails when the config is composed; the YAML files select and override.
+dataclass) and the YAML files select and override:
 
+- ``backbone=<preset>``: ``ModelConfig`` (``zoo/model/language_model.py``) less ``vocab_size`` (the
+  task's) and ``memory`` (the memory group). Every ``backbone/*.yaml`` starts from ``backbone/base``
+  and states only what it changes; ``base`` is ``ModelConfig``'s defaults with no ``name`` (each
+  preset names itself) and no mixer options, since a merge can add a mixer's options but not remove
+  the default transformer's: ``backbone/transformer.yaml`` states its attention options, which
+  ``tests/training/test_defaults.py`` holds equal to ``ModelConfig``'s default ``mixer``.
 - ``memory=pkm``: ``MemoryConfig`` (``zoo/memory/config.py``); ``memory=pkm_large`` overrides it.
-- ``optim=adamw``: ``OptimConfig`` (``zoo/optim.py``).
-- ``throughput=default``: ``ThroughputConfig`` (``zoo/throughput.py``): the peak FLOP/s for MFU.
+- ``optim=adamw``: ``OptimConfig`` (``zoo/training/optim.py``).
+- ``throughput=default``: ``ThroughputConfig`` (``zoo/training/throughput.py``): the peak FLOP/s for MFU.
 
-Hydra imports this package to find the YAML files, so the entries exist before any composition.
+The backbone fields are typed ``Any`` here so that a bad value reaches ``ModelConfig.validate``,
+which names the key and what is allowed. Hydra imports this package to find the YAML files, so the
+entries exist before any composition.
 """
 
-from dataclasses import dataclass
+import copy
+import dataclasses
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from zoo.memory.config import MemoryConfig
+from zoo.model.language_model import ModelConfig
 from zoo.training.optim import OptimConfig
 from zoo.training.throughput import ThroughputConfig
 
+NOT_BACKBONE = ("vocab_size", "memory")  # ModelConfig fields that other groups set
 
-@dataclass
-class MemoryPreset(MemoryConfig):
-    """``MemoryConfig`` plus the preset's ``name`` (what results tables show)."""
 
-    name: str = "pkm"
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def backbone_base() -> type:
+    """``ModelConfig``'s backbone fields with its defaults, but ``name`` to be given and no mixer options."""
+    changed = {"name": MISSING, "mixer": {}}
+    fields = []
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in NOT_BACKBONE:
+            continue
+        value = changed.get(f.name, _default(f))
+        fields.append((f.name, Any, dataclasses.field(default_factory=lambda value=value: copy.deepcopy(value))))
+    return dataclasses.make_dataclass("BackboneBase", fields)
 
 
 _store = ConfigStore.instance()
-_store.store(group="memory", name="pkm", node=MemoryPreset)
+_store.store(group="backbone", name="base", node=backbone_base())
+_store.store(group="memory", name="pkm", node=MemoryConfig)
 _store.store(group="optim", name="adamw", node=OptimConfig)
 _store.store(group="throughput", name="default", node=ThroughputConfig)

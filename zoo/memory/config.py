@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from zoo.core.value_checks import check_bool, check_real, is_int
 from zoo.memory.optim import SECOND_MOMENTS  # the layouts RowAdam keeps
@@ -42,6 +39,9 @@ class MemoryConfig:
         sub-key indices) with their values, searches them for every rank's tokens, and the global
         top-k is merged from the ranks' candidates. ``columns``: each rank owns 1/W of every value
         row (along v_dim) and reads it for every rank's tokens. Both need a process group (trainer=ddp).
+    name: the preset's name (``memory=pkm``, ``memory=pkm_large``), what results tables show.
+
+    The ``memory=pkm`` config group is this dataclass (``zoo/configs/__init__.py``): every default lives here.
     """
 
     n_keys: int = 32
@@ -60,22 +60,11 @@ class MemoryConfig:
     value_dtype: str = "float32"
     second_moment: str = "full"
     parallel: str = "none"
+    name: str = "pkm"
 
     @property
     def n_slots(self) -> int:
         return self.n_keys**2
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "MemoryConfig":
-        """Plain or OmegaConf mapping -> config; ``name`` (the Hydra choice) is allowed and dropped."""
-        values = {k: v for k, v in values.items() if k != "name"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown memory config key(s) {unknown}; allowed: {sorted(known)}")
-        if "layers" in values:
-            values["layers"] = list(values["layers"])
-        return cls(**values)
 
     def resolved_v_dim(self, d_model: int) -> int:
         return d_model if self.v_dim is None else self.v_dim

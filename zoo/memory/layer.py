@@ -29,7 +29,7 @@ class MemoryPlus(nn.Module):
     Args:
         d_model: width D.
         layer_idx: layer position.
-        config: ``MemoryConfig``.
+        config: a checked ``MemoryConfig`` (``ModelConfig.validate`` / ``build_model`` check it once).
         values: a ``ValueTable`` to share with other layers; None creates this layer's own.
 
     ``mem(x)`` sums, over heads, the softmax-weighted value rows of the head's top-k slots. W1 and W2
@@ -38,7 +38,6 @@ class MemoryPlus(nn.Module):
 
     def __init__(self, d_model: int, layer_idx: int, config: MemoryConfig, values: ValueTable | None = None):
         super().__init__()
-        config.validate(d_model)
         v_dim = config.resolved_v_dim(d_model)
         if values is not None and (values.v_dim != v_dim or values.n_slots != config.n_slots):
             raise ValueError(
@@ -46,6 +45,7 @@ class MemoryPlus(nn.Module):
                 f"(n_keys^2={config.n_slots}, v_dim={v_dim})"
             )
         self.layer_idx = layer_idx
+        self.d_model = d_model
         self.config = config
         self.keys = ProductKeys(d_model, config)
         self.values = values if values is not None else make_value_table(config, d_model)
@@ -77,3 +77,8 @@ class MemoryPlus(nn.Module):
         if self.gate is not None:
             out = torch.sigmoid(self.gate(flat)) * out
         return out.view_as(x)
+
+
+def memory_layers(model: nn.Module) -> dict[int, MemoryPlus]:
+    """``model``'s memory channels by layer index (empty for a model without memory)."""
+    return {m.layer_idx: m for m in model.modules() if isinstance(m, MemoryPlus)}

@@ -11,13 +11,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from zoo.memory.comm import comm_bytes_per_token
-from zoo.memory.layer import MemoryPlus
+from zoo.memory.layer import memory_layers
 from zoo.memory.usage import kl_from_uniform, usage_fraction
-
-
-def memory_layers(model: nn.Module) -> dict[int, MemoryPlus]:
-    """Memory channels by layer index."""
-    return {m.layer_idx: m for m in model.modules() if isinstance(m, MemoryPlus)}
 
 
 def sent_bytes_per_token(model: nn.Module, world_size: int) -> dict[str, float]:
@@ -27,7 +22,7 @@ def sent_bytes_per_token(model: nn.Module, world_size: int) -> dict[str, float]:
         return {"forward": 0.0, "backward": 0.0}
     layer = layers[0]
     element_bytes = layer.w1.weight.element_size()
-    return comm_bytes_per_token(layer.config, layer.w1.in_features, world_size, element_bytes)
+    return comm_bytes_per_token(layer.config, layer.d_model, world_size, element_bytes)
 
 
 class MemoryMonitor(Callback):

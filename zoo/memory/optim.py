@@ -134,6 +134,10 @@ class DenseSparseAdam(torch.optim.Optimizer):
         self.inner = [opt for opt in (self.dense, self.sparse) if opt is not None]
         super().__init__([g for opt in self.inner for g in opt.param_groups], defaults={})
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The inner optimizers: AdamW for the dense groups, ``RowAdam`` for the sparse ones (where present)."""
+        return list(self.inner)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = _evaluate(closure)

@@ -15,6 +15,7 @@ from zoo.checkpoint.distributed import SavedShards
 from zoo.core.tags import optim_tags, shard_of
 from zoo.memory.collectives import gather_tokens, token_counts
 from zoo.memory.layer import MemoryPlus
+from zoo.memory.optim import DenseSparseAdam
 from zoo.memory.sharded_values import (
     ColumnShardedValues,
     RowShardedSearch,
@@ -47,7 +48,7 @@ def shard_memory(model: nn.Module, group=None) -> nn.Module:
     world = dist.get_world_size(group)
     sharded: dict[int, ShardedValues] = {}
     for layer in pending:
-        layer.config.check_world_size(layer.w1.in_features, world)
+        layer.config.check_world_size(layer.d_model, world)
         table = layer.values
         if id(table) not in sharded:
             sharded[id(table)] = LAYOUTS[layer.config.parallel](table, group)
@@ -113,7 +114,7 @@ def save_and_load_sharded_state(optimizer: torch.optim.Optimizer) -> None:
     state in any form ``own_part`` reads (full tensors of any world size's checkpoint, a distributed
     checkpoint's parts in any layout) and keep this rank's part. Works through ``DenseSparseAdam``'s
     inner ones."""
-    for inner in getattr(optimizer, "inner", [optimizer]):
+    for inner in optimizer.optimizers() if isinstance(optimizer, DenseSparseAdam) else [optimizer]:
         params = [p for group in inner.param_groups for p in group["params"]]
         sharded = {i: p for i, p in enumerate(params) if shard_of(p) is not None}
         if sharded:

@@ -1,8 +1,7 @@
 """What data-parallel training of a memory needs from Lightning, in one callback: shard the value
 tables once the process group exists (each rank drawing only its part), keep the parts and the
 replicated rows-only tables out of DDP, average their gradients, and save / load sharded optimizer
-state by parts. ``LitLanguageModel.configure_callbacks`` attaches it, so
-every trainer of the model has it."""
+state by parts. ``zoo.memory.callbacks.memory_callbacks`` hands it to the trainer."""
 
 from __future__ import annotations
 
@@ -28,6 +27,9 @@ class ShardedMemory(Callback):
         group exists by now, and a resumed checkpoint's table (whole, or a distributed checkpoint's
         parts in any layout) loads into this rank's part."""
         shard_memory(pl_module.model)
+        # DDP reads this attribute of the module it wraps. torch has no public way to set it: its own
+        # setter, DistributedDataParallel._set_params_and_buffers_to_ignore_for_model, is private too
+        # (and sets this same attribute), and Lightning's DDPStrategy takes no ignore list.
         pl_module._ddp_params_and_buffers_to_ignore = ddp_ignored_parameter_names(pl_module)
         if trainer.world_size > 1:
             broadcast_replicated_sparse(pl_module.model)

@@ -11,16 +11,15 @@ them (e.g. SSM parameters); norms start at 1.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from zoo.core.dataclass_config import from_mapping
 from zoo.core.tags import is_no_reinit, is_residual_projection, mark_no_decay, shard_of
 from zoo.core.value_checks import check_bool, check_real, is_int
 from zoo.memory import MemoryConfig, make_value_table
@@ -30,43 +29,42 @@ from zoo.model.channels import CHANNELS
 INIT_STD = 0.02
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelConfig:
-    """Everything ``build_model`` needs.
+    """Everything ``build_model`` needs; the defaults are the model ``memzoo-train`` trains with no
+    overrides (``backbone=transformer``, ``memory=none``; ``tests/training/test_defaults.py`` holds
+    them equal). The backbone presets (``zoo/configs/backbone/``) are this dataclass and state only
+    what they change.
 
+    name: the backbone's name (what results tables show).
+    d_model: width of the residual stream. n_layers: blocks.
     pattern: mixer of each layer, as a string of letters (``"AAMA"``; see ``PATTERN_LETTERS``) or a
         list of mixer names; a pattern shorter than ``n_layers`` is repeated if its length divides it.
     channel: ``"mlp"`` / ``"none"`` for every layer, or a list with one entry per layer.
-    memory: a ``MemoryConfig`` or its fields as a mapping (parsed once, here), or None: the layers
-        in ``memory.layers`` get the memory+ channel instead of ``channel``.
-    mixer: keyword arguments per mixer name, e.g. ``{"attention": {"n_heads": 4}}``.
-    mlp: keyword arguments of the MLP channel.
+    mixer: keyword arguments per mixer name, e.g. ``{"attention": {"n_heads": 4}}``; a mixer without
+        an entry takes its constructor's defaults.
+    mlp: keyword arguments of the MLP channel; ``hidden_dim`` None = 8/3 * d_model rounded up to a
+        multiple of 8.
+    tie_embeddings: share the LM head with the embedding (untied by default: a tied head slows MQAR
+        learning several-fold).
+    norm_eps: the RMSNorms' epsilon.
+    vocab_size: token ids lie in ``[0, vocab_size)`` (a run takes it from its task).
+    memory: a ``MemoryConfig``, or None: the layers in ``memory.layers`` get the memory+ channel
+        instead of ``channel``.
     """
 
-    vocab_size: int
-    d_model: int = 64
+    name: str = "transformer"
+    d_model: int = 128
     n_layers: int = 2
     pattern: str | list[str] = "A"
     channel: str | list[str] = "mlp"
-    mixer: dict[str, dict[str, Any]] = field(default_factory=dict)
-    mlp: dict[str, Any] = field(default_factory=dict)
-    tie_embeddings: bool = True
+    mixer: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"attention": {"n_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}})
+    mlp: dict[str, Any] = field(default_factory=lambda: {"hidden_dim": None, "bias": False})
+    tie_embeddings: bool = False
     norm_eps: float = 1e-5
-    memory: MemoryConfig | Mapping[str, Any] | None = None
-    name: str = "custom"
-
-    def __post_init__(self) -> None:
-        if self.memory is not None and not isinstance(self.memory, MemoryConfig):
-            self.memory = MemoryConfig.from_mapping(self.memory)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "ModelConfig":
-        """Build from a plain or OmegaConf mapping; unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**{k: _plain(v) for k, v in values.items()})
+    vocab_size: int
+    memory: MemoryConfig | None = None
 
     def layer_mixers(self) -> list[str]:
         """Mixer name of each layer, after expanding letters and repeating the pattern."""
@@ -88,9 +86,6 @@ class ModelConfig:
                     )
         return _expand_per_layer(names, self.n_layers, "backbone.pattern")
 
-    def memory_config(self) -> MemoryConfig | None:
-        return self.memory
-
     def layer_channels(self) -> list[str]:
         """Channel name of each layer (memory layers say ``"memory"``)."""
         names = [self.channel] if isinstance(self.channel, str) else list(self.channel)
@@ -99,7 +94,7 @@ class ModelConfig:
             if name not in allowed:
                 raise ValueError(f"backbone.channel has unknown channel {name!r}; allowed: {allowed}")
         per_layer = _expand_per_layer(names, self.n_layers, "backbone.channel")
-        memory = self.memory_config()
+        memory = self.memory
         for idx in memory.layers if memory is not None else []:
             per_layer[idx] = "memory"
         return per_layer
@@ -129,7 +124,10 @@ class ModelConfig:
             if not isinstance(options, dict):
                 raise ValueError(f"backbone.mixer.{name}={options!r} must be a mapping of that mixer's options")
         self.layer_mixers()
-        memory = self.memory_config()
+        memory = self.memory
+        if memory is not None and not isinstance(memory, MemoryConfig):
+            raise ValueError(f"model memory={memory!r} must be a MemoryConfig or None (build_model parses a mapping of "
+                             "ModelConfig fields, memory included)")
         if memory is not None:
             memory.validate(self.d_model, self.n_layers)
         channels = self.layer_channels()
@@ -163,13 +161,6 @@ def _build_checked(registry: dict, name: str, kind: str, d_model: int, kwargs: d
         return _build_layer(registry, name, kind, d_model, 0, kwargs)
     except ValueError as err:
         raise ValueError(f"{key}: {err}") from err
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python containers."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _expand_per_layer(names: list[str], n_layers: int, field_name: str) -> list[str]:
@@ -274,10 +265,11 @@ def _build_layer(registry: dict, name: str, kind: str, d_model: int, layer_idx: 
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> LanguageModel:
-    """Config (dataclass or mapping with ``ModelConfig`` fields) -> ``LanguageModel``."""
-    config = cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_mapping(cfg)
+    """``ModelConfig`` -> ``LanguageModel``, the config checked first. A mapping of ``ModelConfig``
+    fields (the Python API's shorthand) is parsed here, at that boundary, by ``from_mapping``."""
+    config = cfg if isinstance(cfg, ModelConfig) else from_mapping(ModelConfig, cfg, "model")
     config.validate()
-    memory = config.memory_config()
+    memory = config.memory
     channel_options = {"mlp": config.mlp}
     if memory is not None:
         shared = make_value_table(memory, config.d_model) if memory.shared else None

@@ -3,27 +3,42 @@ settings describe (on the meta device: nothing allocated), then loaded on one pr
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from zoo.checkpoint.files import checkpoint_in, load_checkpoint_file
+from zoo.core.dataclass_config import from_mapping
 from zoo.model.language_model import LanguageModel, ModelConfig, build_model
 
 MODEL_PREFIX = "model."  # the LanguageModel's entries in a Lightning checkpoint's state_dict
 
 
-def model_shapes(model_values: dict[str, Any]) -> dict[str, torch.Size]:
+def stored_model_config(values: Mapping[str, Any]) -> ModelConfig:
+    """A checkpoint's model settings (``hyper_parameters.model``, ``ModelConfig``'s fields as a plain
+    dict, as ``LitLanguageModel`` stores them; a key left out takes its default) -> ``ModelConfig``.
+    The one place a stored dict becomes the typed config."""
+    return from_mapping(ModelConfig, values, "model")
+
+
+def one_process(config: ModelConfig) -> ModelConfig:
+    """``config`` with a sharded memory (``memory.parallel`` rows / columns) read whole in one process."""
+    if config.memory is None or config.memory.parallel == "none":
+        return config
+    return dataclasses.replace(config, memory=dataclasses.replace(config.memory, parallel="none"))
+
+
+def model_shapes(model_values: Mapping[str, Any]) -> dict[str, torch.Size]:
     """A checkpoint's model settings (``hyper_parameters.model``) -> the shape of each state_dict
     entry of its model (``MODEL_PREFIX`` + name), from a model built on the meta device (nothing
     allocated; a sharded memory as one whole table, as a distributed checkpoint stores it)."""
-    values = dict(model_values)
-    if isinstance(values.get("memory"), dict):
-        values["memory"] = {**values["memory"], "parallel": "none"}
+    config = one_process(stored_model_config(model_values))
     with torch.device("meta"):
-        model = build_model(ModelConfig.from_mapping(values))
+        model = build_model(config)
     return {MODEL_PREFIX + key: value.shape for key, value in model.state_dict().items()}
 
 
@@ -52,7 +67,7 @@ def _shape(value: Any) -> tuple | str:
     return tuple(value.shape) if torch.is_tensor(value) else f"a {type(value).__name__}, not a tensor"
 
 
-def read_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+def read_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], ModelConfig]:
     """A ``memzoo-train`` checkpoint (file, distributed, or a training run directory's last one) ->
     (the checkpoint, its model config for one process).
 
@@ -61,17 +76,14 @@ def read_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = 
     ``checkpoint_in`` and ``load_checkpoint_file`` do; the weights fit the model the config builds.
     """
     checkpoint = load_checkpoint_file(checkpoint_in(ckpt), map_location, check_weights=check_weights)
-    values = dict(checkpoint["hyper_parameters"]["model"])
-    if values.get("memory"):
-        values["memory"] = {**values["memory"], "parallel": "none"}
-    return checkpoint, values
+    return checkpoint, one_process(stored_model_config(checkpoint["hyper_parameters"]["model"]))
 
 
 def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
     """A ``memzoo-train`` checkpoint -> its ``LanguageModel`` in eval mode, on one process (a sharded
     run's distributed checkpoint is read whole: the ranks' parts assembled into the full table)."""
-    checkpoint, values = read_checkpoint(ckpt, map_location)
-    model = build_model(ModelConfig.from_mapping(values))
+    checkpoint, config = read_checkpoint(ckpt, map_location)
+    model = build_model(config)
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)

@@ -105,7 +105,7 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     layers += sum(per_layer[name] + d for name in config.layer_channels() if name == "mlp")
     counts = {"layers": layers, "embedding": config.vocab_size * d * (1 if config.tie_embeddings else 2) + d,
               "memory_values": 0}
-    memory = config.memory_config()
+    memory = config.memory
     if memory is not None:
         table, other = memory.parameter_counts(d)
         counts["layers"] += len(memory.layers) * (other + d)
@@ -125,7 +125,7 @@ def model_parts(config: ModelConfig, batch_size: int, seq_len: int, world: int =
              "task.vocab_size / backbone.d_model"),
     ]
     tokens = batch_size * seq_len
-    memory = config.memory_config()
+    memory = config.memory
     if memory is not None:
         n_memory, rows, v_dim = len(memory.layers), memory.n_slots, memory.resolved_v_dim(d)
         table = rows * v_dim
@@ -147,10 +147,9 @@ def model_parts(config: ModelConfig, batch_size: int, seq_len: int, world: int =
     return parts
 
 
-def run_parts(model: ModelConfig | Mapping[str, Any], datamodule, slices: Sequence = (), world: int = 1) -> list[Part]:
+def run_parts(config: ModelConfig, datamodule, slices: Sequence = (), world: int = 1) -> list[Part]:
     """Every part of one training process's memory: ``model_parts`` for the datamodule's batch size
     and longest split, and the data of the task's splits and of each test slice."""
-    config = model if isinstance(model, ModelConfig) else ModelConfig.from_mapping(model)
     parts = model_parts(config, datamodule.batch_size, datamodule.max_seq_len, world)
     data = datamodule.data_bytes() + sum(s.data_bytes(["test"]) for s in slices)
     return [*parts, Part("dataset (generated splits)", data, datamodule.size_keys, on_device=False)]
@@ -184,9 +183,9 @@ def check_size_budget(parts: Sequence[Part], budget: Budget, world: int = 1) -> 
         )
 
 
-def check_run_size(model: Mapping[str, Any], datamodule, slices: Sequence, trainer: Mapping[str, Any],
+def check_run_size(model: ModelConfig, datamodule, slices: Sequence, trainer: Mapping[str, Any],
                    budget: Budget | None = None) -> None:
-    """``check_size_budget`` for a run: its model values, task datamodule (nothing generated), test
+    """``check_size_budget`` for a run: its model config, task datamodule (nothing generated), test
     slices' datamodules and trainer options; ``budget`` None: this machine's (``machine_budget``)."""
     world = processes(trainer)
     parts = run_parts(model, datamodule, slices, world)

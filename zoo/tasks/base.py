@@ -188,7 +188,9 @@ class GeneratedDataModule(L.LightningDataModule):
             self.datasets["train"], batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, drop_last=True
         )
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Evaluation batches of ``split`` (a split or a test slice added to ``datasets``), sharded
+        across the trainer's ranks with every example counted once (``EvalShardSampler``)."""
         self.setup()
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
@@ -197,10 +199,10 @@ class GeneratedDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_dataloader("test")
 
 
 def _option(name: str, default: object, annotation: object) -> inspect.Parameter:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.checkpoint.files import checkpoint_in
 from zoo.core.io import atomic_write_json, format_metrics
+from zoo.memory.callbacks import memory_callbacks
 from zoo.model.loading import read_checkpoint
 from zoo.tasks import build_datamodule
 from zoo.training.guards import check_token_ids
@@ -48,18 +49,15 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """``evaluate`` in a claimed directory: read the checkpoint, test it, write metrics.json."""
     started = time.perf_counter()
-    checkpoint, model_values = read_checkpoint(cfg.ckpt)  # read once (a run directory: its last.ckpt), weights checked
+    checkpoint, model = read_checkpoint(cfg.ckpt)  # read once (a run directory: its last.ckpt), weights checked
     datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
     datamodule.setup("test")
-    check_token_ids({"test": datamodule.datasets["test"]}, model_values["vocab_size"])
-    module = LitLanguageModel(
-        model=model_values,
-        optim={},  # testing takes no optimizer settings: the defaults (a checkpoint may carry none)
-        bytes_per_token=datamodule.bytes_per_token,
-    )
+    check_token_ids({"test": datamodule.datasets["test"]}, model.vocab_size)
+    module = LitLanguageModel(model, bytes_per_token=datamodule.bytes_per_token)  # testing takes no optimizer settings
     module.load_state_dict(checkpoint["state_dict"])
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False, default_root_dir=str(run_dir))
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False, default_root_dir=str(run_dir),
+                        callbacks=memory_callbacks(model.memory, monitor=False))
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {
         "test": {k: float(v) for k, v in results[0].items()},

@@ -3,12 +3,14 @@ vocabulary, a checkpoint of another model, non-finite activations and gradients.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
-from zoo.memory import MemoryPlus
+from zoo.memory import memory_layers
+from zoo.model.language_model import ModelConfig
 from zoo.tasks.base import IGNORE_INDEX
 
 IGNORED_DIFFERENCES = {"memory.parallel"}  # a checkpoint holds the full table: any layout loads it
@@ -36,9 +38,10 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: values}
 
 
-def check_same_model(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise ``ValueError`` listing every model setting where a checkpoint differs from this run."""
-    saved_flat, current_flat = _flatten(saved), _flatten(current)
+def check_same_model(saved: ModelConfig, current: ModelConfig) -> None:
+    """Raise ``ValueError`` listing every model setting where a checkpoint's model (its stored
+    settings read by ``zoo.model.loading.stored_model_config``) differs from this run's."""
+    saved_flat, current_flat = _flatten(dataclasses.asdict(saved)), _flatten(dataclasses.asdict(current))
     differ = [
         f"{key}: checkpoint {saved_flat.get(key)!r}, this run {current_flat.get(key)!r}"
         for key in sorted(set(saved_flat) | set(current_flat))
@@ -59,7 +62,7 @@ def _where(name: str, is_memory: bool) -> str:
 
 def first_non_finite_gradient(model: nn.Module) -> str | None:
     """The first parameter (memory layers checked first) whose gradient holds a NaN or inf, or None."""
-    memory = {id(p) for m in model.modules() if isinstance(m, MemoryPlus) for p in m.parameters()}
+    memory = {id(p) for m in memory_layers(model).values() for p in m.parameters()}
     named = sorted(model.named_parameters(), key=lambda item: id(item[1]) not in memory)  # stable: memory first
     for name, param in named:
         grad = param.grad
@@ -77,11 +80,12 @@ def first_non_finite_output(model: nn.Module, inputs: torch.Tensor) -> str:
     layer if any, else the first block (or sub-module) in execution order."""
     found: list[tuple[bool, str]] = []
     hooks = []
+    memory_ids = {id(m) for m in memory_layers(model).values()}
     for name, module in model.named_modules():
         if name.count(".") <= 2 and name:  # blocks.i, blocks.i.mixer / channel, embedding, norm, lm_head
             def record(mod, args, out, name=name):
                 if torch.is_tensor(out) and not torch.isfinite(out).all():
-                    found.append((isinstance(mod, MemoryPlus), name))
+                    found.append((id(mod) in memory_ids, name))
             hooks.append(module.register_forward_hook(record))
     try:
         model(inputs)

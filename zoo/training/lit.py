@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from zoo.memory.sharding_callback import ShardedMemory
 from zoo.model.language_model import ModelConfig, build_model
+from zoo.model.loading import stored_model_config
 from zoo.tasks.base import IGNORE_INDEX
 from zoo.training.guards import check_same_model, first_non_finite_gradient, first_non_finite_output
 from zoo.training.metrics import BitsPerByte
@@ -31,29 +32,36 @@ class LitLanguageModel(L.LightningModule):
     """Trains ``build_model(model)`` on ``{"inputs", "targets"}`` batches.
 
     Args:
-        model: ``ModelConfig`` fields (a mapping) for ``build_model``.
-        optim: ``OptimConfig`` fields (a mapping; the ones left out take their defaults).
+        model: the ``ModelConfig`` of ``build_model``.
+        optim: the ``OptimConfig`` (None: its defaults; testing needs none).
         bytes_per_token: per split, the bytes of text a scored token covers (language modeling);
             when given, perplexity (``{split}/ppl``) and bits per byte (``{split}/bpb``) are logged.
         test_slices: names of extra test sets (``test/<slice>``), test dataloaders 1, 2, ... after
             the task's test split; each logs its own ``test/<slice>/loss`` and ``test/<slice>/acc``.
+
+    Checkpoints store the configs as plain dicts (``hyper_parameters.model`` / ``.optim``: the
+    dataclasses' fields), which ``torch.load(weights_only=True)`` reads and
+    ``zoo.model.loading.stored_model_config`` turns back into a ``ModelConfig``.
     """
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], bytes_per_token: dict[str, float] | None = None,
+    def __init__(self, model: ModelConfig, optim: OptimConfig | None = None, bytes_per_token: dict[str, float] | None = None,
                  test_slices: list[str] | None = None):
         super().__init__()
-        self.save_hyperparameters(logger=False)  # train() logs them once, with the final metrics
-        self.model_config = ModelConfig.from_mapping(model)
-        self.model = build_model(self.model_config)
-        self.optim = OptimConfig.from_mapping(optim)
-        vocab = self.model_config.vocab_size
+        self.model_config = model
+        self.optim = OptimConfig() if optim is None else optim
+        test_slices = list(test_slices or [])
+        # train() logs them once, with the final metrics
+        self.save_hyperparameters({"model": dataclasses.asdict(model), "optim": dataclasses.asdict(self.optim),
+                                   "bytes_per_token": bytes_per_token, "test_slices": test_slices}, logger=False)
+        self.model = build_model(model)
+        vocab = model.vocab_size
         self.accuracy = torch.nn.ModuleDict(
             {
                 f"{split}_acc": MulticlassAccuracy(num_classes=vocab, ignore_index=IGNORE_INDEX, average="micro")
                 for split in ("train", "val", "test")
             }
         )
-        self.test_slices = list(test_slices or [])
+        self.test_slices = test_slices
         self.slice_accuracy = torch.nn.ModuleList(
             MulticlassAccuracy(num_classes=vocab, ignore_index=IGNORE_INDEX, average="micro") for _ in self.test_slices
         )
@@ -61,10 +69,6 @@ class LitLanguageModel(L.LightningModule):
         for split, per_token in (bytes_per_token or {}).items():
             self.text_metrics[f"{split}_ppl"] = Perplexity(ignore_index=IGNORE_INDEX)
             self.text_metrics[f"{split}_bpb"] = BitsPerByte(per_token, ignore_index=IGNORE_INDEX)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        """Sharded memory's data-parallel needs, attached to every trainer of this module."""
-        return [ShardedMemory()]
 
     def forward(self, inputs: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
         """inputs: (B, L) long -> logits (B, L, V); with ``scored`` (B, L) bool, (scored.sum(), V)."""
@@ -124,7 +128,7 @@ class LitLanguageModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another model (naming what differs); restore the RNG states."""
-        check_same_model(checkpoint["hyper_parameters"]["model"], self.hparams["model"])
+        check_same_model(stored_model_config(checkpoint["hyper_parameters"]["model"]), self.model_config)
         states = checkpoint.get("rng_states")
         if states is not None:
             torch.set_rng_state(states["torch"])

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch import nn
 
 from zoo.core.tags import optim_tags, shard_of
 from zoo.core.value_checks import check_int, check_real, is_real
+from zoo.memory import VALUE_GROUP
 from zoo.memory.optim import DenseSparseAdam, coalesced
 
 
@@ -21,14 +21,20 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, group_lr: dic
     """Split trainable parameters into AdamW groups by their tags.
 
     Untagged parameters get ``lr`` and ``weight_decay``; a tag overrides either (and may add
-    ``sparse=True``), and ``group_lr[NAME]`` overrides the learning rate of the parameters tagged
-    ``group=NAME`` (e.g. memory values). Each group carries a ``name`` for logging. Tied parameters
-    appear once.
+    ``sparse=True``), and ``group_lr[NAME]`` sets the learning rate of the parameters tagged
+    ``group=NAME`` unless their tag sets one (then their own config knob does, e.g. memory.value_lr:
+    one knob per value, so naming that group here is an error). Each group carries a ``name`` for
+    logging. Tied parameters appear once.
     """
     group_lr = dict(group_lr or {})
     unknown = sorted(set(group_lr) - {optim_tags(p).get("group") for p in model.parameters()})
     if unknown:
         raise ValueError(f"optim.group_lr names parameter group(s) {unknown} that this model does not have")
+    own_lr = sorted({optim_tags(p)["group"] for p in model.parameters()
+                     if optim_tags(p).get("group") in group_lr and "lr" in optim_tags(p)})
+    if own_lr:
+        raise ValueError(f"optim.group_lr names parameter group(s) {own_lr} whose parameters set their own learning "
+                         "rate where they are configured (the memory values': memory.value_lr)")
     groups: dict[tuple, dict] = {}
     seen: set[int] = set()
     for param in model.parameters():
@@ -38,7 +44,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, group_lr: dic
         tags = optim_tags(param)
         name = tags.pop("group", None)
         options = {"lr": lr, "weight_decay": weight_decay, **tags}
-        if name in group_lr:
+        if name in group_lr:  # never a group with its own lr (refused above)
             options["lr"] = group_lr[name]
         if name is None:
             name = "decay" if options["weight_decay"] > 0 else "no_decay"
@@ -64,7 +70,8 @@ class OptimConfig:
     lr: peak learning rate. weight_decay: AdamW's, on matrices only (``param_groups``).
     betas, eps: Adam's. warmup_steps: linear warmup length; None = a tenth of the schedule.
     min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
-    group_lr: learning rate per tagged parameter group, e.g. ``{memory_values: 1.0e-3}``.
+    group_lr: learning rate per tagged parameter group that does not set its own; the memory value
+        table sets its own (``memory.value_lr``, its one knob), so ``group_lr.memory_values`` is an error.
     total_steps: length of the cosine schedule; None = ``trainer.max_steps``.
     """
 
@@ -77,17 +84,6 @@ class OptimConfig:
     group_lr: dict[str, float] = field(default_factory=dict)
     total_steps: int | None = None
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "OptimConfig":
-        """Plain or OmegaConf mapping -> config; an unknown key is a ``ValueError``."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown optim config key(s) {unknown}; allowed: {sorted(known)}")
-        plain = {k: list(v) if k == "betas" and _is_sequence(v) else dict(v) if k == "group_lr" and hasattr(v, "items")
-                 else v for k, v in values.items()}
-        return cls(**plain)
-
     def validate(self) -> None:
         """Every field's type and range (``ValueError`` naming the first bad one); the schedule's
         length against ``trainer.max_steps`` is ``zoo.training.run_checks.check_schedule``'s.
@@ -99,6 +95,9 @@ class OptimConfig:
         """
         if not isinstance(self.group_lr, dict) or not all(isinstance(k, str) for k in self.group_lr):
             raise ValueError(f"optim.group_lr={self.group_lr!r} must map parameter group names to learning rates")
+        if VALUE_GROUP in self.group_lr:
+            raise ValueError(f"optim.group_lr.{VALUE_GROUP}={self.group_lr[VALUE_GROUP]!r}: the memory value table's "
+                             "learning rate has one knob, memory.value_lr; set that instead")
         lrs = {"optim.lr": self.lr} | {f"optim.group_lr.{k}": v for k, v in self.group_lr.items()}
         for name, value in lrs.items():
             check_real(name, value, low=0, low_open=True)

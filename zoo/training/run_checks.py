@@ -16,12 +16,11 @@ from zoo.training.optim import OptimConfig, check_warmup_cosine, default_warmup
 RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints", "tb")  # what a started or finished run leaves
 
 
-def check_schedule(optim: dict[str, Any], trainer: dict[str, Any]) -> None:
+def check_schedule(optim: OptimConfig, trainer: dict[str, Any]) -> None:
     """Every ``optim`` field (``OptimConfig.validate``: lr and each ``group_lr`` positive and finite,
     weight decay, betas, eps, warmup, min_lr_ratio, total_steps), the ``trainer`` fields a run's
     schedule and logging read (max_steps, gradient clip, validation interval, logging interval),
     and warmup shorter than the schedule; each ``ValueError`` names only the failing field."""
-    optim = OptimConfig.from_mapping(optim)
     optim.validate()
     check_trainer(trainer)
     max_steps = trainer["max_steps"]

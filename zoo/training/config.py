@@ -1,0 +1,139 @@
+"""``RunConfig``: one ``memzoo-train`` run as typed objects, made once from the composed Hydra config
+by ``RunConfig.from_hydra``, which makes every value and cross-field check there; the library reads
+the typed objects and never parses a dict again.
+
+Defaults live once: in the dataclasses (``ModelConfig``, ``MemoryConfig``, ``OptimConfig``,
+``ThroughputConfig``, registered as Hydra presets in ``zoo/configs/__init__.py``) or, for the
+run's own values, the trainer, logger and task presets, in ``zoo/configs/``'s YAML; the dataclasses
+here restate none of them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from zoo.core.dataclass_config import from_mapping, plain
+from zoo.memory import MemoryConfig
+from zoo.model.language_model import ModelConfig
+from zoo.tasks import build_datamodule
+from zoo.tasks.base import GeneratedDataModule
+from zoo.training.optim import OptimConfig
+from zoo.training.run_checks import check_run_options, check_schedule
+from zoo.training.slices import slice_datamodules
+from zoo.training.throughput import ThroughputConfig
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class LoggerConfig:
+    """The ``logger`` group (``zoo/configs/logger/``): TensorBoard in ``<run dir>/<subdir>``, and with
+    ``name=wandb`` a W&B run beside it. The W&B settings are None where a preset gives none
+    (``logger=tensorboard``); ``logger/wandb.yaml`` states their values."""
+
+    name: str
+    subdir: str
+    mode: str | None = None
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] | None = None
+    run_name: str | None = None
+
+    def check(self) -> None:
+        """``logger=wandb`` needs the wandb package and a mode it knows; raise ``ValueError`` otherwise."""
+        if self.name != "wandb":
+            return
+        if importlib.util.find_spec("wandb") is None:
+            raise ValueError("logger=wandb needs the wandb package: pip install 'memzoo[wandb]' (or use logger=tensorboard)")
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"logger.mode={self.mode!r} is not a W&B mode; allowed: {list(WANDB_MODES)}")
+
+
+@dataclass
+class CheckpointConfig:
+    """The ``checkpoint`` settings: ``every_n_train_steps`` between periodic saves of last.ckpt (null or 0: none)."""
+
+    every_n_train_steps: int | None
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``memzoo-train`` run reads, typed and checked (``from_hydra``).
+
+    model: the backbone and memory groups with the task's vocabulary size. optim, throughput,
+    logger, checkpoint: their groups. task: the task's options (its datamodule checks them; ``name``
+    picks the task). trainer: ``lightning.Trainer`` keyword arguments (the ones memzoo reads are
+    checked). seed, ckpt, overwrite, size_check, collective_timeout_s, test_slices: ``train.yaml``'s.
+    """
+
+    model: ModelConfig
+    optim: OptimConfig
+    task: dict[str, Any]
+    trainer: dict[str, Any]
+    throughput: ThroughputConfig
+    logger: LoggerConfig
+    checkpoint: CheckpointConfig
+    seed: int
+    ckpt: str | None
+    overwrite: bool
+    size_check: bool
+    collective_timeout_s: float
+    test_slices: list[dict[str, Any]]
+
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig) -> RunConfig:
+        """The composed ``train`` config -> ``RunConfig``, checked before any data, model or file is
+        made, in this order: the run's own values, optimizer schedule and trainer, throughput, logger,
+        task options and test slices, model (backbone, memory, mixers' own arguments). Raises
+        ``ValueError`` naming the first bad key, its value and what is allowed."""
+        checkpoint = from_mapping(CheckpointConfig, cfg.checkpoint, "checkpoint")
+        check_run_options(cfg.seed, cfg.size_check, cfg.overwrite, checkpoint.every_n_train_steps, cfg.collective_timeout_s)
+        trainer = plain(cfg.trainer)
+        optim = from_mapping(OptimConfig, cfg.optim, "optim")
+        check_schedule(optim, trainer)
+        throughput = from_mapping(ThroughputConfig, cfg.throughput, "throughput")  # checks itself
+        logger = from_mapping(LoggerConfig, cfg.logger, "logger")
+        logger.check()
+        task, test_slices = plain(cfg.task), plain(cfg.test_slices)
+        slice_datamodules(task, test_slices)  # each slice a test split the task can generate
+        vocab_size = build_datamodule(task).vocab_size  # the task's options checked; nothing generated
+        memory = None if cfg.memory.name == "none" else from_mapping(MemoryConfig, cfg.memory, "memory")
+        model = from_mapping(ModelConfig, {**plain(cfg.backbone), "vocab_size": int(vocab_size), "memory": memory}, "model")
+        model.validate()
+        return cls(model=model, optim=optim, task=task, trainer=trainer, throughput=throughput, logger=logger,
+                   checkpoint=checkpoint, seed=cfg.seed, ckpt=cfg.ckpt, overwrite=cfg.overwrite, size_check=cfg.size_check,
+                   collective_timeout_s=cfg.collective_timeout_s, test_slices=test_slices)
+
+    @property
+    def memory_name(self) -> str:
+        """The memory preset's name, ``none`` without a memory."""
+        return "none" if self.model.memory is None else self.model.memory.name
+
+    def datamodule(self) -> GeneratedDataModule:
+        """The task's datamodule (nothing generated yet)."""
+        return build_datamodule(self.task)
+
+    def slice_datamodules(self) -> dict[str, GeneratedDataModule]:
+        """Test slice name -> the task's datamodule whose test split is that slice (``zoo.training.slices``)."""
+        return slice_datamodules(self.task, self.test_slices)
+
+    def check_world(self, distributed: bool, world_size: int) -> None:
+        """The one check that needs the trainer: a sharded memory (``memory.parallel`` rows / columns)
+        needs memzoo's DDP (``trainer.strategy=ddp``, which saves it as a distributed checkpoint) and a
+        world size that splits it. ``distributed``: the trainer's strategy is that DDP."""
+        memory = self.model.memory
+        if memory is None or memory.parallel == "none":
+            return
+        if not distributed:
+            raise ValueError(
+                f"memory.parallel={memory.parallel!r} needs a process group: use trainer=ddp "
+                f"(this run's trainer.strategy is {self.trainer.get('strategy', 'auto')!r}; only trainer.strategy=ddp "
+                "saves a sharded table without gathering it), or memory.parallel=none"
+            )
+        memory.check_world_size(self.model.d_model, world_size)
+
