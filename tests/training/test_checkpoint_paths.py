@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from helpers.configs import TINY, compose_config
 from test_signals import Regression, SigtermAfterStep, loader
 
 from zoo import load_model
@@ -32,22 +32,15 @@ from zoo.training.signals import CheckpointOnSignal, RunInterrupted, StopSignals
 from zoo.training.train import train
 
 BIN = Path(sys.executable).parent
-TINY = ["backbone.d_model=16", "task.num_train=256", "task.num_test=64", "task.batch_size=32",
-        "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-        "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
 REFUSED_WITHIN_S = 20  # generous for a loaded machine: a regression hangs (a FIFO) or allocates for minutes
 MODEL = {"vocab_size": 16, "d_model": 16, "n_layers": 1, "mixer": {"attention": {"n_heads": 2}}}
-
-
-def make_cfg(config: str, *overrides: str):
-    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
-        return compose(config, overrides=list(overrides))
 
 
 @contextmanager
 def deadline(seconds: int):
     """Fail (instead of hanging the test run) when the block takes longer than ``seconds``: the
     alarm's exception also interrupts a blocking ``open`` of a FIFO."""
+
     def expire(signum, frame):
         raise TimeoutError(f"not refused within {seconds} s")
 
@@ -87,7 +80,7 @@ def tensors_equal(a, b, where="") -> None:
 def finished_run(tmp_path_factory):
     """A finished 4-step run, copied by each test that changes it."""
     run_dir = tmp_path_factory.mktemp("finished")
-    train(make_cfg("train", *TINY), run_dir)
+    train(compose_config("train", *TINY), run_dir)
     return run_dir
 
 
@@ -104,8 +97,13 @@ def forge_callback_state(ckpt: Path, into: Path, dirpath: Path, target: str) -> 
     states = [state for key, state in checkpoint["callbacks"].items() if "Checkpoint{" in key]
     assert states
     for state in states:
-        state.update(dirpath=os.path.realpath(dirpath), last_model_path=target, best_model_path=target,
-                     kth_best_model_path=target, best_k_models={target: torch.tensor(0.5)})
+        state.update(
+            dirpath=os.path.realpath(dirpath),
+            last_model_path=target,
+            best_model_path=target,
+            kth_best_model_path=target,
+            best_k_models={target: torch.tensor(0.5)},
+        )
     atomic_torch_save(checkpoint, into)
 
 
@@ -119,7 +117,8 @@ def victim_folder(root: Path) -> Path:
 
 @pytest.mark.parametrize("form", ["../ path", "local:// URL"])
 def test_a_resumed_checkpoint_naming_a_folder_outside_the_run_leaves_it_intact_and_the_run_still_trains(
-        finished_run, tmp_path, form):
+    finished_run, tmp_path, form
+):
     run_dir = copy_run(finished_run, tmp_path / "run")
     victim = victim_folder(tmp_path)
     before = files_in(victim)
@@ -127,7 +126,7 @@ def test_a_resumed_checkpoint_naming_a_folder_outside_the_run_leaves_it_intact_a
     last = run_dir / "checkpoints" / "last.ckpt"
     forge_callback_state(last, last, run_dir / "checkpoints", target)
 
-    metrics = train(make_cfg("train", *TINY, "trainer.max_steps=8", "ckpt=last"), run_dir)
+    metrics = train(compose_config("train", *TINY, "trainer.max_steps=8", "ckpt=last"), run_dir)
     assert files_in(victim) == before
     assert metrics["steps"] == 8
     assert load_checkpoint_file(last)["global_step"] == 8
@@ -140,18 +139,30 @@ def test_resuming_another_runs_checkpoint_into_a_new_run_directory_leaves_the_ol
     ckpt = old / "checkpoints" / "last.ckpt"
     if state == "aimed at the new run":  # its folder the new run's, its previous last.ckpt the old run's
         ckpt = old / "checkpoints" / "forged.ckpt"
-        forge_callback_state(old / "checkpoints" / "last.ckpt", ckpt, new / "checkpoints",
-                             f"{new}/checkpoints/../../old/checkpoints/last.ckpt")
+        forge_callback_state(
+            old / "checkpoints" / "last.ckpt", ckpt, new / "checkpoints", f"{new}/checkpoints/../../old/checkpoints/last.ckpt"
+        )
     before = files_in(old)
-    metrics = train(make_cfg("train", *TINY, "trainer.max_steps=8", f"ckpt={ckpt}"), new)
+    metrics = train(compose_config("train", *TINY, "trainer.max_steps=8", f"ckpt={ckpt}"), new)
     assert files_in(old) == before
     assert metrics["steps"] == 8 and load_checkpoint_file(new / "checkpoints" / "last.ckpt")["global_step"] == 8
     assert sorted(p.name for p in (new / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
-@pytest.mark.parametrize("name", ["{run}/checkpoints/../../victim", "{run}/checkpoints/../checkpoints/../config.yaml",
-                                  "local://{root}/victim", "file://{root}/victim", "s3://bucket/victim",
-                                  "{run}/checkpoints", "{run}/checkpoints/inner", "{run}/checkpoints/..", ""])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "{run}/checkpoints/../../victim",
+        "{run}/checkpoints/../checkpoints/../config.yaml",
+        "local://{root}/victim",
+        "file://{root}/victim",
+        "s3://bucket/victim",
+        "{run}/checkpoints",
+        "{run}/checkpoints/inner",
+        "{run}/checkpoints/..",
+        "",
+    ],
+)
 def test_only_a_checkpoint_directly_inside_the_runs_checkpoints_folder_may_be_removed(tmp_path, name):
     run = tmp_path / "run"
     (run / "checkpoints" / "inner").mkdir(parents=True)
@@ -163,8 +174,9 @@ def test_only_a_checkpoint_directly_inside_the_runs_checkpoints_folder_may_be_re
     assert callback.own_checkpoint(name.format(run=run, root=tmp_path)) is None
     assert callback.own_checkpoint(own) == own.resolve()
     assert callback.own_checkpoint(f"file://{own}") == own.resolve()
-    linked = save_distributed({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"model": {}}},
-                              run / "checkpoints" / "sharded.ckpt")
+    linked = save_distributed(
+        {"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"model": {}}}, run / "checkpoints" / "sharded.ckpt"
+    )
     assert callback.own_checkpoint(linked) == linked.parent.resolve() / linked.name
     assert callback.own_checkpoint(linked.resolve()) is None  # its data directory: removed only with its link
 
@@ -176,9 +188,15 @@ def test_a_run_stopped_before_its_first_periodic_checkpoint_resumes_into_last_ck
     folder = tmp_path / "checkpoints"
 
     def fit(ckpt_path=None, *callbacks, max_steps=10):
-        trainer = L.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            num_sanity_val_steps=0, default_root_dir=tmp_path,
-                            callbacks=[RunCheckpoint(folder, every_n_train_steps=1000), *callbacks])
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path,
+            callbacks=[RunCheckpoint(folder, every_n_train_steps=1000), *callbacks],
+        )
         module = Regression()
         trainer.fit(module, train_dataloaders=loader(), ckpt_path=ckpt_path)
         return module
@@ -193,9 +211,10 @@ def test_a_run_stopped_before_its_first_periodic_checkpoint_resumes_into_last_ck
 
 
 RUN = [*TINY, "trainer.max_steps=45", "trainer.val_check_interval=20", "checkpoint.every_n_train_steps=10"]
-LAYOUTS = {"single file": [],
-           "distributed": ["trainer=ddp", "trainer.devices=1", "memory=pkm", "memory.n_keys=8", "memory.knn=4",
-                           "memory.parallel=rows"]}
+LAYOUTS = {
+    "single file": [],
+    "distributed": ["trainer=ddp", "trainer.devices=1", "memory=pkm", "memory.n_keys=8", "memory.knn=4", "memory.parallel=rows"],
+}
 
 
 def step_of(last: Path) -> int:
@@ -241,9 +260,12 @@ def sharded_ckpt(tmp_path) -> Path:
     """A memzoo distributed checkpoint of ``MODEL`` (with one optimizer tensor) published at
     checkpoints/last.ckpt."""
     model = build_model(MODEL)
-    checkpoint = {"state_dict": {MODEL_PREFIX + k: v for k, v in model.state_dict().items()},
-                  "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(16, 16)}}}],
-                  "hyper_parameters": {"model": MODEL, "optim": {}}, "global_step": 3}
+    checkpoint = {
+        "state_dict": {MODEL_PREFIX + k: v for k, v in model.state_dict().items()},
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(16, 16)}}}],
+        "hyper_parameters": {"model": MODEL, "optim": {}},
+        "global_step": 3,
+    }
     return save_distributed(checkpoint, tmp_path / "checkpoints" / "last.ckpt")
 
 
@@ -302,8 +324,18 @@ def test_a_checkpoint_that_is_a_fifo_is_refused_without_opening_it(sharded_ckpt,
     os.mkfifo(fifo)
     with deadline(REFUSED_WITHIN_S), pytest.raises(ValueError, match=r"fifo.ckpt' is not a regular file \(a FIFO or device\?\)"):
         load_model(fifo)
-    done = subprocess.run([str(BIN / "memzoo-eval"), f"ckpt={sharded_ckpt}", "task.num_train=16", "task.num_test=64",
-                           f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            str(BIN / "memzoo-eval"),
+            f"ckpt={sharded_ckpt}",
+            "task.num_train=16",
+            "task.num_test=64",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and f"'{data.name}' is a FIFO, not a regular file" in done.stderr, done.stderr[-2000:]
 
 
@@ -328,7 +360,10 @@ def test_a_published_link_pointing_outside_the_checkpoints_folder_is_refused(sha
     shutil.move(sharded_ckpt.resolve(), moved)
     sharded_ckpt.unlink()
     sharded_ckpt.symlink_to(os.path.relpath(moved, sharded_ckpt.parent))
-    with deadline(REFUSED_WITHIN_S), pytest.raises(ValueError, match=rf"last.ckpt' links to '{re.escape(str(moved))}', outside its folder"):
+    with (
+        deadline(REFUSED_WITHIN_S),
+        pytest.raises(ValueError, match=rf"last.ckpt' links to '{re.escape(str(moved))}', outside its folder"),
+    ):
         load_model(sharded_ckpt)
 
 
@@ -336,8 +371,15 @@ def test_a_published_link_pointing_outside_the_checkpoints_folder_is_refused(sha
 
 
 def eval_cfg(ckpt, *overrides):
-    return make_cfg("eval", f"ckpt={ckpt}", "task.num_train=16", "task.num_test=64", "trainer.enable_progress_bar=false",
-                    "+trainer.limit_test_batches=1", *overrides)
+    return compose_config(
+        "eval",
+        f"ckpt={ckpt}",
+        "task.num_train=16",
+        "task.num_test=64",
+        "trainer.enable_progress_bar=false",
+        "+trainer.limit_test_batches=1",
+        *overrides,
+    )
 
 
 def test_a_checkpoint_whose_settings_disagree_with_its_weights_names_the_file_and_the_shapes(finished_run, tmp_path):
@@ -346,8 +388,10 @@ def test_a_checkpoint_whose_settings_disagree_with_its_weights_names_the_file_an
     bad = tmp_path / "bad.ckpt"
     atomic_torch_save(checkpoint, bad)
     vocab = checkpoint["state_dict"]["model.embedding.weight"].shape[0]
-    match = (rf"checkpoint '{re.escape(str(bad))}': its weights do not fit .*"
-             rf"model.embedding.weight: checkpoint \({vocab}, 16\), model \({vocab}, 32\)")
+    match = (
+        rf"checkpoint '{re.escape(str(bad))}': its weights do not fit .*"
+        rf"model.embedding.weight: checkpoint \({vocab}, 16\), model \({vocab}, 32\)"
+    )
     with pytest.raises(ValueError, match=match):
         load_model(bad)
     with pytest.raises(ValueError, match=match):

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from test_run_safety import make_cfg
+from helpers.configs import compose_config
+from helpers.configs import tiny_train_config as make_cfg
 
 from zoo.training.evaluate import evaluate
 from zoo.training.run_lock import exclusive_dir, lock_holder
@@ -37,17 +37,31 @@ def test_the_lock_is_released_when_its_holder_ends_and_leaves_no_file(tmp_path):
 
 
 def test_a_second_concurrent_memzoo_train_into_one_directory_is_refused(tmp_path):
-    first = subprocess.Popen([str(BIN / "memzoo-train"), "backbone.d_model=16", "task.num_train=4096", "task.num_test=64",
-                              "trainer.max_steps=100000", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [
+            str(BIN / "memzoo-train"),
+            "backbone.d_model=16",
+            "task.num_train=4096",
+            "task.num_test=64",
+            "trainer.max_steps=100000",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "config.yaml").exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert first.poll() is None, "the first run ended before the second started"
         config = (tmp_path / "config.yaml").read_text()
-        second = subprocess.run([str(BIN / "memzoo-train"), "optim.lr=0.01", "overwrite=true", f"hydra.run.dir={tmp_path}"],
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [str(BIN / "memzoo-train"), "optim.lr=0.01", "overwrite=true", f"hydra.run.dir={tmp_path}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode != 0
         assert f"is in use by process {first.pid} (" in second.stderr and "memzoo-train" in second.stderr
         assert (tmp_path / "config.yaml").read_text() == config  # overwrite=true did not touch the first run
@@ -58,9 +72,7 @@ def test_a_second_concurrent_memzoo_train_into_one_directory_is_refused(tmp_path
 
 
 def eval_cfg(*overrides):
-    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
-        return compose("eval", overrides=["task.num_train=16", "task.num_test=64", "trainer.enable_progress_bar=false",
-                                          *overrides])
+    return compose_config("eval", "task.num_train=16", "task.num_test=64", "trainer.enable_progress_bar=false", *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +85,9 @@ def trained(tmp_path_factory):
 def test_memzoo_eval_never_writes_into_a_training_run_directory(trained):
     before = {p: p.stat().st_mtime_ns for p in trained.rglob("*")}
     metrics = (trained / "metrics.json").read_text()
-    with pytest.raises(ValueError, match=r"holds a training run \(config.yaml, checkpoints, tb\); memzoo-eval never writes into one"):
+    with pytest.raises(
+        ValueError, match=r"holds a training run \(config.yaml, checkpoints, tb\); memzoo-eval never writes into one"
+    ):
         evaluate(eval_cfg(f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", "overwrite=true"), trained)
     assert (trained / "metrics.json").read_text() == metrics
     assert {p: p.stat().st_mtime_ns for p in trained.rglob("*")} == before
@@ -92,8 +106,7 @@ def read_only_mount(source: Path, target: Path) -> bool:
     """Bind-mount ``source`` read-only at ``target`` (root on Linux only); whether it worked."""
     if os.geteuid() != 0:
         return False
-    done = subprocess.run(f"mount --bind {source} {target} && mount -o remount,bind,ro {target}", shell=True,
-                          capture_output=True)
+    done = subprocess.run(f"mount --bind {source} {target} && mount -o remount,bind,ro {target}", shell=True, capture_output=True)
     if done.returncode != 0:
         subprocess.run(["umount", str(target)], capture_output=True)
     return done.returncode == 0
@@ -105,8 +118,12 @@ def test_a_read_only_run_directory_is_reported_by_its_path_not_as_a_logging_hand
     if not read_only_mount(tmp_path / "source", tmp_path / "mnt"):
         pytest.skip("needs root and bind mounts to make a read-only file system (permission bits do not bind root)")
     try:
-        done = subprocess.run([str(BIN / "memzoo-train"), "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'mnt' / 'run'}"],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [str(BIN / "memzoo-train"), "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'mnt' / 'run'}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         subprocess.run(["umount", str(tmp_path / "mnt")], check=True)
     assert done.returncode != 0

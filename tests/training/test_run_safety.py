@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from helpers.configs import tiny_train_config as make_cfg
 
 from zoo.checkpoint.distributed import remove_distributed, save_distributed
 from zoo.checkpoint.files import load_checkpoint_file
@@ -14,23 +14,16 @@ from zoo.training.optim import OptimConfig
 from zoo.training.run_checks import check_batches, check_schedule, claim_run_dir, remove_stale_temp_files
 from zoo.training.train import train
 
-TINY = ["backbone.d_model=16", "task.num_train=256", "task.num_test=64", "task.batch_size=32",
-        "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-        "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
-
-
-def make_cfg(*overrides):
-    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
-        return compose("train", overrides=[*TINY, *overrides])
-
 
 @pytest.mark.parametrize(
     "overrides, match",
     [
         (["optim.lr=-1"], r"^optim.lr=-1.0 must be a finite number > 0$"),
         (["optim.lr=nan"], r"^optim.lr=nan must be a finite number > 0$"),
-        (["+optim.group_lr.memory_values=0.01"],
-         r"^optim.group_lr.memory_values=0.01: the memory value table's learning rate has one knob, memory.value_lr; "),
+        (
+            ["+optim.group_lr.memory_values=0.01"],
+            r"^optim.group_lr.memory_values=0.01: the memory value table's learning rate has one knob, memory.value_lr; ",
+        ),
         (["+optim.group_lr.other=0"], r"^optim.group_lr.other=0.0 must be a finite number > 0$"),
         (["trainer.gradient_clip_val=-1"], r"^trainer.gradient_clip_val=-1 must be >= 0"),
         (["trainer.max_steps=0"], r"^trainer.max_steps=0 must be an integer >= 1$"),
@@ -54,7 +47,11 @@ def test_the_schedule_check_names_only_the_failing_field():
 
 def test_every_rank_needs_a_full_training_batch_and_an_evaluation_example():
     check_batches({"train": 64, "val": 2, "test": 2}, batch_size=32, world_size=2)
-    with pytest.raises(ValueError, match=r"the train split has 64 examples, fewer than one batch of task.batch_size=32 for each of 3 rank\(s\) \(96 needed\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"the train split has 64 examples, fewer than one batch of task.batch_size=32 "
+        r"for each of 3 rank\(s\) \(96 needed\)",
+    ):
         check_batches({"train": 64, "test": 64}, batch_size=32, world_size=3)
     with pytest.raises(ValueError, match=r"the test split has 1 examples, fewer than one example for each of 2 rank\(s\)"):
         check_batches({"train": 64, "test": 1}, batch_size=32, world_size=2)
@@ -63,7 +60,11 @@ def test_every_rank_needs_a_full_training_batch_and_an_evaluation_example():
 def test_a_second_run_into_a_finished_run_directory_is_refused_and_overwrite_replaces_it(tmp_path):
     first = train(make_cfg(), tmp_path)
     record = (tmp_path / "metrics.json").read_text()
-    with pytest.raises(ValueError, match=r"already holds a run \(config.yaml, metrics.json, checkpoints, tb\): resume it with ckpt=last, pass overwrite=true"):
+    with pytest.raises(
+        ValueError,
+        match=r"already holds a run \(config.yaml, metrics.json, checkpoints, tb\): "
+        r"resume it with ckpt=last, pass overwrite=true",
+    ):
         train(make_cfg("optim.lr=0.01"), tmp_path)
     assert (tmp_path / "metrics.json").read_text() == record  # untouched
     assert "lr: 0.003" in (tmp_path / "config.yaml").read_text()

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from helpers.configs import TINY, compose_config
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -19,13 +20,9 @@ from zoo.tasks.lm import _cap, _read_files, _utf8, path_corpus
 from zoo.training.config import RunConfig
 from zoo.training.train import check_run_config, train
 
-TINY = ["backbone.d_model=16", "task.num_train=256", "task.num_test=64", "task.batch_size=32",
-        "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false"]
-
 
 def make_cfg(*overrides, tiny=True):
-    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
-        return compose("train", overrides=[*(TINY if tiny else []), *overrides])
+    return compose_config("train", *(TINY if tiny else []), *overrides)
 
 
 def refused_before_anything(tmp_path, overrides, match, tiny=None):
@@ -63,7 +60,10 @@ BAD_VALUES = [
     (["optim.min_lr_ratio=1.5"], r"^optim\.min_lr_ratio=1\.5 must be a number in \[0, 1\]$"),
     (["optim.warmup_steps=-1"], r"^optim\.warmup_steps=-1 must be an integer >= 0 or null \(a tenth of the schedule\)$"),
     # trainer
-    (["trainer.val_check_interval=0"], r"^trainer\.val_check_interval=0 must be an integer >= 1 \(training steps .* or a number in \(0, 1\]"),
+    (
+        ["trainer.val_check_interval=0"],
+        r"^trainer\.val_check_interval=0 must be an integer >= 1 \(training steps .* or a number in \(0, 1\]",
+    ),
     (["trainer.val_check_interval=1.5"], r"^trainer\.val_check_interval=1\.5 must be an integer >= 1"),
     (["trainer.val_check_interval=nan"], r"^trainer\.val_check_interval=nan must be an integer >= 1"),
     (["trainer.val_check_interval=abc"], r"^trainer\.val_check_interval='abc' must be an integer >= 1"),
@@ -123,15 +123,25 @@ BAD_VALUES = [
     (["backbone.mixer.attention.rotary_base=0"], rf"^backbone\.mixer\.attention: attention rotary_base=0 {MUST['pos']}$"),
     (["backbone.mixer.attention.rotary_base=-1"], rf"^backbone\.mixer\.attention: attention rotary_base=-1 {MUST['pos']}$"),
     (["backbone.mixer.attention.rotary_base=nan"], rf"^backbone\.mixer\.attention: attention rotary_base=nan {MUST['pos']}$"),
-    (["backbone.mixer.attention.n_heads=true"], r"^backbone\.mixer\.attention: attention n_heads=True must be a positive divisor"),
-    (["backbone=sliding_window", "backbone.mixer.sliding_window.dropout=1"],
-     rf"^backbone\.mixer\.sliding_window: attention dropout=1 {MUST['unit']}$"),
+    (
+        ["backbone.mixer.attention.n_heads=true"],
+        r"^backbone\.mixer\.attention: attention n_heads=True must be a positive divisor",
+    ),
+    (
+        ["backbone=sliding_window", "backbone.mixer.sliding_window.dropout=1"],
+        rf"^backbone\.mixer\.sliding_window: attention dropout=1 {MUST['unit']}$",
+    ),
     (["backbone=mamba", "backbone.mixer.mamba.dt_max=inf"], r"^backbone\.mixer\.mamba: mamba dt_min=0\.001, dt_max=inf: need"),
-    (["backbone=mamba2", "backbone.mixer.mamba2.d_state=true"], r"^backbone\.mixer\.mamba2: mamba2 d_state=True must be a positive integer"),
+    (
+        ["backbone=mamba2", "backbone.mixer.mamba2.d_state=true"],
+        r"^backbone\.mixer\.mamba2: mamba2 d_state=True must be a positive integer",
+    ),
     (["backbone=gla", "backbone.mixer.gla.norm_eps=nan"], r"^backbone\.mixer\.gla: gla norm_eps=nan must be > 0 and finite"),
     (["backbone=gla", "backbone.mixer.gla.expand_k=inf"], r"^backbone\.mixer\.gla: gla expand_k=inf must be positive"),
-    (["backbone=gated_deltanet", "backbone.mixer.gated_deltanet.expand_v=nan"],
-     r"^backbone\.mixer\.gated_deltanet: gated_deltanet expand_v=nan must be positive"),
+    (
+        ["backbone=gated_deltanet", "backbone.mixer.gated_deltanet.expand_v=nan"],
+        r"^backbone\.mixer\.gated_deltanet: gated_deltanet expand_v=nan must be positive",
+    ),
     (["backbone=hyena", "backbone.mixer.hyena.w=inf"], r"^backbone\.mixer\.hyena: hyena w=inf must be a finite number"),
     (["backbone=based", "backbone.mixer.based.eps=inf"], r"^backbone\.mixer\.based: based eps=inf must be >= 0 and finite"),
     # the memory
@@ -156,16 +166,21 @@ OVERSIZED = [
     (["backbone.n_layers=1000000"], "activations", r"task\.batch_size / task\.seq_len / backbone\.n_layers"),
     (["task.num_train=10000000000"], r"dataset \(generated splits\)", r"task\.num_train / task\.seq_len"),
     (["task.seq_len=1000000000"], r"dataset \(generated splits\)", r"task\.num_train / task\.seq_len"),
-    (["task=facts", "task.num_entities=1000000", "task.num_relations=100000"], r"dataset \(generated splits\)",
-     r"task\.num_train / task\.seq_len"),
+    (
+        ["task=facts", "task.num_entities=1000000", "task.num_relations=100000"],
+        r"dataset \(generated splits\)",
+        r"task\.num_train / task\.seq_len",
+    ),
 ]
 
 
 @pytest.mark.parametrize("overrides, part, keys", OVERSIZED, ids=[" ".join(o) for o, _, _ in OVERSIZED])
 def test_a_run_too_large_for_the_machine_is_refused_with_a_byte_estimate_and_the_key_to_change(tmp_path, overrides, part, keys):
     started = time.perf_counter()
-    match = (rf"^size check: this run needs about [\d,.]+ GiB \(.*\), more than the [\d,.]+ GiB of .*; "
-             rf"the largest part is the {part}.*: lower {keys} \(a coarse estimate.*size_check=false skips this check\)$")
+    match = (
+        rf"^size check: this run needs about [\d,.]+ GiB \(.*\), more than the [\d,.]+ GiB of .*; "
+        rf"the largest part is the {part}.*: lower {keys} \(a coarse estimate.*size_check=false skips this check\)$"
+    )
     refused_before_anything(tmp_path, overrides, match, tiny=False)
     assert time.perf_counter() - started < 30  # nothing of that size was made
 
@@ -191,12 +206,19 @@ def test_shipped_train_yaml_turns_the_size_check_on():
 def test_the_size_check_splits_host_and_device_memory_and_counts_every_process():
     parts = [Part("weights", 6 * GiB, "backbone.d_model"), Part("dataset", 3 * GiB, "task.num_train", on_device=False)]
     check_size_budget(parts, Budget(9 * GiB, "host"))
-    with pytest.raises(ValueError, match=r"about 18 GiB for 2 processes \(each: weights 6 GiB, dataset 3 GiB\), more than the 9 GiB of host"):
+    with pytest.raises(
+        ValueError, match=r"about 18 GiB for 2 processes \(each: weights 6 GiB, dataset 3 GiB\), more than the 9 GiB of host"
+    ):
         check_size_budget(parts, Budget(9 * GiB, "host"), world=2)
     check_size_budget(parts, Budget(3 * GiB, "host", 6 * GiB, "device"))  # the weights on the GPU, the data on the host
-    with pytest.raises(ValueError, match=r"about 6 GiB \(weights 6 GiB\), more than the 5 GiB of device; .* lower backbone\.d_model"):
+    with pytest.raises(
+        ValueError, match=r"about 6 GiB \(weights 6 GiB\), more than the 5 GiB of device; .* lower backbone\.d_model"
+    ):
         check_size_budget(parts, Budget(3 * GiB, "host", 5 * GiB, "device"))
-    with pytest.raises(ValueError, match=r"about 6 GiB for 2 processes \(each: dataset 3 GiB\), more than the 5 GiB of host; .* lower task\.num_train"):
+    with pytest.raises(
+        ValueError,
+        match=r"about 6 GiB for 2 processes \(each: dataset 3 GiB\), more than the 5 GiB of host; .* lower task\.num_train",
+    ):
         check_size_budget(parts, Budget(5 * GiB, "host", 6 * GiB, "device"), world=2)
 
 
@@ -224,8 +246,12 @@ MODELS = [
     dict(d_model=32, n_layers=2, pattern="HG"),
     dict(d_model=48, n_layers=2, pattern="D"),
     dict(d_model=32, n_layers=2, pattern="A", memory={"n_keys": 8, "k_dim": 8, "layers": [1]}),
-    dict(d_model=32, n_layers=3, pattern="A", memory={"n_keys": 8, "k_dim": 8, "layers": [0, 2], "shared": False,
-                                                      "gate": True, "query_bias": False, "v_dim": 24}),
+    dict(
+        d_model=32,
+        n_layers=3,
+        pattern="A",
+        memory={"n_keys": 8, "k_dim": 8, "layers": [0, 2], "shared": False, "gate": True, "query_bias": False, "v_dim": 24},
+    ),
 ]
 
 
@@ -249,8 +275,10 @@ def test_every_task_bounds_its_generated_data_before_generating_it(name):
 
 
 def shipped_configs():
-    presets = [["backbone=" + b] for b in ("based", "gated_deltanet", "gla", "hybrid", "hyena", "mamba", "mamba2",
-                                            "sliding_window", "transformer")]
+    presets = [
+        ["backbone=" + b]
+        for b in ("based", "gated_deltanet", "gla", "hybrid", "hyena", "mamba", "mamba2", "sliding_window", "transformer")
+    ]
     presets += [["memory=pkm"], ["memory=pkm_large"], ["trainer=ddp"], ["trainer=gpu"]]
     presets += [["task=" + t] for t in sorted(TASKS)]
     return [[]] + presets
@@ -286,9 +314,12 @@ def test_generating_more_tokens_than_memory_holds_is_refused_before_allocating()
     model = build_model({"vocab_size": 16, "d_model": 16, "n_layers": 2, "pattern": "MA"}).eval()
     prompt = torch.tensor([[1, 2, 3]])
     started = time.perf_counter()
-    with pytest.raises(ValueError, match=r"^max_new_tokens=1000000000000: 1 sequence\(s\) of 3 \+ 1000000000000 tokens need "
-                                         r"about [\d,]+ GiB \(token ids [\d,]+ GiB, inference caches .*\), more than the .* GiB of "
-                                         r".*; lower max_new_tokens or the batch$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^max_new_tokens=1000000000000: 1 sequence\(s\) of 3 \+ 1000000000000 tokens need "
+        r"about [\d,]+ GiB \(token ids [\d,]+ GiB, inference caches .*\), more than the .* GiB of "
+        r".*; lower max_new_tokens or the batch$",
+    ):
         generate(model, prompt, 10**12)
     assert time.perf_counter() - started < 5
     # the KV cache counts: 2 layers' worth of a one-layer attention cache is over a budget the ids fit in
@@ -323,5 +354,8 @@ def test_an_uncapped_huge_corpus_is_refused_by_the_size_check_naming_max_bytes(t
         f.truncate(20 * 2**30)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    refused_before_anything(run_dir, ["task=lm", f"task.path={tmp_path / 'big.txt'}", "task.max_bytes=null"],
-                            r"the largest part is the dataset \(generated splits\): lower task\.max_bytes")
+    refused_before_anything(
+        run_dir,
+        ["task=lm", f"task.path={tmp_path / 'big.txt'}", "task.max_bytes=null"],
+        r"the largest part is the dataset \(generated splits\): lower task\.max_bytes",
+    )
