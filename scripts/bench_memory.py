@@ -233,8 +233,13 @@ def checks(rows: list[dict]) -> dict:
 def build(kind: str, impl: str, args, log2: int, device: torch.device) -> nn.Module:
     """One benchmarked module: ``memory`` (memory+ layer) or ``read``, memzoo sparse / dense or lucidrains."""
     cfg = MemoryConfig(
-        n_keys=2 ** (log2 // 2), heads=args.heads, knn=args.knn, k_dim=args.k_dim, layers=[0],
-        sparse_updates=impl == "sparse", value_dtype="bfloat16" if args.dtype == "bf16" and impl == "sparse" else "float32",
+        n_keys=2 ** (log2 // 2),
+        heads=args.heads,
+        knn=args.knn,
+        k_dim=args.k_dim,
+        layers=[0],
+        sparse_updates=impl == "sparse",
+        value_dtype="bfloat16" if args.dtype == "bf16" and impl == "sparse" else "float32",
     )
     with device:  # built where it runs: initialising a 2^22 x 1024 table on the host alone takes ~30 s
         if impl == "lucidrains":
@@ -297,8 +302,10 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
 
     query_width = args.heads * args.k_dim
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     )
     copy_bps = copy_bandwidth(device, 1024 if device.type == "cuda" else 256)
     result = {

@@ -130,8 +130,7 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['impl']} | {r['L']} | {r['pass']} | {r['ms']:.1f} | {r['max_abs_err']:.2e} |")
     lines.append("")
-    lines += [f"- selective_scan vs {x['baseline']}, L={x['L']} {x['pass']}: {x['speedup']}x faster"
-              for x in result["speedup"]]
+    lines += [f"- selective_scan vs {x['baseline']}, L={x['L']} {x['pass']}: {x['speedup']}x faster" for x in result["speedup"]]
     lines.append(f"- timing: {result['timing']}; whole run {result['total_s']} s")
     lines += [f"- skipped {impl}: {why}" for impl, why in result["skipped"].items()]
     return "\n".join(lines) + "\n"
@@ -175,28 +174,34 @@ def main(argv=None) -> dict:
             once = pass_name == "fwd_bwd"
             timed = {}
             for impl in (k for k in impls if k in SLOW_BACKWARD):  # the per-step loops, one by one
-                timed |= time_passes({impl: impls[impl]}, inputs, pass_name,
-                                     reps=1 if once else args.reps, warmup=0 if once else 1)
+                timed |= time_passes(
+                    {impl: impls[impl]}, inputs, pass_name, reps=1 if once else args.reps, warmup=0 if once else 1
+                )
             fast = {k: v for k, v in impls.items() if k not in SLOW_BACKWARD}
             timed |= time_passes(fast, inputs, pass_name, reps=args.reps, warmup=1)
             reference = timed["sequential"][1]
             for impl, (seconds, out) in timed.items():
                 err, per_tensor = max_abs_err(out, reference)
-                rows.append({"impl": impl, "L": length, "pass": pass_name,
-                             "ms": round(seconds * 1e3, 3), "max_abs_err": err})
+                rows.append({"impl": impl, "L": length, "pass": pass_name, "ms": round(seconds * 1e3, 3), "max_abs_err": err})
                 errors.append({"impl": impl, "L": length, "pass": pass_name, **per_tensor})
                 print(rows[-1], flush=True)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "dtype": "float32",
-        "settings": {"batch": args.batch, "d_inner": args.d_inner, "d_state": args.d_state,
-                     "lengths": args.lengths, "reps": args.reps, "chunk_size": args.chunk_size},
+        "settings": {
+            "batch": args.batch,
+            "d_inner": args.d_inner,
+            "d_state": args.d_state,
+            "lengths": args.lengths,
+            "reps": args.reps,
+            "chunk_size": args.chunk_size,
+        },
         "inputs": "u, z, B, C ~ N(0,1); A = -exp(U(0, log 16)); D = 1; delta ~ N(0,1) with "
-                  f"delta_softplus=True and delta_bias = {DT_SHIFT} (dt = softplus(N(0,1) {DT_SHIFT:+}))",
+        f"delta_softplus=True and delta_bias = {DT_SHIFT} (dt = softplus(N(0,1) {DT_SHIFT:+}))",
         "timing": f"median of {args.reps} after 1 warmup, selective_scan and chunked_autograd taking turns; "
-                  f"fwd_bwd of {sorted(SLOW_BACKWARD)}: 1 call, no warmup; "
-                  "fwd under no_grad; fwd_bwd = backward of y.sum() w.r.t. " + ", ".join(GRAD_NAMES),
+        f"fwd_bwd of {sorted(SLOW_BACKWARD)}: 1 call, no warmup; "
+        "fwd under no_grad; fwd_bwd = backward of y.sum() w.r.t. " + ", ".join(GRAD_NAMES),
         "rows": rows,
         "errors": errors,
         "speedup": speedups(rows),

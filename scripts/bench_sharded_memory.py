@@ -49,9 +49,7 @@ MIB = 2**20
 
 
 def memory_config(args, parallel: str) -> MemoryConfig:
-    return MemoryConfig(
-        n_keys=args.n_keys, heads=args.heads, knn=args.knn, k_dim=args.k_dim, layers=[0], parallel=parallel
-    )
+    return MemoryConfig(n_keys=args.n_keys, heads=args.heads, knn=args.knn, k_dim=args.k_dim, layers=[0], parallel=parallel)
 
 
 def step_seconds(layer: MemoryPlus, tokens: int, args, sync=None) -> float:
@@ -167,13 +165,21 @@ def memory_rows(args) -> list[dict]:
         sized = argparse.Namespace(**{**vars(args), "n_keys": 2 ** (log2 // 2)})
         table_bytes = 2**log2 * memory_config(sized, "none").resolved_v_dim(args.d_model) * 4
         with tempfile.TemporaryDirectory(dir=args.checkpoint_dir) as folder:
-            for parallel, world, read in (("rows", 1, "rows-1.ckpt"), ("rows", args.world_size, f"rows-{args.world_size}.ckpt"),
-                                          ("columns", args.world_size, f"rows-{args.world_size}.ckpt")):
+            for parallel, world, read in (
+                ("rows", 1, "rows-1.ckpt"),
+                ("rows", args.world_size, f"rows-{args.world_size}.ckpt"),
+                ("columns", args.world_size, f"rows-{args.world_size}.ckpt"),
+            ):
                 out = os.path.join(folder, "rank{rank}.json")
                 spawn(_memory_rank, world, sized, parallel, folder, read, out)
                 ranks = [json.loads(Path(out.format(rank=r)).read_text()) for r in range(world)]
-                row = {"log2_slots": log2, "layout": parallel, "world_size": world, "table_bytes": table_bytes,
-                       "read": read.removesuffix(".ckpt")}
+                row = {
+                    "log2_slots": log2,
+                    "layout": parallel,
+                    "world_size": world,
+                    "table_bytes": table_bytes,
+                    "read": read.removesuffix(".ckpt"),
+                }
                 for key in ranks[0]:
                     row[key] = max(r[key] for r in ranks)
                     row[key] = round(row[key], 2) if isinstance(row[key], float) else row[key]
@@ -187,14 +193,16 @@ def memory_markdown(result: dict) -> str:
         f"{result['machine']}; one memory+ layer, v_dim {result['v_dim']}, float32 table and Adam moments; peak RSS per "
         "rank (the largest over ranks), MiB, and as a share of one process's (rows, W = 1) at the same N",
         "",
-        "| N | table MiB | layout | W | part MiB / rank | start | construct | save | load (reads) | construct / 1 proc | save / 1 proc | load / 1 proc |",
+        "| N | table MiB | layout | W | part MiB / rank | start | construct | save | load (reads) "
+        "| construct / 1 proc | save / 1 proc | load / 1 proc |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     one = {r["log2_slots"]: r for r in result["rows"] if r["world_size"] == 1}
     for r in result["rows"]:
         ref = one[r["log2_slots"]]
         lines.append(
-            f"| 2^{r['log2_slots']} | {r['table_bytes'] / MIB:.0f} | {r['layout']} | {r['world_size']} | {r['part_bytes'] / MIB:.0f} | "
+            f"| 2^{r['log2_slots']} | {r['table_bytes'] / MIB:.0f} | {r['layout']} | {r['world_size']} | "
+            f"{r['part_bytes'] / MIB:.0f} | "
             f"{r['start_mib']:.0f} | {r['construct_mib']:.0f} | {r['save_mib']:.0f} | {r['load_mib']:.0f} ({r['read']}) | "
             f"{r['construct_mib'] / ref['construct_mib']:.2f} | {r['save_mib'] / ref['save_mib']:.2f} | "
             f"{r['load_mib'] / ref['load_mib']:.2f} |"
@@ -231,11 +239,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per row (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--memory", action="store_true", help="measure peak memory per rank instead of step time")
-    parser.add_argument("--log2-slots", type=int, nargs="+", default=[16, 18, 20, 22],
-                        help="--memory: table sizes N = 2^value (even: N = n_keys^2)")
-    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="--memory: where checkpoints are written (a temp dir inside)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default results/bench_sharded_memory.json, with --memory ..._rss.json)")
+    parser.add_argument(
+        "--log2-slots",
+        type=int,
+        nargs="+",
+        default=[16, 18, 20, 22],
+        help="--memory: table sizes N = 2^value (even: N = n_keys^2)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, default=None, help="--memory: where checkpoints are written (a temp dir inside)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default results/bench_sharded_memory.json, with --memory ..._rss.json)"
+    )
     args = parser.parse_args(argv)
     if args.memory:
         return memory_main(args)
@@ -251,25 +267,47 @@ def main(argv=None) -> dict:
     result = {
         "machine": machine(),
         "torch": torch.__version__,
-        "d_model": args.d_model, "n_slots": local_cfg.n_slots, "heads": args.heads, "knn": args.knn,
-        "k_dim": args.k_dim, "v_dim": v_dim,
+        "d_model": args.d_model,
+        "n_slots": local_cfg.n_slots,
+        "heads": args.heads,
+        "knn": args.knn,
+        "k_dim": args.k_dim,
+        "v_dim": v_dim,
         "rows": [],
     }
     torch.manual_seed(0)
     layer = MemoryPlus(args.d_model, 0, local_cfg)
     for tokens in args.tokens:
         seconds = step_seconds(layer, tokens, args)
-        result["rows"].append({"layout": "local", "world_size": 1, "tokens": tokens, "step_ms": round(seconds * 1e3, 2),
-                               "comm_bytes_per_token": 0.0, "table_per_rank": f"{local_cfg.n_slots} x {v_dim}"})
+        result["rows"].append(
+            {
+                "layout": "local",
+                "world_size": 1,
+                "tokens": tokens,
+                "step_ms": round(seconds * 1e3, 2),
+                "comm_bytes_per_token": 0.0,
+                "table_per_rank": f"{local_cfg.n_slots} x {v_dim}",
+            }
+        )
         print(result["rows"][-1], flush=True)
     del layer
     world = args.world_size
-    for parallel, shape in (("rows", f"{local_cfg.n_slots // world} x {v_dim}"), ("columns", f"{local_cfg.n_slots} x {v_dim // world}")):
+    for parallel, shape in (
+        ("rows", f"{local_cfg.n_slots // world} x {v_dim}"),
+        ("columns", f"{local_cfg.n_slots} x {v_dim // world}"),
+    ):
         sent = comm_bytes_per_token(memory_config(args, parallel), args.d_model, world, element_bytes=4)
         for tokens, seconds in sharded_seconds(args, parallel).items():
-            result["rows"].append({"layout": parallel, "world_size": world, "tokens": tokens,
-                                   "step_ms": round(seconds * 1e3, 2),
-                                   "comm_bytes_per_token": sent["forward"] + sent["backward"], "table_per_rank": shape})
+            result["rows"].append(
+                {
+                    "layout": parallel,
+                    "world_size": world,
+                    "tokens": tokens,
+                    "step_ms": round(seconds * 1e3, 2),
+                    "comm_bytes_per_token": sent["forward"] + sent["backward"],
+                    "table_per_rank": shape,
+                }
+            )
             print(result["rows"][-1], flush=True)
     write_bench_results(args.out or Path("results/bench_sharded_memory.json"), result, markdown(result))
     print(markdown(result))
@@ -289,8 +327,15 @@ def memory_main(args) -> dict:
         for parallel in ("rows", "columns"):
             memory_config(sized, parallel).validate(args.d_model)
             memory_config(sized, parallel).check_world_size(args.d_model, args.world_size)
-    result = {"machine": machine(), "torch": torch.__version__, "v_dim": args.d_model, "heads": args.heads,
-              "knn": args.knn, "k_dim": args.k_dim, "rows": memory_rows(args)}
+    result = {
+        "machine": machine(),
+        "torch": torch.__version__,
+        "v_dim": args.d_model,
+        "heads": args.heads,
+        "knn": args.knn,
+        "k_dim": args.k_dim,
+        "rows": memory_rows(args),
+    }
     table = memory_markdown(result)
     write_bench_results(args.out or Path("results/bench_sharded_memory_rss.json"), result, table)
     print(table)

@@ -65,8 +65,9 @@ def test_memzoo_eval_refuses_a_code_carrying_checkpoint_without_running_it(tmp_p
     with open(path, "wb") as handle:
         pickle.dump(Payload(marker), handle)  # a bare pickle, not even a torch zip file
     script = Path(sys.executable).parent / "memzoo-eval"
-    done = subprocess.run([str(script), f"ckpt={path}", f"hydra.run.dir={tmp_path / 'eval'}"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(script), f"ckpt={path}", f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode != 0
     assert not marker.exists()
     assert "evil.ckpt" in done.stderr
@@ -85,7 +86,9 @@ def test_empty_truncated_and_foreign_files_get_one_clear_error(tmp_path):
         load_checkpoint_file(truncated)
     plain = tmp_path / "state_dict.pt"
     torch.save({"w": torch.ones(2)}, plain)
-    with pytest.raises(ValueError, match=r"state_dict.pt' is not a memzoo-train checkpoint: it lacks \['state_dict', 'hyper_parameters'\]"):
+    with pytest.raises(
+        ValueError, match=r"state_dict.pt' is not a memzoo-train checkpoint: it lacks \['state_dict', 'hyper_parameters'\]"
+    ):
         load_checkpoint_file(plain)
     with pytest.raises(ValueError, match=r"nowhere.ckpt' does not exist"):
         load_checkpoint_file(tmp_path / "nowhere.ckpt")

@@ -14,9 +14,24 @@ from zoo.training.config import RunConfig
 
 
 def run(cell, seed, params, flops, recalled, memory="pkm", usage=None):
-    r = {"study": "s", "cell": f"{cell}_seed={seed}", "setting": cell, "group": cell, "seed": seed, "status": "done",
-         "task": "facts", "backbone": "transformer", "memory": memory, "channel": "mlp", "lr": 0.003,
-         "task.num_facts": 1000, "params": params, "flops_per_token": flops, "facts_recalled": recalled, "test_acc": 0.5}
+    r = {
+        "study": "s",
+        "cell": f"{cell}_seed={seed}",
+        "setting": cell,
+        "group": cell,
+        "seed": seed,
+        "status": "done",
+        "task": "facts",
+        "backbone": "transformer",
+        "memory": memory,
+        "channel": "mlp",
+        "lr": 0.003,
+        "task.num_facts": 1000,
+        "params": params,
+        "flops_per_token": flops,
+        "facts_recalled": recalled,
+        "test_acc": 0.5,
+    }
     if usage is not None:
         r["test_memory_layer1_usage"] = usage
     return r
@@ -64,7 +79,9 @@ def test_capacity_grid_memory_models_stay_within_5_percent_below_the_mlp_flops()
             task = cfg.task
             model = build_model(RunConfig.from_hydra(cfg).model)  # the vocabulary from the task's sizes
             flops[(cell.study, dict(cell.settings)["backbone"], dict(cell.settings).get("memory.n_keys"))] = (
-                forward_flops_per_token(model, task.seq_len), model.num_parameters())
+                forward_flops_per_token(model, task.seq_len),
+                model.num_parameters(),
+            )
     for backbone in ("transformer", "mamba2"):
         mlp, mlp_params = flops[("mlp", backbone, None)]
         sizes = [flops[("memory", backbone, n)] for n in ("32", "90", "256")]

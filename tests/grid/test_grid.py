@@ -11,15 +11,25 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from zoo.grid.runner import expand, load_grid, main
 
-TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-        "backbone.d_model=16", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"]
+TINY = [
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    "backbone.d_model=16",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+]
 GRID = {
     "name": "tiny",
     "studies": {
-        "mqar": {"base": ["task.num_train=256", "task.num_test=64", "task.batch_size=32", *TINY],
-                 "axes": {"memory": ["none", "pkm"], "optim.lr": [0.003, 0.001]}},
-        "facts": {"base": ["task=facts", "task.num_entities=50", "task.num_train=200", "backbone.channel=mlp", *TINY],
-                  "axes": {"memory": ["none", "pkm"], "task.num_facts": [100, 200]}},
+        "mqar": {
+            "base": ["task.num_train=256", "task.num_test=64", "task.batch_size=32", *TINY],
+            "axes": {"memory": ["none", "pkm"], "optim.lr": [0.003, 0.001]},
+        },
+        "facts": {
+            "base": ["task=facts", "task.num_entities=50", "task.num_train=200", "backbone.channel=mlp", *TINY],
+            "axes": {"memory": ["none", "pkm"], "task.num_facts": [100, 200]},
+        },
         "lm": {"base": ["task=lm", "task.max_bytes=100000", *TINY], "axes": {"memory": ["none"]}},
         # valid on paper, fails when the run starts (a sharded memory needs a process group)
         "broken": {"base": ["memory=pkm", *TINY], "axes": {"memory.parallel": ["rows"]}},
@@ -65,8 +75,13 @@ def test_grid_writes_a_row_per_cell_a_summary_and_the_figures(grid_run):
     assert json.loads((root / "runs" / "broken" / "parallel=rows" / "error.json").read_text())["traceback"]
     summary = (root / "summary.md").read_text()
     assert "## mqar (best learning rate per cell)" in summary and "## failed cells" in summary
-    for name in ("mqar_accuracy_vs_d_model", "mqar_accuracy_vs_state_size", "facts_recalled", "facts_recalled_vs_params",
-                 "lm_val_bpb_vs_step"):
+    for name in (
+        "mqar_accuracy_vs_d_model",
+        "mqar_accuracy_vs_state_size",
+        "facts_recalled",
+        "facts_recalled_vs_params",
+        "lm_val_bpb_vs_step",
+    ):
         assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -93,8 +108,13 @@ def test_tensorboard_holds_run_hparams_and_grid_figures(grid_run):
     grid_events = next((root / "tb").glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(grid_events), size_guidance={"images": 0})
     acc.Reload()
-    assert set(acc.Tags()["images"]) == {"grid/mqar_accuracy_vs_d_model", "grid/mqar_accuracy_vs_state_size",
-                                         "grid/facts_recalled", "grid/facts_recalled_vs_params", "grid/lm_val_bpb_vs_step"}
+    assert set(acc.Tags()["images"]) == {
+        "grid/mqar_accuracy_vs_d_model",
+        "grid/mqar_accuracy_vs_state_size",
+        "grid/facts_recalled",
+        "grid/facts_recalled_vs_params",
+        "grid/lm_val_bpb_vs_step",
+    }
 
 
 def test_rerun_trains_only_the_cells_without_metrics(grid_run):
@@ -112,14 +132,25 @@ def test_rerun_trains_only_the_cells_without_metrics(grid_run):
     assert [p for p in before if after[p] != before[p]] == [interrupted]
 
 
-@pytest.mark.parametrize("bad, match", [("memory.knnn=4", "knnn"), ("memory.knn=99", "memory.knn=99 must be <= memory.n_keys=32"),
-                                        ("optim.lr=-1", r"optim.lr=-1.0 must be a finite number > 0"),
-                                        ("throughput.window=1", r"throughput.window=1 must be an integer >= 2")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("memory.knnn=4", "knnn"),
+        ("memory.knn=99", "memory.knn=99 must be <= memory.n_keys=32"),
+        ("optim.lr=-1", r"optim.lr=-1.0 must be a finite number > 0"),
+        ("throughput.window=1", r"throughput.window=1 must be an integer >= 2"),
+    ],
+)
 def test_an_invalid_last_cell_stops_the_grid_before_any_cell_trains(tmp_path, bad, match):
     import yaml
 
-    grid = {"name": "early", "studies": {"s": {"base": ["memory=pkm", *TINY], "axes": {"task.seed": [1, 2, 3]}},
-                                         "t": {"base": ["memory=pkm", *TINY, bad], "axes": {"task.seed": [4]}}}}
+    grid = {
+        "name": "early",
+        "studies": {
+            "s": {"base": ["memory=pkm", *TINY], "axes": {"task.seed": [1, 2, 3]}},
+            "t": {"base": ["memory=pkm", *TINY, bad], "axes": {"task.seed": [4]}},
+        },
+    }
     path = tmp_path / "early.yaml"
     path.write_text(yaml.safe_dump(grid))
     with pytest.raises(ValueError, match=rf"grid cell t/seed=4 is invalid: .*{match}"):
@@ -137,7 +168,11 @@ def test_every_cell_of_the_shipped_grids_composes(grid):
 
 
 def test_unknown_grid_names_the_shipped_ones():
-    with pytest.raises(ValueError, match=r"grid 'huge' is not a shipped grid; allowed: \['capacity', 'capacity_ablation', 'memory_scaling', 'quick', 'recall_small', 'second_moment', 'zoology'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"grid 'huge' is not a shipped grid; allowed: \['capacity', 'capacity_ablation', 'memory_scaling', 'quick', "
+        r"'recall_small', 'second_moment', 'zoology'\]",
+    ):
         load_grid("huge")
 
 
@@ -157,12 +192,25 @@ def test_sigterm_stops_memzoo_grid_with_exit_143_after_writing_the_report_of_fin
     import torch
     import yaml
 
-    quick = ["memory=pkm", "backbone.d_model=16", "task.num_train=4096", "task.batch_size=16",
-             "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
-    grid = {"name": "stopped", "studies": {
-        "first": {"base": [*quick, "trainer.max_steps=4"], "axes": {"optim.lr": [0.003]}},
-        "second": {"base": [*quick, "trainer.max_steps=5000", "checkpoint.every_n_train_steps=10"], "axes": {"optim.lr": [0.003]}},
-    }}
+    quick = [
+        "memory=pkm",
+        "backbone.d_model=16",
+        "task.num_train=4096",
+        "task.batch_size=16",
+        "trainer.enable_progress_bar=false",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+    ]
+    grid = {
+        "name": "stopped",
+        "studies": {
+            "first": {"base": [*quick, "trainer.max_steps=4"], "axes": {"optim.lr": [0.003]}},
+            "second": {
+                "base": [*quick, "trainer.max_steps=5000", "checkpoint.every_n_train_steps=10"],
+                "axes": {"optim.lr": [0.003]},
+            },
+        },
+    }
     path = tmp_path / "stopped.yaml"
     path.write_text(yaml.safe_dump(grid))
     bench = [str(Path(sys.executable).parent / "memzoo-grid"), str(path), "--out", str(tmp_path / "results")]

@@ -18,8 +18,17 @@ from zoo.grid.runner import main
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="hydra-joblib-launcher is not installed (memzoo[joblib])")
 
-TINY = ["task.num_train=64", "task.num_test=32", "task.batch_size=32", "trainer.max_steps=2", "trainer.val_check_interval=2",
-        "trainer.enable_progress_bar=false", "backbone.d_model=16", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+TINY = [
+    "task.num_train=64",
+    "task.num_test=32",
+    "task.batch_size=32",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    "backbone.d_model=16",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+]
 PAIR = {"name": "pair", "studies": {"mqar": {"base": TINY, "axes": {"memory": ["none", "pkm"]}}}}
 
 
@@ -58,7 +67,10 @@ def test_joblib_trains_two_cells_at_once_and_writes_the_files_and_metrics_of_the
         other = results(parallel)[cell]
         assert other["test_acc"] == row["test_acc"] and abs(float(other["test_loss"]) - float(row["test_loss"])) < 1e-5
     # side by side: each cell started (config.yaml) before the other finished (metrics.json)
-    spans = [((d / "config.yaml").stat().st_mtime, (d / "metrics.json").stat().st_mtime) for d in (parallel / "runs" / "mqar").iterdir()]
+    spans = [
+        ((d / "config.yaml").stat().st_mtime, (d / "metrics.json").stat().st_mtime)
+        for d in (parallel / "runs" / "mqar").iterdir()
+    ]
     (start_a, end_a), (start_b, end_b) = spans
     assert start_a < end_b and start_b < end_a
     logs = [p.read_text() for p in (parallel / "jobs").rglob("memzoo-grid.log")]
@@ -66,7 +78,9 @@ def test_joblib_trains_two_cells_at_once_and_writes_the_files_and_metrics_of_the
 
 
 def test_submitit_local_trains_the_cells_as_submitit_jobs(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed (memzoo[submitit])")
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed (memzoo[submitit])"
+    )
     grid = write(tmp_path, {"name": "jobs", "studies": {"mqar": {"base": TINY, "axes": {"memory": ["none"]}}}})
     main([str(grid), "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "--out", str(tmp_path)])
     root = tmp_path / "jobs"
@@ -78,17 +92,33 @@ def test_submitit_local_trains_the_cells_as_submitit_jobs(tmp_path):
 
 def test_a_parallel_grid_stopped_by_sigterm_reports_the_finished_cells_and_resumes(tmp_path):
     slow = [o for o in TINY if not o.startswith(("trainer.max_steps", "task.num_train"))]
-    studies = {"fast": {"base": TINY, "axes": {"memory": ["none"]}},
-               "slow": {"base": [*slow, "task.num_train=2048", "trainer.max_steps=5000", "checkpoint.every_n_train_steps=5"],
-                        "axes": {"memory": ["none"]}}}
+    studies = {
+        "fast": {"base": TINY, "axes": {"memory": ["none"]}},
+        "slow": {
+            "base": [*slow, "task.num_train=2048", "trainer.max_steps=5000", "checkpoint.every_n_train_steps=5"],
+            "axes": {"memory": ["none"]},
+        },
+    }
     grid = write(tmp_path, {"name": "stopped", "studies": studies})
-    bench = [sys.executable, "-m", "zoo.grid.runner", str(grid), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "--out", str(tmp_path)]
+    bench = [
+        sys.executable,
+        "-m",
+        "zoo.grid.runner",
+        str(grid),
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "--out",
+        str(tmp_path),
+    ]
     root = tmp_path / "stopped"
     fast, slow_dir = root / "runs" / "fast" / "memory=none", root / "runs" / "slow" / "memory=none"
     proc = subprocess.Popen(bench, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300  # until the fast cell is done and the slow one is training
-    while not ((fast / "metrics.json").is_file() and (slow_dir / "checkpoints" / "last.ckpt").is_file()) \
-            and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not ((fast / "metrics.json").is_file() and (slow_dir / "checkpoints" / "last.ckpt").is_file())
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)

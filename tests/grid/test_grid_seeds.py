@@ -11,8 +11,17 @@ from matplotlib.container import ErrorbarContainer
 from zoo.grid.report import aggregate, best_of_lr, mqar_figure, row
 from zoo.grid.runner import collect, expand, load_grid, main
 
-TINY = ["task.num_train=64", "task.num_test=32", "task.batch_size=32", "trainer.max_steps=2", "trainer.val_check_interval=2",
-        "trainer.enable_progress_bar=false", "backbone.d_model=16", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+TINY = [
+    "task.num_train=64",
+    "task.num_test=32",
+    "task.batch_size=32",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    "backbone.d_model=16",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+]
 SEEDS = {"name": "seeded", "studies": {"mqar": {"base": TINY, "axes": {"memory": ["none"]}, "seeds": [0, 1, 2]}}}
 
 
@@ -29,7 +38,8 @@ def test_each_seed_is_its_own_run_with_its_seed(seeded):
     _, root = seeded
     rows = list(csv.DictReader((root / "results.csv").open()))
     assert [(r["cell"], r["setting"], r["seed"]) for r in rows] == [
-        (f"memory=none_seed={s}", "memory=none", str(s)) for s in (0, 1, 2)]
+        (f"memory=none_seed={s}", "memory=none", str(s)) for s in (0, 1, 2)
+    ]
     assert len({r["test_loss"] for r in rows}) == 3  # three different initialisations and data orders
     for s in (0, 1, 2):
         assert f"seed: {s}\n" in (root / "runs" / "mqar" / f"memory=none_seed={s}" / "config.yaml").read_text()
@@ -57,7 +67,7 @@ def test_figures_draw_mean_with_std_error_bars_and_each_seed(seeded):
     (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     line, _, (segments,) = bars.lines
     assert line.get_xydata().tolist() == [[16, pytest.approx(mean)]]
-    ((x0, low), (x1, high)), = segments.get_segments()
+    (((x0, low), (x1, high)),) = segments.get_segments()
     assert (x0, x1) == (16, 16) and low == pytest.approx(mean - std) and high == pytest.approx(mean + std)
     (points,) = ax.collections[1:]  # the per-seed scatter
     assert sorted(points.get_offsets()[:, 1].tolist()) == pytest.approx(sorted(accs))
@@ -65,8 +75,16 @@ def test_figures_draw_mean_with_std_error_bars_and_each_seed(seeded):
 
 def test_best_learning_rate_is_chosen_on_the_mean_not_on_the_best_seed():
     def run(lr, seed, acc):
-        return {"study": "s", "cell": f"lr={lr}_seed={seed}", "setting": f"lr={lr}", "group": "default", "seed": seed,
-                "status": "done", "lr": lr, "test_acc": acc}
+        return {
+            "study": "s",
+            "cell": f"lr={lr}_seed={seed}",
+            "setting": f"lr={lr}",
+            "group": "default",
+            "seed": seed,
+            "status": "done",
+            "lr": lr,
+            "test_acc": acc,
+        }
 
     rows = [run(0.1, 0, 0.9), run(0.1, 1, 0.1), run(0.2, 0, 0.6), run(0.2, 1, 0.6)]
     (best,) = best_of_lr(aggregate(rows))

@@ -36,13 +36,20 @@ def dense_reference(layer: MemoryPlus, x: torch.Tensor, values: torch.Tensor) ->
     return out.view_as(x)
 
 
-@pytest.mark.parametrize("sparse, gate, query_norm", [
-    (True, False, "none"), (False, False, "none"), (True, True, "rmsnorm"), (False, True, "layernorm"),
-])
+@pytest.mark.parametrize(
+    "sparse, gate, query_norm",
+    [
+        (True, False, "none"),
+        (False, False, "none"),
+        (True, True, "rmsnorm"),
+        (False, True, "layernorm"),
+    ],
+)
 def test_output_and_gradients_equal_dense_reference(sparse, gate, query_norm):
     torch.manual_seed(1)
-    cfg = MemoryConfig(n_keys=6, heads=2, knn=3, k_dim=8, v_dim=12, gate=gate, sparse_updates=sparse,
-                       temperature=0.5, query_norm=query_norm)
+    cfg = MemoryConfig(
+        n_keys=6, heads=2, knn=3, k_dim=8, v_dim=12, gate=gate, sparse_updates=sparse, temperature=0.5, query_norm=query_norm
+    )
     layer = MemoryPlus(16, 0, cfg).double()
     for lin in (layer.w1, layer.w2):
         torch.nn.init.normal_(lin.weight, std=0.3)
@@ -107,8 +114,9 @@ def test_memory_replaces_channel_only_at_listed_layers():
 )
 def test_bad_memory_setting_raises_before_any_parameter_is_made(memory, match):
     with pytest.raises(ValueError, match=match):
-        config = from_mapping(ModelConfig, {"vocab_size": 20, "d_model": 16, "n_layers": 2,
-                                            "memory": {"n_keys": 8, "k_dim": 8, **memory}}, "model")
+        config = from_mapping(
+            ModelConfig, {"vocab_size": 20, "d_model": 16, "n_layers": 2, "memory": {"n_keys": 8, "k_dim": 8, **memory}}, "model"
+        )
         config.validate()
 
 

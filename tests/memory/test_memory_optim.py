@@ -13,10 +13,15 @@ from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
 
 def memory_model(sparse: bool, seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(dict(
-        vocab_size=24, d_model=16, n_layers=2, mixer={"attention": {"n_heads": 2}},
-        memory=dict(n_keys=16, heads=1, knn=2, k_dim=8, layers=[1], sparse_updates=sparse, value_lr=1e-2),
-    ))
+    return build_model(
+        dict(
+            vocab_size=24,
+            d_model=16,
+            n_layers=2,
+            mixer={"attention": {"n_heads": 2}},
+            memory=dict(n_keys=16, heads=1, knn=2, k_dim=8, layers=[1], sparse_updates=sparse, value_lr=1e-2),
+        )
+    )
 
 
 def values_of(model):
@@ -31,8 +36,11 @@ def test_value_group_has_own_lr_and_no_weight_decay():
     groups = {g["name"]: g for g in param_groups(memory_model(True), lr=3e-3, weight_decay=0.1)}
     assert groups[VALUE_GROUP]["lr"] == 1e-2 and groups[VALUE_GROUP]["weight_decay"] == 0.0
     assert groups[VALUE_GROUP]["sparse"] is True
-    with pytest.raises(ValueError, match=r"group_lr names parameter group\(s\) \['memory_values'\] whose parameters set "
-                                         r"their own learning rate .*memory.value_lr"):
+    with pytest.raises(
+        ValueError,
+        match=r"group_lr names parameter group\(s\) \['memory_values'\] whose parameters set "
+        r"their own learning rate .*memory.value_lr",
+    ):
         param_groups(memory_model(True), 3e-3, 0.1, group_lr={VALUE_GROUP: 5e-4})  # one knob: memory.value_lr
     with pytest.raises(ValueError, match=r"group_lr names parameter group\(s\) \['memroy_values'\]"):
         param_groups(memory_model(True), 3e-3, 0.1, group_lr={"memroy_values": 1.0})

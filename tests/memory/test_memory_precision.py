@@ -35,20 +35,24 @@ def outputs_and_grads(layer, x, autocast_dtype=None):
 
 def recording(search, found):
     """``search`` that also appends the sub-key indices it returns to ``found``."""
+
     def run(q, keys, knn):
         idx, halves = search(q, keys, knn)
         found.append(idx)
         return idx, halves
+
     return run
 
 
 def pinned(idx):
     """A search that returns the pairs ``idx`` (T, H, 2, k), scored in the caller's precision."""
+
     def run(q, keys, knn):
         heads = torch.arange(keys.shape[0]).view(1, -1, 1, 1)
         halves_axis = torch.arange(2).view(1, 1, -1, 1)
         chosen = keys[heads, halves_axis, idx]  # (T, H, 2, k, d)
         return idx, (chosen * q.unsqueeze(3)).sum(-1)
+
     return run
 
 
@@ -111,10 +115,20 @@ def test_unknown_precision_option_is_refused_with_the_allowed_values(field, valu
 )
 def test_every_backbone_with_memory_trains_in_mixed_precision(backbone, value_dtype, precision, tmp_path):
     overrides = [
-        f"backbone={backbone}", "memory=pkm", f"memory.value_dtype={value_dtype}", f"trainer.precision={precision}",
-        "backbone.d_model=32", "backbone.n_layers=2", "memory.layers=[1]", "task.num_train=128",
-        "task.num_test=32", "task.batch_size=16", "trainer.max_steps=4", "trainer.val_check_interval=2",
-        "trainer.enable_progress_bar=false", "optim.warmup_steps=1",
+        f"backbone={backbone}",
+        "memory=pkm",
+        f"memory.value_dtype={value_dtype}",
+        f"trainer.precision={precision}",
+        "backbone.d_model=32",
+        "backbone.n_layers=2",
+        "memory.layers=[1]",
+        "task.num_train=128",
+        "task.num_test=32",
+        "task.batch_size=16",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.enable_progress_bar=false",
+        "optim.warmup_steps=1",
     ]
     if backbone == "hybrid":
         overrides.remove("backbone.n_layers=2")

@@ -42,8 +42,16 @@ class TwoLayers(nn.Module):
 def memory_config(parallel: str, sparse: bool) -> MemoryConfig:
     # knn 6 > n_keys / 2: a rank's first-half block holds fewer sub-keys than knn
     return MemoryConfig(
-        n_keys=8, heads=2, knn=6, k_dim=8, v_dim=12, query_norm="rmsnorm", gate=True,
-        layers=[0, 1], sparse_updates=sparse, parallel=parallel,
+        n_keys=8,
+        heads=2,
+        knn=6,
+        k_dim=8,
+        v_dim=12,
+        query_norm="rmsnorm",
+        gate=True,
+        layers=[0, 1],
+        sparse_updates=sparse,
+        parallel=parallel,
     )
 
 
@@ -111,7 +119,11 @@ def test_sharded_layers_equal_one_process_holding_everything(parallel, sparse, d
 
 
 MODEL = {
-    "vocab_size": 32, "d_model": D_MODEL, "n_layers": 2, "pattern": "A", "channel": "mlp",
+    "vocab_size": 32,
+    "d_model": D_MODEL,
+    "n_layers": 2,
+    "pattern": "A",
+    "channel": "mlp",
     "mixer": {"attention": {"n_heads": 2}},
 }
 
@@ -143,8 +155,11 @@ def make_optimizer(model):
 
 def checkpoint_of(model, optimizer, parallel, second_moment="full"):
     """What Lightning's checkpoint holds of a run (model, optimizer, settings)."""
-    return {"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()],
-            "hyper_parameters": {"model": model_config(parallel, second_moment)}}
+    return {
+        "state_dict": model.state_dict(),
+        "optimizer_states": [optimizer.state_dict()],
+        "hyper_parameters": {"model": model_config(parallel, second_moment)},
+    }
 
 
 def restore(model, optimizer, path):
@@ -243,7 +258,7 @@ def test_checkpoints_reshard_between_one_and_two_processes(parallel, second_mome
         torch.testing.assert_close(single(saved["inputs"]), saved["outputs"], atol=1e-12, rtol=0)
     values = single.blocks[0].channel.values.weight
     state = [s for s in optimizer.state_dict()["sparse"]["state"].values() if "exp_avg" in s]
-    moments = (values.shape[:1] if second_moment == "row" else values.shape)
+    moments = values.shape[:1] if second_moment == "row" else values.shape
     assert [(s["exp_avg"].shape, s["exp_avg_sq"].shape) for s in state] == [(values.shape, moments)]
 
 
@@ -297,19 +312,24 @@ def test_any_split_of_the_initial_table_draws_the_same_numbers(monkeypatch):
     whole = draw_values_(torch.empty(n_slots, v_dim), 1234, n_slots, v_dim)
     torch.testing.assert_close(whole.std(), torch.tensor(v_dim**-0.5), atol=0.03, rtol=0)
     for world in (2, 4, 13):
-        rows = [draw_values_(torch.empty(n_slots // world, v_dim), 1234, n_slots, v_dim, r * n_slots // world, 0)
-                for r in range(world)]
+        rows = [
+            draw_values_(torch.empty(n_slots // world, v_dim), 1234, n_slots, v_dim, r * n_slots // world, 0)
+            for r in range(world)
+        ]
         assert torch.equal(torch.cat(rows), whole)
     for world in (2, 3, 4):
-        cols = [draw_values_(torch.empty(n_slots, v_dim // world), 1234, n_slots, v_dim, 0, r * v_dim // world)
-                for r in range(world)]
+        cols = [
+            draw_values_(torch.empty(n_slots, v_dim // world), 1234, n_slots, v_dim, 0, r * v_dim // world) for r in range(world)
+        ]
         assert torch.equal(torch.cat(cols, dim=1), whole)
     assert not torch.equal(draw_values_(torch.empty(n_slots, v_dim), 1235, n_slots, v_dim), whole)
 
 
 def _bad_world_size(rank, world, parallel, field, value):
     config = {**vars(memory_config(parallel, sparse=True)), field: value, "knn": 2}
-    with pytest.raises(ValueError, match=rf"memory.{field}={value} must be divisible by the world size {world} for memory.parallel={parallel}"):
+    with pytest.raises(
+        ValueError, match=rf"memory.{field}={value} must be divisible by the world size {world} for memory.parallel={parallel}"
+    ):
         shard_memory(TwoLayers(MemoryConfig(**config)))
 
 

@@ -34,6 +34,7 @@ def test_module_search_equals_brute_force_over_all_slots(query_norm):
     # independent path: each slot's key is the concatenation of its two sub-keys
     q = keys.query(x).view(40, 3, 2, 4)
     sub = keys.sub_keys
+
     def norm(t):
         if query_norm == "layernorm":
             return (t - t.mean(-1, keepdim=True)) / (t.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()

@@ -99,7 +99,7 @@ def test_rows_grad_equals_dense_index_add_of_weighted_source_rows(dtype):
 
     flat = slots.flatten()
     order = flat.argsort()
-    order = order[int((flat < 0).sum()):]  # negative slots sort first; drop them
+    order = order[int((flat < 0).sum()) :]  # negative slots sort first; drop them
     unique, counts = torch.unique_consecutive(flat[order], return_counts=True)
     offsets = torch.cumsum(counts, 0) - counts
     assert int(counts[unique == 3]) > triton_ops.BLOCK_M
@@ -176,8 +176,18 @@ def test_row_adam_on_bfloat16_param_stays_within_one_bfloat16_ulp_of_the_float64
 def test_row_adam_rejects_moments_of_the_wrong_shape():
     p = torch.zeros(4, 8)
     with pytest.raises(ValueError, match=r"exp_avg_sq must be contiguous \(N, d\) or \(N,\)"):
-        triton_ops.row_adam_(p, torch.zeros(4, 8), torch.zeros(8), torch.tensor([1]), torch.zeros(1, 8),
-                             lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, step=1)
+        triton_ops.row_adam_(
+            p,
+            torch.zeros(4, 8),
+            torch.zeros(8),
+            torch.tensor([1]),
+            torch.zeros(1, 8),
+            lr=0.1,
+            beta1=0.9,
+            beta2=0.99,
+            eps=1e-8,
+            step=1,
+        )
 
 
 def test_value_table_read_through_the_triton_kernels_equals_the_pytorch_path(monkeypatch):

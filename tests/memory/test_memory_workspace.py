@@ -10,16 +10,20 @@ from zoo.memory.workspace import Workspace
 def dense_gradient(table, reads):
     """float64 reference: sum over reads of the gradient of (read * probe).sum() w.r.t. the table."""
     weight = table.weight.detach().double().requires_grad_()
-    total = sum((torch.nn.functional.embedding_bag(s, weight, per_sample_weights=w.double(), mode="sum") * p.double()).sum()
-                for s, w, p in reads)
+    total = sum(
+        (torch.nn.functional.embedding_bag(s, weight, per_sample_weights=w.double(), mode="sum") * p.double()).sum()
+        for s, w, p in reads
+    )
     (grad,) = torch.autograd.grad(total, weight)
     return grad
 
 
 def random_reads(count, seed):
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, 50, (7, 6), generator=gen), torch.rand(7, 6, generator=gen), torch.randn(7, 10, generator=gen))
-            for _ in range(count)]
+    return [
+        (torch.randint(0, 50, (7, 6), generator=gen), torch.rand(7, 6, generator=gen), torch.randn(7, 10, generator=gen))
+        for _ in range(count)
+    ]
 
 
 def test_gradients_accumulated_over_backward_passes_without_zero_grad_equal_their_sum():

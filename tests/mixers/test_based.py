@@ -148,15 +148,15 @@ FLA_SHAPES = {
 def test_state_dict_names_and_shapes_match_fla_definition():
     assert _shapes(Based(64, feature_dim=16, num_heads=12)) == FLA_SHAPES
     assert _shapes(Based(64, feature_dim=16, num_heads=12, conv_size=0)) == {
-        k: v for k, v in FLA_SHAPES.items() if k != "conv1d.weight"}
+        k: v for k, v in FLA_SHAPES.items() if k != "conv1d.weight"
+    }
 
 
 @pytest.mark.parametrize("num_heads", [2, 12])
 def test_state_dict_and_numbers_equal_fla_layer(num_heads):
     layers = pytest.importorskip("fla.layers", reason="flash-linear-attention (fla) is not installed")
     torch.manual_seed(0)
-    theirs = layers.BasedLinearAttention(64, feature_dim=8, num_heads=num_heads, num_key_value_heads=num_heads,
-                                         eps=1e-6).double()
+    theirs = layers.BasedLinearAttention(64, feature_dim=8, num_heads=num_heads, num_key_value_heads=num_heads, eps=1e-6).double()
     with_conv = _shapes(Based(64, feature_dim=8, num_heads=num_heads))
     assert with_conv.pop("conv1d.weight") == (64, 1, 4)  # the one key fla's layer has not
     assert with_conv == _shapes(theirs)

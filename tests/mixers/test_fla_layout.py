@@ -49,14 +49,26 @@ def test_forward_is_causal_and_runs_the_cpu_path(cls):
     assert_causal_on_cpu(cls(16, num_heads=2, chunk_size=4).double(), 16)
 
 
-@pytest.mark.parametrize("name, letter, options", [
-    ("gla", "G", {"chunk_size": 8}),
-    ("gated_deltanet", "D", {"num_heads": 2, "chunk_size": 8}),
-])
+@pytest.mark.parametrize(
+    "name, letter, options",
+    [
+        ("gla", "G", {"chunk_size": 8}),
+        ("gated_deltanet", "D", {"num_heads": 2, "chunk_size": 8}),
+    ],
+)
 def test_memory_goes_into_the_backbone_and_it_learns(name, letter, options):
     torch.manual_seed(0)
-    model = build_model(dict(vocab_size=16, d_model=32, n_layers=2, pattern=letter, channel="mlp",
-                             mixer={name: options}, memory=dict(n_keys=8, knn=4, k_dim=16, layers=[1])))
+    model = build_model(
+        dict(
+            vocab_size=16,
+            d_model=32,
+            n_layers=2,
+            pattern=letter,
+            channel="mlp",
+            mixer={name: options},
+            memory=dict(n_keys=8, knn=4, k_dim=16, layers=[1]),
+        )
+    )
     assert [type(b.mixer) for b in model.blocks] == [{"G": GatedLinearAttention, "D": GatedDeltaNet}[letter]] * 2
     assert type(model.blocks[1].channel).__name__ == "MemoryPlus"
     tokens = torch.randint(0, 16, (4, 12))
@@ -75,14 +87,20 @@ def _shapes(module):
     return {name: tuple(t.shape) for name, t in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("cls, sizes", [
-    (GatedLinearAttention, dict(num_heads=2, use_short_conv=False)),
-    (GatedLinearAttention, dict(num_heads=4, use_short_conv=True, conv_bias=True, conv_size=3, expand_k=1.0,
-                                expand_v=2.0, gate_low_rank_dim=8)),
-    (GatedDeltaNet, dict(num_heads=2, head_dim=32)),
-    (GatedDeltaNet, dict(num_heads=4, head_dim=8, expand_v=1.5, conv_size=3, conv_bias=True)),
-    (GatedDeltaNet, dict(num_heads=2, head_dim=16, use_short_conv=False)),
-], ids=lambda v: v.__name__ if isinstance(v, type) else "")
+@pytest.mark.parametrize(
+    "cls, sizes",
+    [
+        (GatedLinearAttention, dict(num_heads=2, use_short_conv=False)),
+        (
+            GatedLinearAttention,
+            dict(num_heads=4, use_short_conv=True, conv_bias=True, conv_size=3, expand_k=1.0, expand_v=2.0, gate_low_rank_dim=8),
+        ),
+        (GatedDeltaNet, dict(num_heads=2, head_dim=32)),
+        (GatedDeltaNet, dict(num_heads=4, head_dim=8, expand_v=1.5, conv_size=3, conv_bias=True)),
+        (GatedDeltaNet, dict(num_heads=2, head_dim=16, use_short_conv=False)),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "",
+)
 @pytest.mark.filterwarnings("ignore:ShortConvolution is crucial")  # fla's warning for use_short_conv=False
 def test_state_dict_names_and_shapes_equal_fla(cls, sizes):
     layers = pytest.importorskip("fla.layers", reason=NO_FLA)
@@ -90,10 +108,14 @@ def test_state_dict_names_and_shapes_equal_fla(cls, sizes):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fla's layers need CUDA for their forward")
-@pytest.mark.parametrize("cls, sizes", [
-    (GatedLinearAttention, dict(num_heads=2, use_short_conv=True)),
-    (GatedDeltaNet, dict(num_heads=2, head_dim=32)),
-], ids=lambda v: v.__name__ if isinstance(v, type) else "")
+@pytest.mark.parametrize(
+    "cls, sizes",
+    [
+        (GatedLinearAttention, dict(num_heads=2, use_short_conv=True)),
+        (GatedDeltaNet, dict(num_heads=2, head_dim=32)),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "",
+)
 def test_our_module_with_fla_state_dict_gives_fla_layer_output_on_cpu_and_on_cuda(cls, sizes):
     layers = pytest.importorskip("fla.layers", reason=NO_FLA)
     torch.manual_seed(0)

@@ -44,9 +44,17 @@ def delta_inputs(batch, length, heads, dk, dv, seed=0, decay=1.0, max_beta=1.0, 
     )
 
 
-@pytest.mark.parametrize("chunk_size, length, max_beta", [
-    (1, 9, 1.0), (4, 13, 1.0), (16, 37, 1.0), (24, 50, 2.0), (64, 37, 1.0), (8, 32, 2.0),
-])
+@pytest.mark.parametrize(
+    "chunk_size, length, max_beta",
+    [
+        (1, 9, 1.0),
+        (4, 13, 1.0),
+        (16, 37, 1.0),
+        (24, 50, 2.0),
+        (64, 37, 1.0),
+        (8, 32, 2.0),
+    ],
+)
 def test_chunked_delta_rule_equals_the_per_token_recurrence_with_gradients(chunk_size, length, max_beta):
     inputs = delta_inputs(batch=2, length=length, heads=2, dk=3, dv=4, max_beta=max_beta)
     y = gated_delta_rule_chunked(**inputs, chunk_size=chunk_size)
@@ -85,8 +93,10 @@ def reference_layer(params: dict, x, heads, short_conv=True, allow_neg_eigval=Fa
     """fla's GatedDeltaNet.forward written out token by token from the state dict ``params``."""
     q, k, v = (linear(x, params, f"{n}_proj") for n in "qkv")
     if short_conv:
-        q, k, v = (short_conv_reference(t, params[f"{n}_conv1d.weight"], params.get(f"{n}_conv1d.bias"))
-                   for t, n in zip((q, k, v), "qkv"))
+        q, k, v = (
+            short_conv_reference(t, params[f"{n}_conv1d.weight"], params.get(f"{n}_conv1d.bias"))
+            for t, n in zip((q, k, v), "qkv")
+        )
     else:
         q, k, v = F.silu(q), F.silu(k), F.silu(v)
     q, k, v = (t.unflatten(-1, (heads, -1)) for t in (q, k, v))
@@ -98,11 +108,14 @@ def reference_layer(params: dict, x, heads, short_conv=True, allow_neg_eigval=Fa
     return linear(o.flatten(-2), params, "o_proj")
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(use_short_conv=False, head_dim=4, expand_v=1.5, chunk_size=4),
-    dict(conv_bias=True, conv_size=3, allow_neg_eigval=True, chunk_size=8),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(use_short_conv=False, head_dim=4, expand_v=1.5, chunk_size=4),
+        dict(conv_bias=True, conv_size=3, allow_neg_eigval=True, chunk_size=8),
+    ],
+)
 def test_layer_equals_fla_layer_written_per_token_in_values_and_every_gradient(options):
     torch.manual_seed(0)
     mixer = GatedDeltaNet(16, num_heads=2, **options).double()
@@ -110,8 +123,13 @@ def test_layer_equals_fla_layer_written_per_token_in_values_and_every_gradient(o
         torch.nn.init.normal_(param, mean=-1.0 if name == "A_log" else 0.0, std=0.3)
     x = torch.randn(2, 19, 16, dtype=torch.float64, requires_grad=True)
     params = dict(mixer.named_parameters())
-    ref = reference_layer(params, x, heads=2, short_conv=options.get("use_short_conv", True),
-                          allow_neg_eigval=options.get("allow_neg_eigval", False))
+    ref = reference_layer(
+        params,
+        x,
+        heads=2,
+        short_conv=options.get("use_short_conv", True),
+        allow_neg_eigval=options.get("allow_neg_eigval", False),
+    )
     assert_values_and_grads_match(mixer(x), ref, {"x": x, **params}, atol=1e-10)
 
 
@@ -188,14 +206,20 @@ def test_parameters_are_tagged_and_survive_model_init_as_fla_initialises_them():
     assert dt.min() >= 0.001 - 1e-6 and dt.max() <= 0.1 + 1e-6
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_heads=5), r"gated_deltanet head_dim=None means 0.75 \* d_model / num_heads: num_heads=5 must divide "
-                        r"0.75 \* d_model = 0.75 \* 64"),
-    (dict(head_dim=0), r"gated_deltanet head_dim=0 must be a positive integer"),
-    (dict(head_dim=3, expand_v=0.5), r"gated_deltanet expand_v=0.5 must be positive with head_dim \* expand_v an integer"),
-    (dict(chunk_size=0), r"gated_deltanet chunk_size=0 must be a positive integer"),
-    (dict(num_heads=0), r"gated_deltanet num_heads=0 must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            dict(num_heads=5),
+            r"gated_deltanet head_dim=None means 0.75 \* d_model / num_heads: num_heads=5 must divide "
+            r"0.75 \* d_model = 0.75 \* 64",
+        ),
+        (dict(head_dim=0), r"gated_deltanet head_dim=0 must be a positive integer"),
+        (dict(head_dim=3, expand_v=0.5), r"gated_deltanet expand_v=0.5 must be positive with head_dim \* expand_v an integer"),
+        (dict(chunk_size=0), r"gated_deltanet chunk_size=0 must be a positive integer"),
+        (dict(num_heads=0), r"gated_deltanet num_heads=0 must be a positive integer"),
+    ],
+)
 def test_bad_config_is_a_value_error_naming_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GatedDeltaNet(64, **kwargs)

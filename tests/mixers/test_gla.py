@@ -38,9 +38,19 @@ def gla_inputs(batch, length, heads, dk, dv, seed=0, decay=1.0, dtype=torch.floa
     )
 
 
-@pytest.mark.parametrize("chunk_size, length, decay", [
-    (1, 9, 1.0), (4, 13, 1.0), (16, 37, 0.1), (16, 37, 4.0), (24, 50, 4.0), (32, 70, 0.1), (32, 70, 4.0), (64, 37, 1.0),
-])
+@pytest.mark.parametrize(
+    "chunk_size, length, decay",
+    [
+        (1, 9, 1.0),
+        (4, 13, 1.0),
+        (16, 37, 0.1),
+        (16, 37, 4.0),
+        (24, 50, 4.0),
+        (32, 70, 0.1),
+        (32, 70, 4.0),
+        (64, 37, 1.0),
+    ],
+)
 def test_chunked_gla_equals_the_per_token_recurrence_with_gradients(chunk_size, length, decay):
     """decay 0.1 keeps every chunk within FACTORED_SPAN (one matmul per chunk), 4.0 takes the
     anchored sub-chunk form in chunks of 16 or more."""
@@ -90,8 +100,10 @@ def reference_layer(params: dict, x, heads, short_conv=True, normalizer=16, clam
     """fla's GatedLinearAttention.forward written out token by token from the state dict ``params``."""
     q, k, v = (linear(x, params, f"{n}_proj") for n in "qkv")
     if short_conv:
-        q, k, v = (short_conv_reference(t, params[f"{n}_conv1d.weight"], params.get(f"{n}_conv1d.bias"))
-                   for t, n in zip((q, k, v), "qkv"))
+        q, k, v = (
+            short_conv_reference(t, params[f"{n}_conv1d.weight"], params.get(f"{n}_conv1d.bias"))
+            for t, n in zip((q, k, v), "qkv")
+        )
     g = F.logsigmoid(linear(linear(x, params, "gk_proj.0"), params, "gk_proj.1")) / normalizer
     if clamp_min is not None:
         g = g.clamp_min(clamp_min)
@@ -102,11 +114,14 @@ def reference_layer(params: dict, x, heads, short_conv=True, normalizer=16, clam
     return linear(o.flatten(-2), params, "o_proj")
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(use_short_conv=False, expand_k=1.0, expand_v=0.5, chunk_size=4),
-    dict(conv_bias=True, conv_size=3, clamp_min=-0.02, gate_logit_normalizer=4, chunk_size=8),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(use_short_conv=False, expand_k=1.0, expand_v=0.5, chunk_size=4),
+        dict(conv_bias=True, conv_size=3, clamp_min=-0.02, gate_logit_normalizer=4, chunk_size=8),
+    ],
+)
 def test_layer_equals_fla_layer_written_per_token_in_values_and_every_gradient(options):
     torch.manual_seed(0)
     mixer = GatedLinearAttention(16, num_heads=2, **options).double()
@@ -114,8 +129,14 @@ def test_layer_equals_fla_layer_written_per_token_in_values_and_every_gradient(o
         torch.nn.init.normal_(param, std=0.3)
     x = torch.randn(2, 19, 16, dtype=torch.float64, requires_grad=True)
     params = dict(mixer.named_parameters())
-    ref = reference_layer(params, x, heads=2, short_conv=options.get("use_short_conv", True),
-                          normalizer=options.get("gate_logit_normalizer", 16), clamp_min=options.get("clamp_min"))
+    ref = reference_layer(
+        params,
+        x,
+        heads=2,
+        short_conv=options.get("use_short_conv", True),
+        normalizer=options.get("gate_logit_normalizer", 16),
+        clamp_min=options.get("clamp_min"),
+    )
     assert_values_and_grads_match(mixer(x), ref, {"x": x, **params}, atol=1e-10)
 
 
@@ -180,14 +201,17 @@ def test_parameters_are_tagged_and_conv_and_norm_survive_model_init():
         torch.testing.assert_close(mixer.get_parameter(name), before, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_heads=3), r"gla num_heads=3 must divide d_model \* expand_k = 64 \* 0.5 = 32"),
-    (dict(expand_v=0.3), r"gla expand_v=0.3 must be positive with d_model \* expand_v an integer \(d_model=64\)"),
-    (dict(chunk_size=0), r"gla chunk_size=0 must be a positive integer"),
-    (dict(conv_size=2.5), r"gla conv_size=2.5 must be a positive integer"),
-    (dict(gate_logit_normalizer=0), r"gla gate_logit_normalizer=0 must be > 0"),
-    (dict(clamp_min=0.5), r"gla clamp_min=0.5 must be None or < 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_heads=3), r"gla num_heads=3 must divide d_model \* expand_k = 64 \* 0.5 = 32"),
+        (dict(expand_v=0.3), r"gla expand_v=0.3 must be positive with d_model \* expand_v an integer \(d_model=64\)"),
+        (dict(chunk_size=0), r"gla chunk_size=0 must be a positive integer"),
+        (dict(conv_size=2.5), r"gla conv_size=2.5 must be a positive integer"),
+        (dict(gate_logit_normalizer=0), r"gla gate_logit_normalizer=0 must be > 0"),
+        (dict(clamp_min=0.5), r"gla clamp_min=0.5 must be None or < 0"),
+    ],
+)
 def test_bad_config_is_a_value_error_naming_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GatedLinearAttention(64, **kwargs)

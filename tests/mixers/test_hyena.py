@@ -127,14 +127,21 @@ def test_parameter_names_and_shapes_follow_zoologys_hyena_of_order_2():
     # zoology's Hyena(d_model=8, l_max=..., filter_order=16) state dict, without pos_emb.{z,t} and
     # modulation.deltas (fixed functions of the position and the options here)
     expected = {
-        "in_proj.weight": (24, 8), "in_proj.bias": (24,), "out_proj.weight": (8, 8), "out_proj.bias": (8,),
-        "short_filter.weight": (24, 1, 3), "short_filter.bias": (24,),
+        "in_proj.weight": (24, 8),
+        "in_proj.bias": (24,),
+        "out_proj.weight": (8, 8),
+        "out_proj.bias": (8,),
+        "short_filter.weight": (24, 1, 3),
+        "short_filter.bias": (24,),
         "filter_fn.bias": (8,),
-        "filter_fn.implicit_filter.0.weight": (16, 3), "filter_fn.implicit_filter.0.bias": (16,),
+        "filter_fn.implicit_filter.0.weight": (16, 3),
+        "filter_fn.implicit_filter.0.bias": (16,),
         "filter_fn.implicit_filter.1.freq": (1, 16),
-        "filter_fn.implicit_filter.2.weight": (16, 16), "filter_fn.implicit_filter.2.bias": (16,),
+        "filter_fn.implicit_filter.2.weight": (16, 16),
+        "filter_fn.implicit_filter.2.bias": (16,),
         "filter_fn.implicit_filter.3.freq": (1, 16),
-        "filter_fn.implicit_filter.4.weight": (16, 16), "filter_fn.implicit_filter.4.bias": (16,),
+        "filter_fn.implicit_filter.4.weight": (16, 16),
+        "filter_fn.implicit_filter.4.bias": (16,),
         "filter_fn.implicit_filter.5.freq": (1, 16),
         "filter_fn.implicit_filter.6.weight": (8, 16),
     }
@@ -153,15 +160,18 @@ def test_model_init_keeps_the_conv_and_skip_init_and_the_filter_has_no_weight_de
         assert optim_tags(param).get("weight_decay") == 0.0, name
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(order=1), r"hyena order=1 must be an integer >= 2"),
-    (dict(l_max=0), r"hyena l_max=0 must be an integer >= 1"),
-    (dict(filter_order=2.5), r"hyena filter_order=2.5 must be an integer >= 1"),
-    (dict(short_filter_order=0), r"hyena short_filter_order=0 must be an integer >= 1"),
-    (dict(emb_dim=4), r"hyena emb_dim=4 must be an odd integer >= 3"),
-    (dict(fast_decay_pct=0), r"hyena fast_decay_pct=0, slow_decay_pct=1.5 must be > 0"),
-    (dict(target=1.0), r"hyena target=1.0 must be in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(order=1), r"hyena order=1 must be an integer >= 2"),
+        (dict(l_max=0), r"hyena l_max=0 must be an integer >= 1"),
+        (dict(filter_order=2.5), r"hyena filter_order=2.5 must be an integer >= 1"),
+        (dict(short_filter_order=0), r"hyena short_filter_order=0 must be an integer >= 1"),
+        (dict(emb_dim=4), r"hyena emb_dim=4 must be an odd integer >= 3"),
+        (dict(fast_decay_pct=0), r"hyena fast_decay_pct=0, slow_decay_pct=1.5 must be > 0"),
+        (dict(target=1.0), r"hyena target=1.0 must be in \(0, 1\)"),
+    ],
+)
 def test_bad_options_are_value_errors_naming_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Hyena(8, **kwargs)
@@ -190,6 +200,7 @@ def test_unknown_option_is_an_error_naming_it():
 def test_the_backbone_yaml_states_the_constructor_defaults():
     path = Path(__file__).resolve().parents[2] / "zoo" / "configs" / "backbone" / "hyena.yaml"
     stated = yaml.safe_load(path.read_text())["mixer"]["hyena"]
-    defaults = {name: p.default for name, p in inspect.signature(Hyena).parameters.items()
-                if name not in ("d_model", "layer_idx")}
+    defaults = {
+        name: p.default for name, p in inspect.signature(Hyena).parameters.items() if name not in ("d_model", "layer_idx")
+    }
     assert stated == defaults

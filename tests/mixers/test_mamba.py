@@ -78,8 +78,11 @@ def test_mamba_is_causal_and_uses_the_cpu_path_here():
 
 def test_memory_goes_into_a_mamba_backbone_and_it_learns():
     torch.manual_seed(0)
-    model = build_model(dict(vocab_size=16, d_model=32, n_layers=2, pattern="M", channel="none",
-                             memory=dict(n_keys=8, knn=4, k_dim=16, layers=[1])))
+    model = build_model(
+        dict(
+            vocab_size=16, d_model=32, n_layers=2, pattern="M", channel="none", memory=dict(n_keys=8, knn=4, k_dim=16, layers=[1])
+        )
+    )
     assert [type(b.mixer).__name__ for b in model.blocks] == ["Mamba", "Mamba"]
     assert model.blocks[0].channel is None and type(model.blocks[1].channel).__name__ == "MemoryPlus"
     tokens = torch.randint(0, 16, (4, 12))
@@ -94,11 +97,14 @@ def test_memory_goes_into_a_mamba_backbone_and_it_learns():
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(d_state=0), r"mamba d_state=0 must be a positive integer"),
-    (dict(dt_rank="big"), r"mamba dt_rank='big' must be 'auto'"),
-    (dict(dt_min=0.5, dt_max=0.1), r"dt_min=0.5, dt_max=0.1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(d_state=0), r"mamba d_state=0 must be a positive integer"),
+        (dict(dt_rank="big"), r"mamba dt_rank='big' must be 'auto'"),
+        (dict(dt_min=0.5, dt_max=0.1), r"dt_min=0.5, dt_max=0.1"),
+    ],
+)
 def test_bad_mamba_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Mamba(16, **kwargs)

@@ -69,9 +69,9 @@ def test_gated_rmsnorm_normalises_each_group_after_the_gate():
     torch.nn.init.normal_(norm.weight)
     x, z = torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
     gated = x * F.silu(z)
-    expected = torch.cat(
-        [g / torch.sqrt((g**2).mean(-1, keepdim=True) + 1e-5) for g in gated.split(3, dim=-1)], dim=-1
-    ) * norm.weight
+    expected = (
+        torch.cat([g / torch.sqrt((g**2).mean(-1, keepdim=True) + 1e-5) for g in gated.split(3, dim=-1)], dim=-1) * norm.weight
+    )
     torch.testing.assert_close(norm(x, z), expected, rtol=1e-12, atol=1e-12)
 
 

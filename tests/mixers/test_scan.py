@@ -59,8 +59,7 @@ def outputs_and_grads(scan, inputs, **kwargs):
 
 def assert_scan_matches_recurrence(inputs, atol, **kwargs):
     softplus = kwargs.pop("delta_softplus", True)
-    got = outputs_and_grads(
-        lambda **kw: selective_scan(**kw, delta_softplus=softplus, return_last_state=True, **kwargs), inputs)
+    got = outputs_and_grads(lambda **kw: selective_scan(**kw, delta_softplus=softplus, return_last_state=True, **kwargs), inputs)
     want = outputs_and_grads(lambda **kw: recurrence_loop(**kw, delta_softplus=softplus), inputs)
     assert (got[0] - want[0]).abs().max() <= atol, "y"
     assert (got[1] - want[1]).abs().max() <= atol, "last state"
@@ -106,13 +105,14 @@ def test_input_layout_does_not_change_the_result():
     """The mixer hands over transposes of (batch, L, c) projections; the benchmark, contiguous
     (batch, c, L) tensors. Both give the same values and gradients."""
     inputs = scan_inputs(2, 6, 3, 11)
-    as_mixer = {k: (v.detach().transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v.detach())
-                for k, v in inputs.items()}
+    as_mixer = {
+        k: (v.detach().transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v.detach()) for k, v in inputs.items()
+    }
     as_mixer = {k: v.requires_grad_() for k, v in as_mixer.items()}
-    got = outputs_and_grads(lambda **kw: selective_scan(**kw, delta_softplus=True, return_last_state=True,
-                                                        chunk_size=4), as_mixer)
-    want = outputs_and_grads(lambda **kw: selective_scan(**kw, delta_softplus=True, return_last_state=True,
-                                                         chunk_size=4), inputs)
+    got = outputs_and_grads(
+        lambda **kw: selective_scan(**kw, delta_softplus=True, return_last_state=True, chunk_size=4), as_mixer
+    )
+    want = outputs_and_grads(lambda **kw: selective_scan(**kw, delta_softplus=True, return_last_state=True, chunk_size=4), inputs)
     for a, b in zip(got[:2], want[:2]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
     for name in inputs:
@@ -169,12 +169,19 @@ def test_bad_chunk_size_is_an_error(scan):
         scan(**{k: v.detach() for k, v in scan_inputs(1, 2, 2, 3).items()}, chunk_size=0)
 
 
-@pytest.mark.parametrize("name, bad, message", [
-    ("B", torch.zeros(2, 3), r"selective scan B has shape \(2, 3\); with u \(1, 2, 3\) and A \(2, 2\) it must be \(1, 2, 3\)"),
-    ("D", torch.zeros(3), r"selective scan D has shape \(3,\); .* it must be \(2,\)"),
-    ("z", torch.zeros(1, 2, 4), r"selective scan z has shape \(1, 2, 4\); .* it must be \(1, 2, 3\)"),
-    ("A", torch.zeros(2), r"needs u \(batch, d_inner, L\) and A \(d_inner, d_state\); got u \(1, 2, 3\), A \(2,\)"),
-])
+@pytest.mark.parametrize(
+    "name, bad, message",
+    [
+        (
+            "B",
+            torch.zeros(2, 3),
+            r"selective scan B has shape \(2, 3\); with u \(1, 2, 3\) and A \(2, 2\) it must be \(1, 2, 3\)",
+        ),
+        ("D", torch.zeros(3), r"selective scan D has shape \(3,\); .* it must be \(2,\)"),
+        ("z", torch.zeros(1, 2, 4), r"selective scan z has shape \(1, 2, 4\); .* it must be \(1, 2, 3\)"),
+        ("A", torch.zeros(2), r"needs u \(batch, d_inner, L\) and A \(d_inner, d_state\); got u \(1, 2, 3\), A \(2,\)"),
+    ],
+)
 def test_bad_input_shapes_are_errors_naming_the_input(name, bad, message):
     inputs = {k: v.detach() for k, v in scan_inputs(1, 2, 2, 3).items()}
     inputs[name] = bad.double()

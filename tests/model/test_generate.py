@@ -76,9 +76,11 @@ def test_bad_generation_arguments_are_errors(prompt, kwargs, match):
 
 @pytest.mark.parametrize(
     "prompt, max_new, match",
-    [(torch.tensor([[1.0, 2.0]]), 3, r"prompt_ids must be an integer \(long\) tensor of token ids, got torch.float32"),
-     ([[1, 2]], 3, r"prompt_ids must be an integer \(long\) tensor of token ids, got list"),
-     (torch.tensor([[1]]), 2.5, r"max_new_tokens must be an int, got 2.5")],
+    [
+        (torch.tensor([[1.0, 2.0]]), 3, r"prompt_ids must be an integer \(long\) tensor of token ids, got torch.float32"),
+        ([[1, 2]], 3, r"prompt_ids must be an integer \(long\) tensor of token ids, got list"),
+        (torch.tensor([[1]]), 2.5, r"max_new_tokens must be an int, got 2.5"),
+    ],
 )
 def test_generation_arguments_of_the_wrong_type_are_type_errors(prompt, max_new, match):
     with pytest.raises(TypeError, match=match):

@@ -112,8 +112,15 @@ def test_the_memory_hand_count_matches_its_config():
 def test_every_mixer_learns_in_a_backbone_with_a_memory_channel(name):
     torch.manual_seed(0)
     letter = next(k for k, v in PATTERN_LETTERS.items() if v == name)
-    model = build_model({"d_model": 32, "n_layers": 2, "pattern": letter, "vocab_size": 16,
-                         "memory": {"n_keys": 8, "heads": 2, "knn": 4, "k_dim": 16, "layers": [1]}})
+    model = build_model(
+        {
+            "d_model": 32,
+            "n_layers": 2,
+            "pattern": letter,
+            "vocab_size": 16,
+            "memory": {"n_keys": 8, "heads": 2, "knn": 4, "k_dim": 16, "layers": [1]},
+        }
+    )
     tokens = torch.randint(16, (4, 24))
     optimizer = build_optimizer(param_groups(model, lr=3e-3, weight_decay=0.0))
     losses = []

@@ -52,8 +52,9 @@ def test_attention_is_causal():
 
 
 def test_language_model_output_shape_and_tied_head():
-    model = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=3, mixer={"attention": {"n_heads": 4}},
-                                    tie_embeddings=True))
+    model = build_model(
+        ModelConfig(vocab_size=50, d_model=32, n_layers=3, mixer={"attention": {"n_heads": 4}}, tie_embeddings=True)
+    )
     logits = model(torch.randint(0, 50, (3, 13)))
     assert logits.shape == (3, 13, 50)
     assert model.lm_head.weight is model.embedding.weight

@@ -13,8 +13,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bench_memory_writes_rows_and_table(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
-    argv = ["bench_memory.py", "--tokens", "64", "--d-model", "16", "--heads", "2", "--knn", "2",
-            "--k-dim", "8", "--log2-slots", "4", "6", "--steps", "1", "--warmup", "0", "--out", str(out)]
+    argv = [
+        "bench_memory.py",
+        "--tokens",
+        "64",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--knn",
+        "2",
+        "--k-dim",
+        "8",
+        "--log2-slots",
+        "4",
+        "6",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+        str(out),
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "scripts" / "bench_memory.py"), run_name="__main__")
     result = json.loads(out.read_text())

@@ -11,8 +11,7 @@ import pytest
 from zoo.mixers.scan import selective_scan_sequential
 
 ROOT = Path(__file__).resolve().parents[2]
-TOY = ["--batch", "1", "--d-inner", "8", "--d-state", "4", "--lengths", "16", "33", "--reps", "1",
-       "--chunk-size", "8"]
+TOY = ["--batch", "1", "--d-inner", "8", "--d-state", "4", "--lengths", "16", "33", "--reps", "1", "--chunk-size", "8"]
 
 
 def run_bench(monkeypatch, *args):
@@ -40,7 +39,9 @@ def test_bench_scan_writes_rows_that_match_the_reference_and_a_table(tmp_path, m
         assert 0 <= r["max_abs_err"] < 1e-4, r
     assert "mamba_ssm_ref" in result["skipped"]
     assert sorted((s["L"], s["pass"], s["baseline"]) for s in result["speedup"]) == sorted(
-        (length, p, baseline) for length in (16, 33) for p in ("fwd", "fwd_bwd")
+        (length, p, baseline)
+        for length in (16, 33)
+        for p in ("fwd", "fwd_bwd")
         for baseline in ("chunked_autograd", "sequential")
     )
     by = {(r["impl"], r["L"], r["pass"]): r["ms"] for r in rows}
@@ -55,9 +56,11 @@ def test_bench_scan_times_mamba_ssm_ref_when_it_imports(tmp_path, monkeypatch):
     """A stand-in mamba_ssm package (its ref = our sequential loop) adds a fourth impl with zero error."""
     leaf = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
     leaf.selective_scan_ref = selective_scan_sequential
-    for name, module in [("mamba_ssm", types.ModuleType("mamba_ssm")),
-                         ("mamba_ssm.ops", types.ModuleType("mamba_ssm.ops")),
-                         ("mamba_ssm.ops.selective_scan_interface", leaf)]:
+    for name, module in [
+        ("mamba_ssm", types.ModuleType("mamba_ssm")),
+        ("mamba_ssm.ops", types.ModuleType("mamba_ssm.ops")),
+        ("mamba_ssm.ops.selective_scan_interface", leaf),
+    ]:
         monkeypatch.setitem(sys.modules, name, module)
     out = tmp_path / "bench.json"
     run_bench(monkeypatch, *TOY[:6], "--lengths", "12", "--reps", "1", "--out", str(out))
@@ -69,11 +72,14 @@ def test_bench_scan_times_mamba_ssm_ref_when_it_imports(tmp_path, monkeypatch):
     assert result["skipped"] == {}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lengths", "16", "0"], r"--lengths value 0 must be >= 1"),
-    (["--reps", "0"], r"--reps=0 must be >= 1"),
-    (["--chunk-size", "-2"], r"--chunk-size=-2 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lengths", "16", "0"], r"--lengths value 0 must be >= 1"),
+        (["--reps", "0"], r"--reps=0 must be >= 1"),
+        (["--chunk-size", "-2"], r"--chunk-size=-2 must be >= 1"),
+    ],
+)
 def test_bench_scan_rejects_bad_arguments_before_computing(args, message, tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     with pytest.raises(ValueError, match=message):

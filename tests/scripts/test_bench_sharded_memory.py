@@ -14,13 +14,38 @@ SCRIPT = ROOT / "scripts" / "bench_sharded_memory.py"
 
 def test_bench_sharded_memory_writes_rows_and_table(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
-    argv = ["bench_sharded_memory.py", "--tokens", "32", "64", "--d-model", "16", "--n-keys", "8", "--heads", "2",
-            "--knn", "2", "--k-dim", "8", "--steps", "1", "--warmup", "0", "--out", str(out)]
+    argv = [
+        "bench_sharded_memory.py",
+        "--tokens",
+        "32",
+        "64",
+        "--d-model",
+        "16",
+        "--n-keys",
+        "8",
+        "--heads",
+        "2",
+        "--knn",
+        "2",
+        "--k-dim",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+        str(out),
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(SCRIPT), run_name="__main__")
     rows = json.loads(out.read_text())["rows"]
     assert [(r["layout"], r["world_size"], r["tokens"]) for r in rows] == [
-        ("local", 1, 32), ("local", 1, 64), ("rows", 2, 32), ("rows", 2, 64), ("columns", 2, 32), ("columns", 2, 64),
+        ("local", 1, 32),
+        ("local", 1, 64),
+        ("rows", 2, 32),
+        ("rows", 2, 64),
+        ("columns", 2, 32),
+        ("columns", 2, 64),
     ]
     for r in rows:
         assert set(r) >= {"layout", "world_size", "tokens", "step_ms", "comm_bytes_per_token"}
@@ -37,13 +62,31 @@ def test_bench_sharded_memory_rejects_tokens_the_ranks_cannot_split(monkeypatch)
 
 def test_bench_sharded_memory_measures_each_ranks_peak_memory_while_building_saving_and_restoring(tmp_path, monkeypatch):
     out = tmp_path / "rss.json"
-    argv = ["bench_sharded_memory.py", "--memory", "--log2-slots", "8", "--d-model", "16", "--heads", "2", "--knn", "2",
-            "--k-dim", "8", "--checkpoint-dir", str(tmp_path), "--out", str(out)]
+    argv = [
+        "bench_sharded_memory.py",
+        "--memory",
+        "--log2-slots",
+        "8",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--knn",
+        "2",
+        "--k-dim",
+        "8",
+        "--checkpoint-dir",
+        str(tmp_path),
+        "--out",
+        str(out),
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(SCRIPT), run_name="__main__")
     rows = json.loads(out.read_text())["rows"]
     assert [(r["layout"], r["world_size"], r["read"]) for r in rows] == [
-        ("rows", 1, "rows-1"), ("rows", 2, "rows-2"), ("columns", 2, "rows-2"),  # columns reshard the rows checkpoint
+        ("rows", 1, "rows-1"),
+        ("rows", 2, "rows-2"),
+        ("columns", 2, "rows-2"),  # columns reshard the rows checkpoint
     ]
     for r in rows:
         assert 0 < r["start_mib"] <= min(r["construct_mib"], r["save_mib"], r["load_mib"])

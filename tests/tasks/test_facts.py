@@ -6,8 +6,19 @@ import torch
 from zoo.tasks.base import IGNORE_INDEX
 from zoo.tasks.facts import ARROW, FactsDataModule
 
-SMALL = dict(num_facts=60, num_entities=20, num_relations=4, num_values=10, num_fillers=5,
-             facts_per_seq=4, seq_len=24, num_train=45, num_val=12, batch_size=8, seed=3)
+SMALL = dict(
+    num_facts=60,
+    num_entities=20,
+    num_relations=4,
+    num_values=10,
+    num_fillers=5,
+    facts_per_seq=4,
+    seq_len=24,
+    num_train=45,
+    num_val=12,
+    batch_size=8,
+    seed=3,
+)
 
 
 def facts_in(inputs: torch.Tensor, targets: torch.Tensor) -> list[tuple[int, int, int]]:

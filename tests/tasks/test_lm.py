@@ -217,7 +217,9 @@ def test_a_corpus_that_is_not_text_is_refused_unless_allowed(tmp_path):
     binary = tmp_path / "blob.bin"
     binary.write_bytes(bytes(range(256)) * 200)
     module = LanguageModelingDataModule(path=str(binary), seq_len=16, max_bytes=None, batch_size=4)
-    with pytest.raises(ValueError, match=r"blob.bin' does not look like text: \d+ undecodable byte sequences and \d+ control characters"):
+    with pytest.raises(
+        ValueError, match=r"blob.bin' does not look like text: \d+ undecodable byte sequences and \d+ control characters"
+    ):
         module.setup()
     allowed = LanguageModelingDataModule(path=str(binary), seq_len=16, max_bytes=None, batch_size=4, allow_binary=True)
     with pytest.warns(UserWarning, match=r"undecodable byte sequences replaced by U\+FFFD"):

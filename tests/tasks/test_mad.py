@@ -303,8 +303,15 @@ def test_impossible_sizes_raise_before_generation(cls, kwargs, match):
 
 
 @pytest.mark.parametrize(
-    "generate", [generate_icr, generate_fuzzy_icr, generate_noisy_icr, generate_selective_copying, generate_compression,
-                 generate_memorization]
+    "generate",
+    [
+        generate_icr,
+        generate_fuzzy_icr,
+        generate_noisy_icr,
+        generate_selective_copying,
+        generate_compression,
+        generate_memorization,
+    ],
 )
 def test_generators_refuse_zero_examples(generate):
     with pytest.raises(ValueError, match=r"number of examples=0 must be >= 1"):

@@ -113,8 +113,9 @@ def test_impossible_sizes_raise_before_generation(kwargs, match):
 
 
 def test_test_split_can_be_longer_with_more_pairs_for_extrapolation():
-    dm = MQARDataModule(vocab_size=64, seq_len=32, num_kv_pairs=4, test_seq_len=64, test_num_kv_pairs=8,
-                        num_train=16, num_test=8, batch_size=4)
+    dm = MQARDataModule(
+        vocab_size=64, seq_len=32, num_kv_pairs=4, test_seq_len=64, test_num_kv_pairs=8, num_train=16, num_test=8, batch_size=4
+    )
     dm.setup()
     assert dm.datasets["train"].inputs.shape == (16, 32) and dm.datasets["val"].inputs.shape == (8, 32)
     test_targets = dm.datasets["test"].targets

@@ -68,14 +68,24 @@ def generate_counting(num_examples: int, vocab_size: int, seq_len: int, seed: in
     return rows[:, :-1], rows[:, 1:]
 
 
-class CountingDataModule(SyntheticDataModule, knobs=Counting, generator=generate_counting,
-                         test_overrides=("seq_len",), num_train=30):
+class CountingDataModule(
+    SyntheticDataModule, knobs=Counting, generator=generate_counting, test_overrides=("seq_len",), num_train=30
+):
     """A task added in one statement."""
 
 
 def test_a_new_synthetic_task_is_one_class_statement_with_its_options_in_the_signature():
     assert list(inspect.signature(CountingDataModule).parameters) == [
-        "vocab_size", "seq_len", "test_seq_len", "num_train", "num_test", "num_val", "batch_size", "seed", "num_workers"]
+        "vocab_size",
+        "seq_len",
+        "test_seq_len",
+        "num_train",
+        "num_test",
+        "num_val",
+        "batch_size",
+        "seed",
+        "num_workers",
+    ]
     dm = CountingDataModule(seq_len=4, test_seq_len=9, num_test=5, batch_size=3, seed=2)
     dm.setup()
     assert {s: tuple(d.inputs.shape) for s, d in dm.datasets.items()} == {"train": (30, 4), "val": (5, 4), "test": (5, 9)}

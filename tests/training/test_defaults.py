@@ -35,8 +35,11 @@ def test_task_yaml_states_the_datamodule_defaults(path):
     # the class's signature: a synthetic task's is built from its knob dataclass and the base's split options
     defaults = code_defaults(TASKS[values.pop("name")])
     assert set(values) <= set(defaults), f"{path.name}: keys that are no option: {set(values) - set(defaults)}"
-    differ = {k: (defaults[k], v) for k, v in values.items()
-              if k in defaults and not str(v).startswith("${") and not same(defaults[k], v)}
+    differ = {
+        k: (defaults[k], v)
+        for k, v in values.items()
+        if k in defaults and not str(v).startswith("${") and not same(defaults[k], v)
+    }
     assert not differ, f"{path.name}: key: (code default, yaml) {differ}"
 
 
@@ -78,8 +81,11 @@ def test_a_backbone_preset_states_only_what_it_changes_from_model_config(path):
     assert not restated, f"{path.name} restates ModelConfig's defaults: {restated}"
     assert values["mixer"], "each preset states its mixers' options (backbone/base has none)"
     composed_backbone = OmegaConf.to_container(composed(f"backbone={path.stem}").backbone)
-    assert composed_backbone == {**{k: v for k, v in defaults.items() if k not in ("vocab_size", "memory")},
-                                 "name": path.stem, **values}
+    assert composed_backbone == {
+        **{k: v for k, v in defaults.items() if k not in ("vocab_size", "memory")},
+        "name": path.stem,
+        **values,
+    }
 
 
 @pytest.mark.parametrize("name", ["gpu", "ddp"])

@@ -16,8 +16,13 @@ from zoo.training.guards import check_same_model, check_token_ids
 from zoo.training.lit import LitLanguageModel
 from zoo.training.optim import OptimConfig
 
-MODEL = {"vocab_size": 32, "d_model": 16, "n_layers": 2, "mixer": {"attention": {"n_heads": 2}},
-         "memory": {"n_keys": 8, "knn": 4, "heads": 2, "k_dim": 8, "layers": [1]}}
+MODEL = {
+    "vocab_size": 32,
+    "d_model": 16,
+    "n_layers": 2,
+    "mixer": {"attention": {"n_heads": 2}},
+    "memory": {"n_keys": 8, "knn": 4, "heads": 2, "k_dim": 8, "layers": [1]},
+}
 OPTIM = OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=1)
 
 
@@ -42,15 +47,27 @@ def test_a_checkpoint_stored_before_the_typed_config_is_the_same_model():
     """Checkpoints store ``hyper_parameters.model`` as a plain dict: before ``RunConfig`` it held the
     backbone keys, the vocabulary size and the memory group (with its preset name) only when a memory
     was on; now ``dataclasses.asdict(ModelConfig)``. Both read as the same ``ModelConfig``."""
-    old = {"name": "transformer", "d_model": 16, "n_layers": 2, "pattern": "A", "channel": "mlp",
-           "mixer": {"attention": {"n_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}},
-           "mlp": {"hidden_dim": None, "bias": False}, "tie_embeddings": False, "norm_eps": 1e-5, "vocab_size": 32}
+    old = {
+        "name": "transformer",
+        "d_model": 16,
+        "n_layers": 2,
+        "pattern": "A",
+        "channel": "mlp",
+        "mixer": {"attention": {"n_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}},
+        "mlp": {"hidden_dim": None, "bias": False},
+        "tie_embeddings": False,
+        "norm_eps": 1e-5,
+        "vocab_size": 32,
+    }
     current = stored_model_config(old)
     check_same_model(stored_model_config(old), stored_model_config(dataclasses.asdict(current)))
     with_memory = {**old, "memory": {"name": "pkm", **MODEL["memory"]}}
     check_same_model(stored_model_config(with_memory), stored_model_config(dataclasses.asdict(stored_model_config(with_memory))))
-    with pytest.raises(ValueError, match=r"another model: memory.gate: checkpoint None, this run False; "
-                                         r".*memory.n_keys: checkpoint None, this run 8"):
+    with pytest.raises(
+        ValueError,
+        match=r"another model: memory.gate: checkpoint None, this run False; "
+        r".*memory.n_keys: checkpoint None, this run 8",
+    ):
         check_same_model(stored_model_config(old), stored_model_config(with_memory))
 
 
@@ -83,8 +100,15 @@ def test_non_finite_loss_or_gradient_stops_the_run_and_keeps_the_last_checkpoint
     data = MQARDataModule(vocab_size=32, seq_len=16, num_kv_pairs=2, num_train=512, num_test=32, batch_size=8)
     module = LitLanguageModel(stored_model_config(MODEL), OPTIM)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=2)
-    trainer = L.Trainer(max_steps=20, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[checkpoints, Poison(5, where)], plugins=[AtomicCheckpointIO()])
+    trainer = L.Trainer(
+        max_steps=20,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoints, Poison(5, where)],
+        plugins=[AtomicCheckpointIO()],
+    )
     with pytest.raises(FloatingPointError, match=match):
         trainer.fit(module, datamodule=data)
     last = torch.load(tmp_path / "last.ckpt", weights_only=False)

@@ -19,10 +19,23 @@ from zoo.checkpoint.files import atomic_torch_save, load_checkpoint_file
 from zoo.training.checkpoint_io import AtomicCheckpointIO
 
 BIN = Path(sys.executable).parent
-RUN = ["backbone.d_model=16", "memory=pkm", "memory.n_keys=8", "memory.knn=4", "task.seq_len=32",
-       "task.num_kv_pairs=4", "task.num_train=4096", "task.num_test=64", "task.batch_size=16",
-       "trainer.max_steps=200", "trainer.val_check_interval=50", "checkpoint.every_n_train_steps=10",
-       "optim.warmup_steps=5", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5"]
+RUN = [
+    "backbone.d_model=16",
+    "memory=pkm",
+    "memory.n_keys=8",
+    "memory.knn=4",
+    "task.seq_len=32",
+    "task.num_kv_pairs=4",
+    "task.num_train=4096",
+    "task.num_test=64",
+    "task.batch_size=16",
+    "trainer.max_steps=200",
+    "trainer.val_check_interval=50",
+    "checkpoint.every_n_train_steps=10",
+    "optim.warmup_steps=5",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=5",
+]
 
 
 def train_cmd(run_dir: Path, *extra: str) -> list[str]:
@@ -114,7 +127,9 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
 def test_resume_with_another_model_names_what_differs(uninterrupted, tmp_path):
     done = subprocess.run(
         train_cmd(tmp_path, f"ckpt={uninterrupted / 'checkpoints' / 'last.ckpt'}", "memory.n_keys=16"),
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode != 0
     assert "trained with another model: memory.n_keys: checkpoint 8, this run 16" in done.stderr
@@ -123,9 +138,17 @@ def test_resume_with_another_model_names_what_differs(uninterrupted, tmp_path):
 def test_kill_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path):
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"step": 1, "w": torch.arange(5)}, path)
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import torch, sys; from zoo.checkpoint.files import atomic_torch_save; "
-        "atomic_torch_save({'step': 2, 'w': torch.zeros(200_000_000)}, sys.argv[1])"), str(path)])
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import torch, sys; from zoo.checkpoint.files import atomic_torch_save; "
+                "atomic_torch_save({'step': 2, 'w': torch.zeros(200_000_000)}, sys.argv[1])"
+            ),
+            str(path),
+        ]
+    )
     deadline = time.monotonic() + 120
     while not any(p.stat().st_size > 0 for p in tmp_path.glob(".last.ckpt.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -140,14 +163,24 @@ def test_kill_while_a_distributed_checkpoint_is_written_leaves_the_previous_one(
     path = tmp_path / "last.ckpt"
     save_distributed({"state_dict": {"w": torch.arange(5)}, "hyper_parameters": {"model": {}}, "step": 1}, path)
     previous = path.resolve()
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import torch, sys; from zoo.checkpoint.distributed import save_distributed; "
-        "save_distributed({'state_dict': {'w': torch.zeros(200_000_000)}, 'hyper_parameters': {'model': {}}, 'step': 2}, "
-        "sys.argv[1])"), str(path)])
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import torch, sys; from zoo.checkpoint.distributed import save_distributed; "
+                "save_distributed({'state_dict': {'w': torch.zeros(200_000_000)}, 'hyper_parameters': {'model': {}}, 'step': 2}, "
+                "sys.argv[1])"
+            ),
+            str(path),
+        ]
+    )
     deadline = time.monotonic() + 120
 
     def writing() -> list[Path]:
-        return [d for d in tmp_path.glob(".last.ckpt.*.dcp") if d != previous and any(f.stat().st_size for f in d.glob("*.distcp"))]
+        return [
+            d for d in tmp_path.glob(".last.ckpt.*.dcp") if d != previous and any(f.stat().st_size for f in d.glob("*.distcp"))
+        ]
 
     while not writing() and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -168,9 +201,18 @@ def test_lightning_saves_through_the_atomic_writer(tmp_path):
 
 def test_memzoo_eval_tests_a_checkpoint_at_twice_the_training_length(uninterrupted, tmp_path):
     ckpt = uninterrupted / "checkpoints" / "last.ckpt"
-    cmd = [str(BIN / "memzoo-eval"), f"ckpt={ckpt}", "task.seq_len=32", "task.num_kv_pairs=4", "task.test_seq_len=64",
-           "task.test_num_kv_pairs=8", "task.num_train=16", "task.num_test=64", "trainer.enable_progress_bar=false",
-           f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        str(BIN / "memzoo-eval"),
+        f"ckpt={ckpt}",
+        "task.seq_len=32",
+        "task.num_kv_pairs=4",
+        "task.test_seq_len=64",
+        "task.test_num_kv_pairs=8",
+        "task.num_train=16",
+        "task.num_test=64",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={tmp_path}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_shape"] == [64, 64]
@@ -179,7 +221,18 @@ def test_memzoo_eval_tests_a_checkpoint_at_twice_the_training_length(uninterrupt
 
 def test_memzoo_eval_refuses_a_task_with_a_larger_vocabulary(uninterrupted, tmp_path):
     ckpt = uninterrupted / "checkpoints" / "last.ckpt"
-    done = subprocess.run([str(BIN / "memzoo-eval"), f"ckpt={ckpt}", "task.vocab_size=512", "task.num_train=16",
-                           "task.num_test=64", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            str(BIN / "memzoo-eval"),
+            f"ckpt={ckpt}",
+            "task.vocab_size=512",
+            "task.num_train=16",
+            "task.num_test=64",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "outside the model's vocabulary [0, 128)" in done.stderr

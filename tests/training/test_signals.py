@@ -30,7 +30,9 @@ class Regression(L.LightningModule):
 
 def loader():
     generator = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(64, 4, generator=generator), torch.randn(64, 1, generator=generator)), batch_size=4)
+    return DataLoader(
+        TensorDataset(torch.randn(64, 4, generator=generator), torch.randn(64, 1, generator=generator)), batch_size=4
+    )
 
 
 class SigtermAfterStep(L.Callback):
@@ -51,8 +53,16 @@ class SigtermAtSanityCheck(L.Callback):
 
 
 def fit(callbacks, tmp_path, **trainer_options):
-    trainer = L.Trainer(max_steps=50, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **trainer_options)
+    trainer = L.Trainer(
+        max_steps=50,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+        **trainer_options,
+    )
     trainer.fit(Regression(), train_dataloaders=loader(), val_dataloaders=loader())
 
 

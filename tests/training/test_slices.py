@@ -16,8 +16,17 @@ from zoo.training.slices import slice_datamodules
 from zoo.training.train import train
 
 SLICES = "test_slices=[{seq_len:64,num_kv_pairs:4},{seq_len:128,num_kv_pairs:8},{seq_len:256,num_kv_pairs:16}]"
-TINY = ["backbone.d_model=16", "task.num_train=128", "task.num_test=24", "task.batch_size=16", "trainer.max_steps=4",
-        "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "optim.warmup_steps=1", SLICES]
+TINY = [
+    "backbone.d_model=16",
+    "task.num_train=128",
+    "task.num_test=24",
+    "task.batch_size=16",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    "optim.warmup_steps=1",
+    SLICES,
+]
 NAMES = ["seq_len=64_num_kv_pairs=4", "seq_len=128_num_kv_pairs=8", "seq_len=256_num_kv_pairs=16"]
 
 
@@ -65,8 +74,16 @@ def test_tensorboard_and_results_csv_report_each_slice(run):
         acc.Reload()
         tags.update(acc.Tags()["scalars"])
     assert {f"test/{name}/acc" for name in NAMES} <= tags and "test/acc" in tags
-    record = {"study": "s", "cell": "c", "setting": "c", "group": "c", "seed": None, "dir": str(run_dir),
-              "status": "done", "metrics": metrics}
+    record = {
+        "study": "s",
+        "cell": "c",
+        "setting": "c",
+        "group": "c",
+        "seed": None,
+        "dir": str(run_dir),
+        "status": "done",
+        "metrics": metrics,
+    }
     write_report([record], run_dir / "report")
     (row,) = csv.DictReader((run_dir / "report" / "results.csv").open())
     for name in NAMES:
@@ -74,11 +91,14 @@ def test_tensorboard_and_results_csv_report_each_slice(run):
     assert f"test_{NAMES[2]}_acc" in (run_dir / "report" / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("slices, match", [
-    ("[{seq_len:32,num_kv_pairs:16}]", r"test_slices\[0\]=\{'seq_len': 32, 'num_kv_pairs': 16\} .*seq_len=32 is too short"),
-    ("[{power_a:0.5}]", r"test_slices\[0\]=\{'power_a': 0.5\} .*test_power_a"),
-    ("[{}]", r"test_slices\[0\]=\{\} must be a non-empty mapping of task knobs"),
-])
+@pytest.mark.parametrize(
+    "slices, match",
+    [
+        ("[{seq_len:32,num_kv_pairs:16}]", r"test_slices\[0\]=\{'seq_len': 32, 'num_kv_pairs': 16\} .*seq_len=32 is too short"),
+        ("[{power_a:0.5}]", r"test_slices\[0\]=\{'power_a': 0.5\} .*test_power_a"),
+        ("[{}]", r"test_slices\[0\]=\{\} must be a non-empty mapping of task knobs"),
+    ],
+)
 def test_a_slice_the_task_cannot_generate_names_itself_before_anything_is_built(slices, match):
     cfg = compose_train(f"test_slices={slices}")
     with pytest.raises(ValueError, match=match):

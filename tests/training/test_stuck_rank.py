@@ -32,9 +32,19 @@ def process_state(pid: int) -> str | None:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the rank's process through Linux's /proc")
 def test_a_stopped_rank_ends_the_job_non_zero_within_the_collective_timeout(tmp_path):
-    cmd = [str(BIN / "memzoo-train"), "trainer=ddp", "backbone.d_model=16", "task.num_train=4096", "task.num_test=64",
-           "trainer.max_steps=100000", "trainer.val_check_interval=100000", "trainer.enable_progress_bar=false",
-           "checkpoint.every_n_train_steps=5", f"collective_timeout_s={TIMEOUT_S}", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        str(BIN / "memzoo-train"),
+        "trainer=ddp",
+        "backbone.d_model=16",
+        "task.num_train=4096",
+        "task.num_test=64",
+        "trainer.max_steps=100000",
+        "trainer.val_check_interval=100000",
+        "trainer.enable_progress_bar=false",
+        "checkpoint.every_n_train_steps=5",
+        f"collective_timeout_s={TIMEOUT_S}",
+        f"hydra.run.dir={tmp_path}",
+    ]
     log = tmp_path.parent / f"{tmp_path.name}.log"
     with open(log, "w") as out:  # a file, not a pipe: the stopped rank holds the pipe open
         job = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

@@ -16,9 +16,18 @@ from zoo.training.throughput import ThroughputConfig, measured_peak_flops
 from zoo.training.train import train
 
 BATCH, SEQ_LEN = 16, 64
-TINY = ["backbone.d_model=16", "task.num_train=128", "task.num_test=32", f"task.batch_size={BATCH}", "trainer.max_steps=4",
-        "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-        "optim.warmup_steps=1", "throughput.window=3"]
+TINY = [
+    "backbone.d_model=16",
+    "task.num_train=128",
+    "task.num_test=32",
+    f"task.batch_size={BATCH}",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "optim.warmup_steps=1",
+    "throughput.window=3",
+]
 
 
 def scalars(run_dir) -> dict[str, list[float]]:
@@ -84,11 +93,14 @@ def test_training_flops_are_three_forwards_as_torch_flop_counter_finds_for_the_t
     assert forward / x.numel() == forward_flops_per_token(model, SEQ_LEN) - 2 * norms - context
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("peak_flops", 0, r"throughput.peak_flops=0 must be a finite number > 0"),
-    ("peak_flops", float("inf"), r"throughput.peak_flops=inf must be a finite number > 0"),
-    ("window", 1, r"throughput.window=1 must be an integer >= 2"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("peak_flops", 0, r"throughput.peak_flops=0 must be a finite number > 0"),
+        ("peak_flops", float("inf"), r"throughput.peak_flops=inf must be a finite number > 0"),
+        ("window", 1, r"throughput.window=1 must be an integer >= 2"),
+    ],
+)
 def test_bad_throughput_settings_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         ThroughputConfig(**{field: value})

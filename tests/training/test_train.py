@@ -58,8 +58,14 @@ def test_run_dir_holds_config_events_checkpoint_and_metrics(tmp_path):
 
 def test_cli_multirun_completes_every_run(tmp_path):
     script = Path(sys.executable).parent / "memzoo-train"
-    cmd = [str(script), "-m", "backbone.d_model=32,64", "trainer.max_steps=20",
-           f"hydra.sweep.dir={tmp_path}", "trainer.enable_progress_bar=false"]
+    cmd = [
+        str(script),
+        "-m",
+        "backbone.d_model=32,64",
+        "trainer.max_steps=20",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     runs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
     assert [p.name for p in runs] == ["0", "1"]
@@ -131,8 +137,13 @@ def test_default_mqar_is_solved(tmp_path, overrides):
     """The README's runs: Transformer, Transformer + memory at layer 1 (also row-sharded over 2 DDP
     ranks), and the hybrid backbone reach >= 0.99 test accuracy on the default MQAR."""
     script = Path(sys.executable).parent / "memzoo-train"
-    subprocess.run([str(script), *overrides, f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false"],
-                   check=True, capture_output=True, text=True, timeout=900)
+    subprocess.run(
+        [str(script), *overrides, f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test"]["test/acc"] >= 0.99
 
@@ -143,8 +154,14 @@ TASK_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "zo
 @pytest.mark.parametrize("task", TASK_CONFIGS)
 def test_every_task_trains_with_the_default_backbone_and_writes_metrics(task, tmp_path):
     """``memzoo-train task=X`` for every shipped task (its own defaults, a few steps, no network)."""
-    overrides = [f"task={task}", "trainer.max_steps=3", "trainer.val_check_interval=3", "+trainer.limit_val_batches=2",
-                 "+trainer.limit_test_batches=2", "trainer.enable_progress_bar=false"]
+    overrides = [
+        f"task={task}",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "+trainer.limit_val_batches=2",
+        "+trainer.limit_test_batches=2",
+        "trainer.enable_progress_bar=false",
+    ]
     with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     metrics = train(cfg, tmp_path)

@@ -17,10 +17,19 @@ from zoo.checkpoint.files import load_checkpoint_file
 from zoo.training.train import train
 
 COMMON = [
-    "memory=pkm", "memory.n_keys=8", "memory.knn=4", "backbone.d_model=16",
-    "task.num_train=256", "task.num_test=64", "trainer.max_steps=4", "trainer.val_check_interval=2",
-    "trainer.precision=64-true", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-    "checkpoint.every_n_train_steps=4", "optim.warmup_steps=2",
+    "memory=pkm",
+    "memory.n_keys=8",
+    "memory.knn=4",
+    "backbone.d_model=16",
+    "task.num_train=256",
+    "task.num_test=64",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.precision=64-true",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "checkpoint.every_n_train_steps=4",
+    "optim.warmup_steps=2",
 ]
 
 
@@ -98,8 +107,14 @@ def test_a_replicated_memory_trains_under_ddp_like_one_process(sparse, one_proce
     """memory.parallel=none: with rows-only updates the table's gradient is sparse, which DDP's reducer
     refuses ("Cannot access storage of SparseTensorImpl"), so the table stays out of DDP and its
     gradient rows are averaged over the ranks; dense updates go through DDP."""
-    metrics = run_cli(tmp_path, "trainer=ddp", "trainer.devices=2", "memory.parallel=none", "task.batch_size=16",
-                      f"memory.sparse_updates={sparse}")
+    metrics = run_cli(
+        tmp_path,
+        "trainer=ddp",
+        "trainer.devices=2",
+        "memory.parallel=none",
+        "task.batch_size=16",
+        f"memory.sparse_updates={sparse}",
+    )
     assert metrics["world_size"] == 2 and metrics["steps"] == 4
     two = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     if sparse == "false":
@@ -114,8 +129,14 @@ def test_a_replicated_memory_trains_under_ddp_like_one_process(sparse, one_proce
 
 def test_a_sharded_run_resumed_from_its_distributed_checkpoint_ends_bit_equal(two_ranks, tmp_path):
     whole_dir, _ = two_ranks("rows")
-    sharded = ["trainer=ddp", "trainer.devices=2", "memory.parallel=rows", "task.batch_size=16", "optim.total_steps=4",
-               "checkpoint.every_n_train_steps=2"]
+    sharded = [
+        "trainer=ddp",
+        "trainer.devices=2",
+        "memory.parallel=rows",
+        "task.batch_size=16",
+        "optim.total_steps=4",
+        "checkpoint.every_n_train_steps=2",
+    ]
     run_cli(tmp_path, *sharded, "trainer.max_steps=2")
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert is_distributed_checkpoint(last) and load_checkpoint_file(last)["global_step"] == 2
@@ -131,10 +152,14 @@ def test_a_sharded_run_resumed_from_its_distributed_checkpoint_ends_bit_equal(tw
     "overrides,match",
     [
         (["memory.parallel=rows"], r"memory.parallel='rows' needs a process group: use trainer=ddp"),
-        (["trainer=ddp", "trainer.devices=2", "memory.parallel=rows", "memory.n_keys=9"],
-         r"memory.n_keys=9 must be divisible by the world size 2 for memory.parallel=rows"),
-        (["trainer=ddp", "trainer.devices=2", "memory.parallel=columns", "memory.v_dim=15"],
-         r"memory.v_dim=15 must be divisible by the world size 2 for memory.parallel=columns"),
+        (
+            ["trainer=ddp", "trainer.devices=2", "memory.parallel=rows", "memory.n_keys=9"],
+            r"memory.n_keys=9 must be divisible by the world size 2 for memory.parallel=rows",
+        ),
+        (
+            ["trainer=ddp", "trainer.devices=2", "memory.parallel=columns", "memory.v_dim=15"],
+            r"memory.v_dim=15 must be divisible by the world size 2 for memory.parallel=columns",
+        ),
     ],
 )
 def test_sharded_memory_setup_errors_come_before_training(overrides, match, tmp_path):

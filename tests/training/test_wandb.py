@@ -10,9 +10,19 @@ from zoo.training.train import train
 
 pytest.importorskip("wandb", reason="wandb is not installed (memzoo[wandb])")
 
-TINY = ["logger=wandb", "backbone.d_model=16", "task.num_train=64", "task.num_test=32", "task.batch_size=32",
-        "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-        "optim.warmup_steps=1", "throughput.window=2"]
+TINY = [
+    "logger=wandb",
+    "backbone.d_model=16",
+    "task.num_train=64",
+    "task.num_test=32",
+    "task.batch_size=32",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "optim.warmup_steps=1",
+    "throughput.window=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +43,7 @@ def test_an_offline_wandb_run_holds_the_training_curves_throughput_and_final_met
     data = record.read_bytes()  # W&B's protobuf records: keys and JSON values as text
     for key in (b"train/loss", b"val/acc", b"fit/mfu", b"fit/tokens_per_s", b"final/acc"):
         assert key in data
-    assert str(metrics["test"]["test/acc"]).encode() in data[data.index(b"final/acc"):]
+    assert str(metrics["test"]["test/acc"]).encode() in data[data.index(b"final/acc") :]
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))  # TensorBoard logs as before
 
 

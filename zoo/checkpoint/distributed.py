@@ -60,10 +60,21 @@ _ONE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitiali
 
 _METADATA_GLOBALS = {
     ("torch.distributed.checkpoint.metadata", name)
-    for name in ("Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "MetadataIndex",
-                 "StorageMeta", "_MEM_FORMAT_ENCODING")
-} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
+    for name in (
+        "Metadata",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+}
 
 
 def is_distributed_checkpoint(path: str | os.PathLike) -> bool:
@@ -110,8 +121,16 @@ def _identity(tensor: torch.Tensor) -> tuple | None:
     if local.numel() == 0:
         return None
     placements = tensor.placements if isinstance(tensor, DTensor) else None
-    return (local.untyped_storage().data_ptr(), local.storage_offset(), tuple(local.shape), local.stride(),
-            local.dtype, local.device, tuple(tensor.shape), placements)
+    return (
+        local.untyped_storage().data_ptr(),
+        local.storage_offset(),
+        tuple(local.shape),
+        local.stride(),
+        local.dtype,
+        local.device,
+        tuple(tensor.shape),
+        placements,
+    )
 
 
 def split_tensors(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -237,8 +256,13 @@ class UnsafeCheckpoint(ValueError):
     more than its files hold."""
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def file_inside(data_dir: Path, name: Any, what: str) -> Path:
@@ -250,8 +274,9 @@ def file_inside(data_dir: Path, name: Any, what: str) -> Path:
         raise UnsafeCheckpoint(f"{where} is not a file name inside the checkpoint directory (memzoo reads nothing outside it)")
     target = (data_dir / name).resolve()
     if target.parent != data_dir.resolve():
-        raise UnsafeCheckpoint(f"{where} is a link to {str(target)!r}, outside the checkpoint directory "
-                               "(memzoo reads nothing outside it)")
+        raise UnsafeCheckpoint(
+            f"{where} is a link to {str(target)!r}, outside the checkpoint directory (memzoo reads nothing outside it)"
+        )
     try:
         mode = target.stat().st_mode
     except OSError as err:
@@ -276,8 +301,9 @@ def _check_storage(metadata: Metadata, data_dir: Path) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for index, info in entries.items():
         if not isinstance(info, _StorageInfo):
-            raise UnsafeCheckpoint(f"checkpoint {str(data_dir)!r}: {METADATA_FILE} has a storage entry of type "
-                                   f"{type(info).__name__}")
+            raise UnsafeCheckpoint(
+                f"checkpoint {str(data_dir)!r}: {METADATA_FILE} has a storage entry of type {type(info).__name__}"
+            )
         name = info.relative_path
         if name not in sizes:
             sizes[name] = file_inside(data_dir, name, f"{METADATA_FILE}'s data file").stat().st_size
@@ -366,8 +392,13 @@ class SavedShards:
     _last: tuple | None = field(default=None, repr=False)
 
     def read(self, template: torch.Tensor) -> torch.Tensor:
-        spec = (template.shape, template.dtype, template.device, getattr(template, "placements", None),
-                getattr(template, "device_mesh", None))
+        spec = (
+            template.shape,
+            template.dtype,
+            template.device,
+            getattr(template, "placements", None),
+            getattr(template, "device_mesh", None),
+        )
         if self._last is None or self._last[0] != spec:
             _read(self.data_dir, {self.key: template})
             self._last = (spec, template)
@@ -380,13 +411,15 @@ def _checked_size(saved: Any, key: str, data_dir: Path) -> tuple[torch.Size, tor
         raise ValueError(f"checkpoint {str(data_dir)!r} lists tensor {key!r} that its DCP metadata lacks")
     size, dtype = saved.size, getattr(saved.properties, "dtype", None)
     if not isinstance(size, torch.Size) or not all(_is_count(n) for n in size) or not isinstance(dtype, torch.dtype):
-        raise UnsafeCheckpoint(f"checkpoint {str(data_dir)!r}: {METADATA_FILE} gives tensor {key!r} size {size!r}, "
-                               f"dtype {dtype!r}")
+        raise UnsafeCheckpoint(
+            f"checkpoint {str(data_dir)!r}: {METADATA_FILE} gives tensor {key!r} size {size!r}, dtype {dtype!r}"
+        )
     return size, dtype, math.prod(size) * dtype.itemsize
 
 
-def fill_tensors(rest: dict[str, Any], data_dir: Path, whole: bool,
-                 check_shapes: Callable[[dict[str, torch.Size]], None] | None = None) -> dict[str, Any]:
+def fill_tensors(
+    rest: dict[str, Any], data_dir: Path, whole: bool, check_shapes: Callable[[dict[str, torch.Size]], None] | None = None
+) -> dict[str, Any]:
     """``checkpoint.pt``'s contents -> the checkpoint, its model and optimizer tensors read from
     ``data_dir``: replicated ones whole; sharded ones whole too with ``whole`` (one process), else as
     ``SavedShards`` for the loading modules to read their own parts of.

@@ -64,7 +64,10 @@ def checkpoint_in(ckpt: str | os.PathLike) -> Path:
 
 
 def load_checkpoint_file(
-    path: str | os.PathLike, map_location: str | torch.device | None = "cpu", mmap: bool = False, whole: bool = True,
+    path: str | os.PathLike,
+    map_location: str | torch.device | None = "cpu",
+    mmap: bool = False,
+    whole: bool = True,
     check_weights: Callable[[Path, dict[str, Any], dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """A checkpoint file, or a distributed checkpoint's directory, read without running code:
@@ -94,13 +97,16 @@ def load_checkpoint_file(
 
 def _load_memzoo_file(path: Path, map_location: str | torch.device | None, mmap: bool) -> dict[str, Any]:
     if path.is_dir():
-        raise ValueError(f"checkpoint {str(path)!r} is a directory, neither a checkpoint file nor a distributed checkpoint "
-                         "(no .metadata)")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is a directory, neither a checkpoint file nor a distributed checkpoint (no .metadata)"
+        )
     if not path.exists():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():  # checked without opening it: a FIFO would block
-        raise ValueError(f"checkpoint {str(path)!r} is not a regular file (a FIFO or device?); memzoo reads checkpoints "
-                         "from regular files only")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a regular file (a FIFO or device?); memzoo reads checkpoints "
+            "from regular files only"
+        )
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): a write that never finished?")
     try:
@@ -119,8 +125,9 @@ def _load_memzoo_file(path: Path, map_location: str | torch.device | None, mmap:
             f"{missing or ['hyper_parameters.model']} (a plain state_dict? load it with torch.load instead)"
         )
     if not isinstance(checkpoint["state_dict"], dict) or not isinstance(checkpoint["hyper_parameters"]["model"], dict):
-        raise ValueError(f"checkpoint {str(path)!r} is not a memzoo-train checkpoint: its state_dict or "
-                         "hyper_parameters.model is no mapping")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a memzoo-train checkpoint: its state_dict or hyper_parameters.model is no mapping"
+        )
     return checkpoint
 
 

@@ -48,8 +48,11 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], key_prefix: str) -> T:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown {key_prefix} config key(s) {unknown}; allowed: {sorted(fields)}")
-    missing = sorted(name for name, f in fields.items() if name not in values
-                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    missing = sorted(
+        name
+        for name, f in fields.items()
+        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
     if missing:
         raise ValueError(f"{key_prefix} config lacks the key(s) {missing}, which have no default")
     hints = typing.get_type_hints(cls)

@@ -32,8 +32,15 @@ def check_int(key: str, value: Any, low: int | None = 1, high: int | None = None
     raise ValueError(f"{key}={value!r} must be {allowed}" + (f" or null ({null})" if null is not None else ""))
 
 
-def check_real(key: str, value: Any, low: float | None = None, high: float | None = None,
-               low_open: bool = False, high_open: bool = False, null: str | None = None) -> None:
+def check_real(
+    key: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    null: str | None = None,
+) -> None:
     """``value`` is a finite number within the bounds (open or closed), or None when ``null`` says what
     None means."""
     if value is None and null is not None:

@@ -24,26 +24,64 @@ from zoo.core.io import atomic_write, atomic_write_text  # noqa: E402
 TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")
 THROUGHPUT = ("tokens_per_s", "step_time_s", "mfu", "peak_flops", "peak_memory_bytes")
 # columns that say what a run is; every other numeric column is a measurement, averaged over seeds
-DESCRIPTION = {"study", "cell", "setting", "group", "seed", "status", "error", "backbone", "memory", "d_model", "n_layers",
-               "channel", "task", "lr", "steps_planned", "params", "active_params", "flops_per_token", "state_size"}
+DESCRIPTION = {
+    "study",
+    "cell",
+    "setting",
+    "group",
+    "seed",
+    "status",
+    "error",
+    "backbone",
+    "memory",
+    "d_model",
+    "n_layers",
+    "channel",
+    "task",
+    "lr",
+    "steps_planned",
+    "params",
+    "active_params",
+    "flops_per_token",
+    "state_size",
+}
 
 
 def row(record: dict[str, Any]) -> dict[str, Any]:
     """One results.csv row: settings from the run's resolved config, then its final metrics."""
-    out = {"study": record["study"], "cell": record["cell"], "setting": record["setting"], "group": record["group"],
-           "seed": record["seed"], "status": record["status"]}
+    out = {
+        "study": record["study"],
+        "cell": record["cell"],
+        "setting": record["setting"],
+        "group": record["group"],
+        "seed": record["seed"],
+        "status": record["status"],
+    }
     config_path = Path(record["dir"]) / "config.yaml"
     if config_path.is_file():
         cfg = OmegaConf.load(config_path)
-        out.update(seed=cfg.seed, backbone=cfg.backbone.name, memory=cfg.memory.name, d_model=cfg.backbone.d_model,
-                   n_layers=cfg.backbone.n_layers, channel=cfg.backbone.channel, task=cfg.task.name,
-                   lr=cfg.optim.lr, steps_planned=cfg.trainer.max_steps)
+        out.update(
+            seed=cfg.seed,
+            backbone=cfg.backbone.name,
+            memory=cfg.memory.name,
+            d_model=cfg.backbone.d_model,
+            n_layers=cfg.backbone.n_layers,
+            channel=cfg.backbone.channel,
+            task=cfg.task.name,
+            lr=cfg.optim.lr,
+            steps_planned=cfg.trainer.max_steps,
+        )
         out.update({f"task.{k}": cfg.task[k] for k in TASK_KNOBS if k in cfg.task})
     metrics = record.get("metrics")
     if metrics:
-        out.update(params=metrics["params"]["total"], active_params=metrics["params"]["active"],
-                   flops_per_token=metrics["flops_per_token"], state_size=metrics.get("state_size"),
-                   steps=metrics["steps"], wall_time_s=metrics["wall_time_s"])
+        out.update(
+            params=metrics["params"]["total"],
+            active_params=metrics["params"]["active"],
+            flops_per_token=metrics["flops_per_token"],
+            state_size=metrics.get("state_size"),
+            steps=metrics["steps"],
+            wall_time_s=metrics["wall_time_s"],
+        )
         out.update({k: metrics["throughput"][k] for k in THROUGHPUT if k in metrics.get("throughput", {})})
         out.update({k.replace("/", "_"): v for k, v in metrics["test"].items()})
         out.update(metrics.get("task_metrics", {}))
@@ -69,8 +107,12 @@ def score(r: dict[str, Any]) -> float:
 
 
 def _measured(column: str, value: Any) -> bool:
-    return column not in DESCRIPTION and not column.startswith("task.") and isinstance(value, (int, float)) \
+    return (
+        column not in DESCRIPTION
+        and not column.startswith("task.")
+        and isinstance(value, (int, float))
         and not isinstance(value, bool)
+    )
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -115,8 +157,22 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         usage_cols = sorted({c for r in chosen for c in r if c.startswith("test_memory_layer") and not c.endswith("_std")})
         metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled") if c in chosen[0]] + usage_cols
         knob_cols = [c for c in chosen[0] if c.startswith("task.")]
-        cols = ["backbone", "memory", "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", "state_size",
-                *metric_cols, "wall_time_s", "tokens_per_s", "mfu", *(["n"] if seeded else [])]
+        cols = [
+            "backbone",
+            "memory",
+            "channel",
+            "d_model",
+            *knob_cols,
+            "lr",
+            "params",
+            "flops_per_token",
+            "state_size",
+            *metric_cols,
+            "wall_time_s",
+            "tokens_per_s",
+            "mfu",
+            *(["n"] if seeded else []),
+        ]
         title = "mean ± std over seeds, best mean learning rate per cell" if seeded else "best learning rate per cell"
         lines += [f"## {study} ({title})", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
         for r in chosen:
@@ -212,15 +268,31 @@ def capacity_figure(best: list[dict[str, Any]]):
             memory = [r for r in mine if r["memory"] != "none"]
             if memory:
                 flops = sorted(r["flops_per_token"] / 1e3 for r in memory)
-                colors[backbone] = _draw(ax, f"{backbone} + memory ({flops[0]:.0f}-{flops[-1]:.0f} kFLOP/tok)", memory,
-                                         "params", "facts_recalled", dashed=True, color=colors.get(backbone))
+                colors[backbone] = _draw(
+                    ax,
+                    f"{backbone} + memory ({flops[0]:.0f}-{flops[-1]:.0f} kFLOP/tok)",
+                    memory,
+                    "params",
+                    "facts_recalled",
+                    dashed=True,
+                    color=colors.get(backbone),
+                )
             mlps = [r for r in mine if r["memory"] == "none"]
             cheapest = min((r["flops_per_token"] for r in mlps), default=0)
             for r in sorted(mlps, key=lambda r: r["flops_per_token"]):
                 wide = r["flops_per_token"] > 1.05 * cheapest
                 label = f"{backbone} {'wide ' if wide else ''}MLP ({r['flops_per_token'] / 1e3:.0f} kFLOP/tok)"
-                colors[backbone] = _draw(ax, label, [r], "params", "facts_recalled", dashed=False,
-                                         marker="*" if wide else "s", markersize=10 if wide else 7, color=colors.get(backbone))
+                colors[backbone] = _draw(
+                    ax,
+                    label,
+                    [r],
+                    "params",
+                    "facts_recalled",
+                    dashed=False,
+                    marker="*" if wide else "s",
+                    markersize=10 if wide else 7,
+                    color=colors.get(backbone),
+                )
         ax.axhline(size, color="grey", linewidth=0.8, label="all facts")
         ax.set(title=f"{size} facts", xlabel="total parameters", ylabel="facts recalled (test)")
         ax.set_xscale("log")
@@ -233,8 +305,9 @@ def capacity_figure(best: list[dict[str, Any]]):
             if cells:
                 column = usage_column(cells[0])
                 _draw(usage_ax, f"{backbone}, {size} facts", cells, "params", column, dashed=True, color=colors.get(backbone))
-    usage_ax.set(title="memory slots read over the test set", xlabel="total parameters", ylabel="fraction of slots read",
-                 ylim=(0, 1.02))
+    usage_ax.set(
+        title="memory slots read over the test set", xlabel="total parameters", ylabel="fraction of slots read", ylim=(0, 1.02)
+    )
     usage_ax.set_xscale("log")
     if usage_ax.get_legend_handles_labels()[0]:
         usage_ax.legend(fontsize=6)
@@ -268,8 +341,13 @@ def lm_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
             line = ax.plot(xs, ys, marker=".", linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r))
             if r["n"] > 1:
                 spread = [statistics.stdev(by_step[x]) if len(by_step[x]) > 1 else 0.0 for x in xs]
-                ax.fill_between(xs, [y - s for y, s in zip(ys, spread)], [y + s for y, s in zip(ys, spread)],
-                                color=line[0].get_color(), alpha=0.2)
+                ax.fill_between(
+                    xs,
+                    [y - s for y, s in zip(ys, spread)],
+                    [y + s for y, s in zip(ys, spread)],
+                    color=line[0].get_color(),
+                    alpha=0.2,
+                )
     ax.set(xlabel="training step", ylabel="validation bits per byte")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -127,8 +127,10 @@ def load_grid(grid: str) -> dict[str, Any]:
         raise ValueError(f"grid {grid!r} must have keys {sorted(GRID_KEYS)} with at least one study; unknown: {unknown}")
     name = values.setdefault("name", path.stem)
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
-        raise ValueError(f"grid name {name!r} must be one plain name (letters, digits, '_', '.' or '-'; no '/' "
-                         "or '..'): results go to --out/<name>/ and nowhere else")
+        raise ValueError(
+            f"grid name {name!r} must be one plain name (letters, digits, '_', '.' or '-'; no '/' "
+            "or '..'): results go to --out/<name>/ and nowhere else"
+        )
     for study, spec in values["studies"].items():
         if not PLAIN_NAME.fullmatch(str(study)) or str(study) in (".", ".."):
             raise ValueError(f"grid study name {study!r} must be letters, digits, '_', '.' or '-' (it names a directory)")
@@ -139,8 +141,9 @@ def load_grid(grid: str) -> dict[str, Any]:
             if not isinstance(options, list) or not options:
                 raise ValueError(f"grid study {study!r} axis {key!r} must be a non-empty list, got {options!r}")
         seeds = spec.get("seeds")
-        if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-                                  or not all(type(s) is int for s in seeds)):
+        if seeds is not None and (
+            not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or not all(type(s) is int for s in seeds)
+        ):
             raise ValueError(f"grid study {study!r} seeds must be a non-empty list of distinct integers, got {seeds!r}")
     return values
 
@@ -196,7 +199,9 @@ def check_dispatch(hydra_overrides: Sequence[str]) -> None:
     try:
         compose("grid", overrides=list(hydra_overrides), return_hydra_config=True)
     except Exception as err:  # noqa: BLE001 - Hydra raises several kinds
-        raise ValueError(f"memzoo-grid launcher overrides {list(hydra_overrides)} are invalid ({LAUNCHER_EXTRAS}): {err}") from err
+        raise ValueError(
+            f"memzoo-grid launcher overrides {list(hydra_overrides)} are invalid ({LAUNCHER_EXTRAS}): {err}"
+        ) from err
 
 
 def prepare(cell: Cell, run_dir: Path) -> None:
@@ -233,8 +238,12 @@ class CellJob:
         except RunInterrupted as stopped:  # past Hydra's runner (it catches Exception): the grid stops
             raise SignalExit(stopped.exit_code) from stopped
         except Exception as err:  # noqa: BLE001 - a failed cell is recorded; the others go on
-            error = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
-                     "overrides": overrides, "wall_time_s": round(time.perf_counter() - started, 2)}
+            error = {
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(),
+                "overrides": overrides,
+                "wall_time_s": round(time.perf_counter() - started, 2),
+            }
             atomic_write_json(run_dir / "error.json", error)
             log.error(f"cell {cfg.cell} failed: {error['error']}")
             return "failed"
@@ -257,8 +266,14 @@ def collect(cells: list[Cell], root: Path) -> list[dict[str, Any]]:
     records = []
     for cell in cells:
         run_dir = root / "runs" / cell.study / cell.name
-        record = {"study": cell.study, "cell": cell.name, "setting": cell.setting, "group": cell.group,
-                  "seed": cell.seed, "dir": str(run_dir)}
+        record = {
+            "study": cell.study,
+            "cell": cell.name,
+            "setting": cell.setting,
+            "group": cell.group,
+            "seed": cell.seed,
+            "dir": str(run_dir),
+        }
         if is_done(cell, run_dir):
             record.update(status="done", metrics=json.loads((run_dir / "metrics.json").read_text()))
         elif (run_dir / "error.json").is_file() and _recorded(cell, run_dir):
@@ -276,10 +291,16 @@ def is_dispatch_override(override: str) -> bool:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Train a benchmark grid, one Hydra job per cell, and write its tables and figures.")
+    parser = argparse.ArgumentParser(
+        description="Train a benchmark grid, one Hydra job per cell, and write its tables and figures."
+    )
     parser.add_argument("grid", help=f"a shipped grid (zoo/grid/specs/<name>.yaml: {', '.join(shipped_grids())}) or a .yaml path")
-    parser.add_argument("overrides", nargs="*", help="hydra/launcher=joblib hydra.launcher.n_jobs=4 ... choose how cells are launched "
-                        "(basic, joblib, submitit_local, submitit_slurm); any other memzoo-train override is added to every cell")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="hydra/launcher=joblib hydra.launcher.n_jobs=4 ... choose how cells are launched "
+        "(basic, joblib, submitit_local, submitit_slurm); any other memzoo-train override is added to every cell",
+    )
     parser.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/<grid name>/")
     parser.add_argument("--list", action="store_true", help="print the cells and their overrides, train nothing")
     args = parser.parse_intermixed_args(argv)
@@ -318,7 +339,10 @@ def main(argv=None) -> None:
         print(f"stopped by {stopped.signal_name}: rerun `memzoo-grid {args.grid}` to continue", file=sys.stderr)
         sys.exit(stopped.code)
     if launcher_error is not None:
-        print(f"the launcher stopped ({type(launcher_error).__name__}): rerun `memzoo-grid {args.grid}` to continue", file=sys.stderr)
+        print(
+            f"the launcher stopped ({type(launcher_error).__name__}): rerun `memzoo-grid {args.grid}` to continue",
+            file=sys.stderr,
+        )
         sys.exit(1)
     if failed:
         sys.exit(1)

@@ -26,8 +26,11 @@ def _expanded_size(root: yaml.Node, source: str, limit: int) -> int:
         key = id(node)
         if key in sizes:
             continue
-        children = [item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode) else (
-            list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        children = (
+            [item for pair in node.value for item in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        )
         if not children_done:
             if key in open_nodes:
                 raise ValueError(f"{source}: a YAML alias refers to a node that contains it (a recursive alias)")
@@ -41,8 +44,10 @@ def _expanded_size(root: yaml.Node, source: str, limit: int) -> int:
         open_nodes.discard(key)
         sizes[key] = 1 + sum(sizes[id(child)] for child in children)
         if sizes[key] > limit:
-            raise ValueError(f"{source}: its YAML aliases expand to more than {limit:,} values (an alias bomb?); "
-                             "write the values out or use fewer nested aliases")
+            raise ValueError(
+                f"{source}: its YAML aliases expand to more than {limit:,} values (an alias bomb?); "
+                "write the values out or use fewer nested aliases"
+            )
     return sizes[id(root)]
 
 

@@ -23,7 +23,10 @@ def sorted_reads(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def sum_rows_by_slot(
-    slots: torch.Tensor, weights: torch.Tensor, source: torch.Tensor, reads: tuple | None = None,
+    slots: torch.Tensor,
+    weights: torch.Tensor,
+    source: torch.Tensor,
+    reads: tuple | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For bag reads ``out[b] = sum_r weights[b, r] * table[slots[b, r]]`` and ``source = d out``,
@@ -48,8 +51,13 @@ def sum_rows_by_slot(
         reads_of = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
         reads_of = reads_of + torch.arange(reads_of.shape[0], device=reads_of.device)  # positions in ``order``
         bag_offsets = torch.cumsum(lengths, 0) - lengths
-        sums = F.embedding_bag(bag.index_select(0, reads_of), source, bag_offsets, mode="sum",
-                               per_sample_weights=sorted_weights.index_select(0, reads_of))
+        sums = F.embedding_bag(
+            bag.index_select(0, reads_of),
+            source,
+            bag_offsets,
+            mode="sum",
+            per_sample_weights=sorted_weights.index_select(0, reads_of),
+        )
         out.index_copy_(0, repeated, sums)
     return unique, out
 
@@ -70,9 +78,13 @@ def bag_weight_grad(slots: torch.Tensor, table: torch.Tensor, grad_out: torch.Te
     order = (reads if reads is not None else sorted_reads(slots))[0]
     reads_per_bag = slots.shape[1]
     dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        grad_out.to(table.dtype).contiguous(), table, slots.flatten().index_select(0, order),
+        grad_out.to(table.dtype).contiguous(),
+        table,
+        slots.flatten().index_select(0, order),
         torch.arange(0, slots.numel(), reads_per_bag, device=slots.device),  # offsets (mode sum ignores them)
-        order // reads_per_bag, 0, -1,  # the bag (token) of each read, mode sum, no padding index
+        order // reads_per_bag,
+        0,
+        -1,  # the bag (token) of each read, mode sum, no padding index
     )
     grad = torch.zeros(slots.numel(), dtype=dots.dtype, device=dots.device).index_copy_(0, order, dots)
     return grad.view_as(slots).to(work_dtype(table))

@@ -17,8 +17,12 @@ def make_value_table(config: MemoryConfig, d_model: int) -> ValueTable:
     """A fresh value table sized by ``config``; on the meta device (nothing allocated) for a sharded
     ``config.parallel``, whose ranks each materialise only their part (``shard_memory``)."""
     return ValueTable(
-        config.n_slots, config.resolved_v_dim(d_model), lr=config.value_lr, sparse=config.sparse_updates,
-        dtype=getattr(torch, config.value_dtype), second_moment=config.second_moment,
+        config.n_slots,
+        config.resolved_v_dim(d_model),
+        lr=config.value_lr,
+        sparse=config.sparse_updates,
+        dtype=getattr(torch, config.value_dtype),
+        second_moment=config.second_moment,
         device="meta" if config.parallel != "none" else None,
     )
 

@@ -33,8 +33,16 @@ def coalesced(grad: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def row_adam_update_(
-    param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
-    lr: float, beta1: float, beta2: float, eps: float, step: int,
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    rows: torch.Tensor,
+    grad: torch.Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
 ) -> None:
     """Lazy Adam on ``rows`` only, in place: param (N, d) any float dtype, exp_avg (N, d) float32+,
     exp_avg_sq (N, d) or (N,) (one second moment per row, updated with the row's mean g^2), rows (U,)
@@ -68,8 +76,9 @@ class RowAdam(torch.optim.Optimizer):
     On CUDA with Triton, one fused kernel reads and writes each touched row once (``row_update``).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 second_moment: str = "full"):
+    def __init__(
+        self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, second_moment: str = "full"
+    ):
         if second_moment not in SECOND_MOMENTS:
             raise ValueError(f"second_moment={second_moment!r}; allowed: {list(SECOND_MOMENTS)}")
         super().__init__(params, defaults={"lr": lr, "betas": betas, "eps": eps, "second_moment": second_moment})
@@ -94,8 +103,16 @@ class RowAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros(v_shape, dtype=work, device=param.device)
                 state["step"] += 1
                 row_update(param, state["exp_avg"])(
-                    param, state["exp_avg"], state["exp_avg_sq"], grad.indices()[0], grad.values(),
-                    group["lr"], beta1, beta2, group["eps"], state["step"],
+                    param,
+                    state["exp_avg"],
+                    state["exp_avg_sq"],
+                    grad.indices()[0],
+                    grad.values(),
+                    group["lr"],
+                    beta1,
+                    beta2,
+                    group["eps"],
+                    state["step"],
                 )
         return loss
 

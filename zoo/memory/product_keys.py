@@ -57,9 +57,7 @@ def best_pairs(
     return idx, halves
 
 
-def product_topk(
-    scores1: torch.Tensor, scores2: torch.Tensor, knn: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def product_topk(scores1: torch.Tensor, scores2: torch.Tensor, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of ``scores1[..., i] + scores2[..., j]`` over all (i, j) pairs.
 
     scores1, scores2: (..., n_keys) -> (scores (..., knn), slot index i * n_keys + j (..., knn)),

@@ -43,12 +43,18 @@ def distributed(local: torch.Tensor, shard: Shard) -> dtensor.DTensor:
     mesh = DeviceMesh.from_group(shard.group or dist.group.WORLD, local.device.type)
     full = full_shape(local.shape, shard)
     return dtensor.DTensor.from_local(
-        local.detach(), mesh, [dtensor.Shard(shard.dim)], run_check=False, shape=full, stride=torch.empty(full, device="meta").stride()
+        local.detach(),
+        mesh,
+        [dtensor.Shard(shard.dim)],
+        run_check=False,
+        shape=full,
+        stride=torch.empty(full, device="meta").stride(),
     )
 
 
-def own_part(value: torch.Tensor | SavedShards, shard: Shard, device: torch.device,
-             into: torch.Tensor | None = None) -> torch.Tensor:
+def own_part(
+    value: torch.Tensor | SavedShards, shard: Shard, device: torch.device, into: torch.Tensor | None = None
+) -> torch.Tensor:
     """The full tensor (a plain tensor, a DTensor of this layout, or a distributed checkpoint's
     ``SavedShards``, read in this layout: straight into ``into`` when given) -> this rank's chunk
     along ``shard.dim``."""

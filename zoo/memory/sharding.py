@@ -93,7 +93,9 @@ def average_sparse_gradients(module: nn.Module, world_size: int) -> None:
             rows, values = grad.indices()[0], grad.values()
             counts = token_counts(rows.numel(), rows.device)
             all_rows, all_values = gather_tokens(rows, counts), gather_tokens(values, counts)
-            param.grad = torch.sparse_coo_tensor(all_rows[None], all_values / world_size, grad.shape, check_invariants=False).coalesce()
+            param.grad = torch.sparse_coo_tensor(
+                all_rows[None], all_values / world_size, grad.shape, check_invariants=False
+            ).coalesce()
 
 
 @torch.no_grad()

@@ -52,8 +52,9 @@ def _bag_read_kernel(slots, weights, table, out, T, R, d, stride_table, BLOCK_T:
     tl.store(out + t64[:, None] * d + c[None, :], acc, mask=t_ok[:, None] & c_ok[None, :])
 
 
-def _bag_weight_grad_kernel(slots, table, grad_out, grad_weights, T, R, d, stride_table, stride_grad,
-                            BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _bag_weight_grad_kernel(
+    slots, table, grad_out, grad_weights, T, R, d, stride_table, stride_grad, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr
+):
     # program (token block, read r): grad_weights[t, r] = <table[slots[t, r]], grad_out[t]>
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     r = tl.program_id(1)
@@ -71,8 +72,9 @@ def _bag_weight_grad_kernel(slots, table, grad_out, grad_weights, T, R, d, strid
     tl.store(grad_weights + t64 * R + r, acc, mask=t_ok)
 
 
-def _rows_grad_kernel(order, offsets, counts, weights_sorted, source, rows, R, d, stride_source,
-                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rows_grad_kernel(
+    order, offsets, counts, weights_sorted, source, rows, R, d, stride_source, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr
+):
     # program (segment u, column block): rows[u, c] = sum_{i in segment u} w[i] * source[order[i] // R, c]
     u = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -85,15 +87,30 @@ def _rows_grad_kernel(order, offsets, counts, weights_sorted, source, rows, R, d
         i_ok = i < n
         flat = tl.load(order + start + i, mask=i_ok, other=0)
         w = tl.load(weights_sorted + start + i, mask=i_ok, other=0.0).to(tl.float32)
-        src = tl.load(source + (flat // R)[:, None] * stride_source + c[None, :],
-                      mask=i_ok[:, None] & c_ok[None, :], other=0.0)
+        src = tl.load(source + (flat // R)[:, None] * stride_source + c[None, :], mask=i_ok[:, None] & c_ok[None, :], other=0.0)
         acc += w[:, None] * src.to(tl.float32)
     tl.store(rows + u.to(tl.int64) * d + c, tl.sum(acc, axis=0), mask=c_ok)
 
 
-def _row_adam_kernel(param, exp_avg, exp_avg_sq, rows, grad, U, d, stride_param, stride_grad,
-                     step_size, beta1, beta2, eps, inv_bias2,
-                     ROWWISE: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+def _row_adam_kernel(
+    param,
+    exp_avg,
+    exp_avg_sq,
+    rows,
+    grad,
+    U,
+    d,
+    stride_param,
+    stride_grad,
+    step_size,
+    beta1,
+    beta2,
+    eps,
+    inv_bias2,
+    ROWWISE: tl.constexpr,
+    BLOCK_U: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     # program (block of touched rows), all columns: lazy Adam, p -= step_size * m / (sqrt(v / bias2) + eps)
     k = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
     k_ok = k < U
@@ -210,15 +227,28 @@ def bag_weight_grad(slots: torch.Tensor, table: torch.Tensor, grad_out: torch.Te
         return grad_weights.zero_()
     table, grad_out = _unit_stride(table), _unit_stride(grad_out)
     _kernels().bag_weight_grad[(_cdiv(T, BLOCK_T), R)](
-        slots.contiguous(), table, grad_out, grad_weights, T, R, d, table.stride(0), grad_out.stride(0),
-        BLOCK_T=BLOCK_T, BLOCK_D=_block_d(d),
+        slots.contiguous(),
+        table,
+        grad_out,
+        grad_weights,
+        T,
+        R,
+        d,
+        table.stride(0),
+        grad_out.stride(0),
+        BLOCK_T=BLOCK_T,
+        BLOCK_D=_block_d(d),
     )
     return grad_weights
 
 
 def rows_grad(
-    order: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor, weights_sorted: torch.Tensor,
-    source: torch.Tensor, R: int,
+    order: torch.Tensor,
+    offsets: torch.Tensor,
+    counts: torch.Tensor,
+    weights_sorted: torch.Tensor,
+    source: torch.Tensor,
+    R: int,
 ) -> torch.Tensor:
     """The table gradient's nonzero rows from the reads sorted by slot.
 
@@ -232,8 +262,10 @@ def rows_grad(
     if order.dtype != torch.int64 or offsets.dtype != torch.int64 or counts.dtype != torch.int64:
         raise ValueError(f"order, offsets, counts must be int64, got {order.dtype}, {offsets.dtype}, {counts.dtype}")
     if offsets.shape != counts.shape or weights_sorted.shape != order.shape:
-        raise ValueError(f"offsets {tuple(offsets.shape)} must match counts {tuple(counts.shape)}, "
-                         f"weights_sorted {tuple(weights_sorted.shape)} must match order {tuple(order.shape)}")
+        raise ValueError(
+            f"offsets {tuple(offsets.shape)} must match counts {tuple(counts.shape)}, "
+            f"weights_sorted {tuple(weights_sorted.shape)} must match order {tuple(order.shape)}"
+        )
     if source.dim() != 2 or R < 1:
         raise ValueError(f"source must be (T, d) and R >= 1, got {tuple(source.shape)}, R={R}")
     U, d = offsets.shape[0], source.shape[1]
@@ -243,16 +275,33 @@ def rows_grad(
     source = _unit_stride(source)
     bd = _block_d(d)
     _kernels().rows_grad[(U, _cdiv(d, bd))](
-        order.contiguous(), offsets.contiguous(), counts.contiguous(), weights_sorted.contiguous(), source, rows,
-        R, d, source.stride(0), BLOCK_M=BLOCK_M, BLOCK_D=bd,
+        order.contiguous(),
+        offsets.contiguous(),
+        counts.contiguous(),
+        weights_sorted.contiguous(),
+        source,
+        rows,
+        R,
+        d,
+        source.stride(0),
+        BLOCK_M=BLOCK_M,
+        BLOCK_D=bd,
     )
     return rows
 
 
 @torch.no_grad()
 def row_adam_(
-    param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
-    lr: float, beta1: float, beta2: float, eps: float, step: int,
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    rows: torch.Tensor,
+    grad: torch.Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
 ) -> None:
     """Lazy Adam on ``rows`` only, in place, in float32: param (N, d) float32/bfloat16 (stored back in its
     dtype), exp_avg (N, d) float32, exp_avg_sq (N, d) float32 or (N,) float32 (row-wise: one second
@@ -265,8 +314,9 @@ def row_adam_(
     if exp_avg.shape != (N, d) or exp_avg.dtype != torch.float32 or not exp_avg.is_contiguous():
         raise ValueError(f"exp_avg must be contiguous (N, d) = {(N, d)} float32, got {tuple(exp_avg.shape)} {exp_avg.dtype}")
     if exp_avg_sq.shape not in ((N, d), (N,)) or exp_avg_sq.dtype != torch.float32 or not exp_avg_sq.is_contiguous():
-        raise ValueError(f"exp_avg_sq must be contiguous (N, d) or (N,) = {(N,)} float32, "
-                         f"got {tuple(exp_avg_sq.shape)} {exp_avg_sq.dtype}")
+        raise ValueError(
+            f"exp_avg_sq must be contiguous (N, d) or (N,) = {(N,)} float32, got {tuple(exp_avg_sq.shape)} {exp_avg_sq.dtype}"
+        )
     if rows.dim() != 1 or rows.dtype != torch.int64:
         raise ValueError(f"rows must be (U,) int64, got {tuple(rows.shape)} {rows.dtype}")
     U = rows.shape[0]
@@ -280,7 +330,21 @@ def row_adam_(
         return
     grad = _unit_stride(grad)
     _kernels().row_adam[(_cdiv(U, BLOCK_U),)](
-        param, exp_avg, exp_avg_sq, rows.contiguous(), grad, U, d, param.stride(0), grad.stride(0),
-        lr / (1 - beta1**step), beta1, beta2, eps, 1 / (1 - beta2**step),
-        ROWWISE=exp_avg_sq.dim() == 1, BLOCK_U=BLOCK_U, BLOCK_D=_block_d(d),
+        param,
+        exp_avg,
+        exp_avg_sq,
+        rows.contiguous(),
+        grad,
+        U,
+        d,
+        param.stride(0),
+        grad.stride(0),
+        lr / (1 - beta1**step),
+        beta1,
+        beta2,
+        eps,
+        1 / (1 - beta2**step),
+        ROWWISE=exp_avg_sq.dim() == 1,
+        BLOCK_U=BLOCK_U,
+        BLOCK_D=_block_d(d),
     )

@@ -46,8 +46,6 @@ class UsageTracker:
             return
         flat = slots.flatten()
         counts = torch.bincount(flat, minlength=n_slots)
-        mass = torch.zeros(n_slots, dtype=torch.float64, device=flat.device).index_add_(
-            0, flat, weights.flatten().double()
-        )
+        mass = torch.zeros(n_slots, dtype=torch.float64, device=flat.device).index_add_(0, flat, weights.flatten().double())
         self.counts = counts if self.counts is None else self.counts + counts
         self.mass = mass if self.mass is None else self.mass + mass

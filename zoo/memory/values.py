@@ -92,8 +92,16 @@ class ValueTable(nn.Module):
     ``zoo.memory.sharding.shard_memory`` gives each rank its part, drawn from the same seed.
     """
 
-    def __init__(self, n_slots: int, v_dim: int, lr: float, sparse: bool, dtype: torch.dtype = torch.float32,
-                 second_moment: str = "full", device: torch.device | str | None = None):
+    def __init__(
+        self,
+        n_slots: int,
+        v_dim: int,
+        lr: float,
+        sparse: bool,
+        dtype: torch.dtype = torch.float32,
+        second_moment: str = "full",
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         self.n_slots, self.v_dim, self.sparse = n_slots, v_dim, sparse
         self.weight = nn.Parameter(torch.empty(n_slots, v_dim, dtype=dtype, device=device))

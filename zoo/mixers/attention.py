@@ -45,17 +45,13 @@ class Attention(nn.Module):
     ):
         super().__init__()
         if not is_int(n_heads) or n_heads < 1 or d_model % n_heads:
-            raise ValueError(
-                f"attention n_heads={n_heads!r} must be a positive divisor of d_model={d_model}"
-            )
+            raise ValueError(f"attention n_heads={n_heads!r} must be a positive divisor of d_model={d_model}")
         check_real("attention rotary_base", rotary_base, low=0, low_open=True)
         check_real("attention dropout", dropout, low=0, high=1, high_open=True)
         check_bool("attention bias", bias)
         head_dim = d_model // n_heads
         if head_dim % 2:
-            raise ValueError(
-                f"attention head dim d_model/n_heads={head_dim} must be even for rotary embedding"
-            )
+            raise ValueError(f"attention head dim d_model/n_heads={head_dim} must be even for rotary embedding")
         self.layer_idx = layer_idx
         self.n_heads = n_heads
         self.head_dim = head_dim
@@ -104,7 +100,5 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, hd)
         q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, d_model))

@@ -122,9 +122,13 @@ class Based(nn.Module):
         chunk_size: int = 64,
     ):
         super().__init__()
-        for name, value, low in [("d_model", d_model, 1), ("feature_dim", feature_dim, 1),
-                                 ("num_heads", num_heads, 1), ("conv_size", conv_size, 0),
-                                 ("chunk_size", chunk_size, 1)]:
+        for name, value, low in [
+            ("d_model", d_model, 1),
+            ("feature_dim", feature_dim, 1),
+            ("num_heads", num_heads, 1),
+            ("conv_size", conv_size, 0),
+            ("chunk_size", chunk_size, 1),
+        ]:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"based {name}={value!r} must be an integer >= {low}")
         if num_heads > d_model:
@@ -148,8 +152,12 @@ class Based(nn.Module):
     def uses_cuda_kernels(self, x: torch.Tensor) -> bool:
         """Whether forward runs fla's ``parallel_based`` for ``x``: a CUDA input, an importable fla
         (looked up once per process), and an eps and feature_dim the kernel implements."""
-        return (x.is_cuda and self.eps == FLA_KERNEL_EPS and self.feature_dim <= FLA_KERNEL_MAX_FEATURE_DIM
-                and kernels.fla_parallel_based() is not None)
+        return (
+            x.is_cuda
+            and self.eps == FLA_KERNEL_EPS
+            and self.feature_dim <= FLA_KERNEL_MAX_FEATURE_DIM
+            and kernels.fla_parallel_based() is not None
+        )
 
     def _qkv(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """u: (..., D) -> q, k (..., H, F) and v (..., H, head_dim)."""

@@ -67,9 +67,7 @@ def checked_width(mixer: str, name: str, value: float, d_model: int, num_heads: 
     if not (is_real(value) and value > 0 and math.isclose(width, round(width))):
         raise ValueError(f"{mixer} {name}={value!r} must be positive with d_model * {name} an integer (d_model={d_model})")
     if round(width) % num_heads:
-        raise ValueError(
-            f"{mixer} num_heads={num_heads} must divide d_model * {name} = {d_model} * {value} = {round(width)}"
-        )
+        raise ValueError(f"{mixer} num_heads={num_heads} must divide d_model * {name} = {d_model} * {value} = {round(width)}")
     return round(width)
 
 
@@ -90,8 +88,16 @@ class FlaLayoutMixer(nn.Module):
 
     STATE_FLOPS: int
 
-    def _init_projections(self, d_model: int, num_heads: int, head_k_dim: int, head_v_dim: int,
-                          use_short_conv: bool, conv_size: int, conv_bias: bool) -> None:
+    def _init_projections(
+        self,
+        d_model: int,
+        num_heads: int,
+        head_k_dim: int,
+        head_v_dim: int,
+        use_short_conv: bool,
+        conv_size: int,
+        conv_bias: bool,
+    ) -> None:
         self.num_heads, self.head_k_dim, self.head_v_dim = num_heads, head_k_dim, head_v_dim
         self.key_dim, self.value_dim = num_heads * head_k_dim, num_heads * head_v_dim
         self.use_short_conv, self.conv_size = use_short_conv, conv_size
@@ -158,8 +164,10 @@ class FlaLayoutMixer(nn.Module):
         weight = self.q_proj.weight
         device, dtype = device or weight.device, dtype or weight.dtype
         widths = self._conv_widths()
-        windows = [None] * 3 if widths is None else [
-            torch.zeros(batch_size, width, self.conv_size, device=device, dtype=dtype) for width in widths
-        ]
+        windows = (
+            [None] * 3
+            if widths is None
+            else [torch.zeros(batch_size, width, self.conv_size, device=device, dtype=dtype) for width in widths]
+        )
         state = torch.zeros(batch_size, *self._state_shape(), device=device, dtype=dtype)
         return LinearAttentionCache(*windows, state=state)

@@ -143,11 +143,11 @@ class GatedDeltaNet(FlaLayoutMixer):
         head_v_dim = head_dim * expand_v if is_real(expand_v) else math.nan
         if not (is_real(expand_v) and expand_v > 0 and math.isclose(head_v_dim, round(head_v_dim))):
             raise ValueError(
-                f"gated_deltanet expand_v={expand_v!r} must be positive with head_dim * expand_v an integer "
-                f"(head_dim={head_dim})"
+                f"gated_deltanet expand_v={expand_v!r} must be positive with head_dim * expand_v an integer (head_dim={head_dim})"
             )
-        check_fla_options("gated_deltanet", norm_eps, use_short_conv=use_short_conv, conv_bias=conv_bias,
-                          allow_neg_eigval=allow_neg_eigval)
+        check_fla_options(
+            "gated_deltanet", norm_eps, use_short_conv=use_short_conv, conv_bias=conv_bias, allow_neg_eigval=allow_neg_eigval
+        )
         self.layer_idx = layer_idx
         self.chunk_size, self.allow_neg_eigval = chunk_size, allow_neg_eigval
         self._init_projections(d_model, num_heads, head_dim, round(head_v_dim), use_short_conv, conv_size, conv_bias)

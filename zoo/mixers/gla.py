@@ -153,8 +153,9 @@ class GatedLinearAttention(FlaLayoutMixer):
         chunk_size: int = 64,
     ):
         super().__init__()
-        check_positive_ints("gla", num_heads=num_heads, conv_size=conv_size, gate_low_rank_dim=gate_low_rank_dim,
-                            chunk_size=chunk_size)
+        check_positive_ints(
+            "gla", num_heads=num_heads, conv_size=conv_size, gate_low_rank_dim=gate_low_rank_dim, chunk_size=chunk_size
+        )
         key_dim = checked_width("gla", "expand_k", expand_k, d_model, num_heads)
         value_dim = checked_width("gla", "expand_v", expand_v, d_model, num_heads)
         if not (is_real(gate_logit_normalizer) and gate_logit_normalizer > 0):
@@ -164,8 +165,9 @@ class GatedLinearAttention(FlaLayoutMixer):
             raise ValueError(f"gla clamp_min={clamp_min!r} must be None or < 0 (a floor on the log decay)")
         self.layer_idx = layer_idx
         self.chunk_size, self.gate_logit_normalizer, self.clamp_min = chunk_size, gate_logit_normalizer, clamp_min
-        self._init_projections(d_model, num_heads, key_dim // num_heads, value_dim // num_heads, use_short_conv,
-                               conv_size, conv_bias)
+        self._init_projections(
+            d_model, num_heads, key_dim // num_heads, value_dim // num_heads, use_short_conv, conv_size, conv_bias
+        )
         self.gk_proj = nn.Sequential(linear(d_model, gate_low_rank_dim), linear(gate_low_rank_dim, key_dim, bias=True))
         self.g_norm_swish_gate = RMSNormSwishGate(self.head_v_dim, eps=norm_eps)
 

@@ -60,8 +60,7 @@ class ExponentialModulation(nn.Module):
     rates evenly spaced over the D channels of each of the ``n_filters`` filters, fixed (zoology's
     modulation_lr = 0) and computed in the filter's dtype."""
 
-    def __init__(self, d_model: int, n_filters: int, fast_decay_pct: float, slow_decay_pct: float,
-                 target: float, shift: float):
+    def __init__(self, d_model: int, n_filters: int, fast_decay_pct: float, slow_decay_pct: float, target: float, shift: float):
         super().__init__()
         self.d_model, self.n_filters, self.shift = d_model, n_filters, shift
         self.slowest, self.fastest = math.log(target) / slow_decay_pct, math.log(target) / fast_decay_pct
@@ -76,8 +75,17 @@ class HyenaFilter(nn.Module):
     """The implicit long filters: positional features (L, emb_dim) -> MLP with sine activations ->
     (L, n_filters * D), times the decay window; plus the skip term ``bias`` (n_filters * D,)."""
 
-    def __init__(self, d_model: int, n_filters: int, l_max: int, emb_dim: int, filter_order: int,
-                 num_inner_mlps: int, w: float, modulation: dict):
+    def __init__(
+        self,
+        d_model: int,
+        n_filters: int,
+        l_max: int,
+        emb_dim: int,
+        filter_order: int,
+        num_inner_mlps: int,
+        w: float,
+        modulation: dict,
+    ):
         super().__init__()
         self.d_model, self.n_filters, self.l_max, self.emb_dim = d_model, n_filters, l_max, emb_dim
         self.bias = nn.Parameter(torch.randn(n_filters * d_model))
@@ -163,8 +171,14 @@ class Hyena(nn.Module):
     ):
         super().__init__()
         minimum = {"d_model": 1, "l_max": 1, "order": 2, "filter_order": 1, "num_inner_mlps": 0, "short_filter_order": 1}
-        sizes = {"d_model": d_model, "l_max": l_max, "order": order, "filter_order": filter_order,
-                 "num_inner_mlps": num_inner_mlps, "short_filter_order": short_filter_order}
+        sizes = {
+            "d_model": d_model,
+            "l_max": l_max,
+            "order": order,
+            "filter_order": filter_order,
+            "num_inner_mlps": num_inner_mlps,
+            "short_filter_order": short_filter_order,
+        }
         for name, value in sizes.items():
             if not is_int(value) or value < minimum[name]:
                 raise ValueError(f"hyena {name}={value!r} must be an integer >= {minimum[name]}")
@@ -186,7 +200,13 @@ class Hyena(nn.Module):
         self.in_proj = linear(d_model, width, bias=True)  # -> [x_1 .. x_N, v]
         self.short_filter = nn.Conv1d(width, width, short_filter_order, groups=width, padding=short_filter_order - 1)
         self.filter_fn = HyenaFilter(
-            d_model, order - 1, l_max, emb_dim, filter_order, num_inner_mlps, w,
+            d_model,
+            order - 1,
+            l_max,
+            emb_dim,
+            filter_order,
+            num_inner_mlps,
+            w,
             modulation=dict(fast_decay_pct=fast_decay_pct, slow_decay_pct=slow_decay_pct, target=target, shift=shift),
         )
         self.out_proj = mark_residual_projection(linear(d_model, d_model, bias=True))
@@ -196,9 +216,7 @@ class Hyena(nn.Module):
 
     def _check_length(self, length: int, what: str) -> None:
         if length > self.l_max:
-            raise ValueError(
-                f"hyena {what}={length} exceeds l_max={self.l_max}; raise backbone.mixer.hyena.l_max"
-            )
+            raise ValueError(f"hyena {what}={length} exceeds l_max={self.l_max}; raise backbone.mixer.hyena.l_max")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, D) -> (B, L, D); L <= l_max."""

@@ -110,8 +110,16 @@ class Mamba(nn.Module):
         scan = kernels.mamba_selective_scan() if self.uses_cuda_kernels(x) else None
         options = {} if scan is not None else {"chunk_size": self.chunk_size}
         y = (scan or selective_scan)(
-            x, dt.transpose(1, 2), -torch.exp(self.A_log.float()), b.transpose(1, 2), c.transpose(1, 2),
-            self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, **options,
+            x,
+            dt.transpose(1, 2),
+            -torch.exp(self.A_log.float()),
+            b.transpose(1, 2),
+            c.transpose(1, 2),
+            self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            **options,
         )
         return self.out_proj(y.transpose(1, 2))
 

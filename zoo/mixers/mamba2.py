@@ -140,8 +140,15 @@ class Mamba2(nn.Module):
         rmsnorm_eps: float = 1e-5,
     ):
         super().__init__()
-        sizes = [("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
-                 ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)]
+        sizes = [
+            ("d_model", d_model),
+            ("d_state", d_state),
+            ("d_conv", d_conv),
+            ("expand", expand),
+            ("headdim", headdim),
+            ("ngroups", ngroups),
+            ("chunk_size", chunk_size),
+        ]
         for name, value in sizes:
             if not is_int(value) or value < 1:
                 raise ValueError(f"mamba2 {name}={value!r} must be a positive integer")
@@ -153,8 +160,12 @@ class Mamba2(nn.Module):
         nheads = d_inner // headdim
         if nheads % ngroups:
             raise ValueError(f"mamba2 ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}")
-        if not (isinstance(A_init_range, (list, tuple)) and len(A_init_range) == 2 and all(map(is_real, A_init_range))
-                and 0 < A_init_range[0] <= A_init_range[1]):
+        if not (
+            isinstance(A_init_range, (list, tuple))
+            and len(A_init_range) == 2
+            and all(map(is_real, A_init_range))
+            and 0 < A_init_range[0] <= A_init_range[1]
+        ):
             shown = tuple(A_init_range) if isinstance(A_init_range, (list, tuple)) else A_init_range
             raise ValueError(f"mamba2 A_init_range={shown!r} must satisfy 0 < low <= high (two finite numbers)")
         low, high = A_init_range
@@ -203,8 +214,15 @@ class Mamba2(nn.Module):
         """x: (B, L, h, p), dt before bias and softplus: (B, L, h), b, c: (B, L, g, n) -> (B, L, h, p)."""
         if self.uses_cuda_kernels(x):
             return kernels.mamba_chunk_scan()(
-                x, dt, -torch.exp(self.A_log.float()), b, c, chunk_size=self.chunk_size, D=self.D,
-                dt_bias=self.dt_bias, dt_softplus=True,
+                x,
+                dt,
+                -torch.exp(self.A_log.float()),
+                b,
+                c,
+                chunk_size=self.chunk_size,
+                D=self.D,
+                dt_bias=self.dt_bias,
+                dt_softplus=True,
             )
         work = torch.promote_types(x.dtype, torch.float32)
         # bf16 autocast would run the chunk matmuls and the carried state in bf16; keep them in work dtype

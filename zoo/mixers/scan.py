@@ -41,9 +41,7 @@ def _finish(y, u, D, z):
     return y
 
 
-def selective_scan_sequential(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
-):
+def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
     """Reference: precomputed exp(dt A) and dt B u, then a loop over every timestep.
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, d_state); B, C: (batch, d_state, L);
@@ -70,16 +68,26 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
     """The shapes ``selective_scan`` takes: u, delta, z (batch, d_inner, L); A (d_inner, d_state);
     B, C (batch, d_state, L) (time-varying, one group); D, delta_bias (d_inner,)."""
     if u.dim() != 3 or A.dim() != 2:
-        raise ValueError(f"selective scan needs u (batch, d_inner, L) and A (d_inner, d_state); "
-                         f"got u {tuple(u.shape)}, A {tuple(A.shape)}")
+        raise ValueError(
+            f"selective scan needs u (batch, d_inner, L) and A (d_inner, d_state); got u {tuple(u.shape)}, A {tuple(A.shape)}"
+        )
     (batch, d_inner, length), d_state = u.shape, A.shape[1]
-    expected = {"delta": (batch, d_inner, length), "A": (d_inner, d_state), "B": (batch, d_state, length),
-                "C": (batch, d_state, length), "D": (d_inner,), "z": (batch, d_inner, length), "delta_bias": (d_inner,)}
+    expected = {
+        "delta": (batch, d_inner, length),
+        "A": (d_inner, d_state),
+        "B": (batch, d_state, length),
+        "C": (batch, d_state, length),
+        "D": (d_inner,),
+        "z": (batch, d_inner, length),
+        "delta_bias": (d_inner,),
+    }
     given = {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
     for name, tensor in given.items():
         if tensor is not None and tuple(tensor.shape) != expected[name]:
-            raise ValueError(f"selective scan {name} has shape {tuple(tensor.shape)}; with u {tuple(u.shape)} "
-                             f"and A {tuple(A.shape)} it must be {expected[name]}")
+            raise ValueError(
+                f"selective scan {name} has shape {tuple(tensor.shape)}; with u {tuple(u.shape)} "
+                f"and A {tuple(A.shape)} it must be {expected[name]}"
+            )
 
 
 def _no_autocast(device_type: str):
@@ -150,8 +158,9 @@ class _SelectiveScan(torch.autograd.Function):
                 k = part.stop - begin
                 starts[i] = state
                 _fill_chunk(dt[part], dtu[part], b_s[part], A_t * LOG2_E, starts[i], decay[:k], drive[:k], states[:k])
-                y[part] = torch.bmm(c_s[part].reshape(k * batch, 1, d_state),
-                                    states[:k].view(k * batch, d_state, d_inner)).view(k, batch, d_inner)
+                y[part] = torch.bmm(c_s[part].reshape(k * batch, 1, d_state), states[:k].view(k * batch, d_state, d_inner)).view(
+                    k, batch, d_inner
+                )
                 state = states[k - 1]
             last = state.transpose(1, 2).clone()  # (batch, d_inner, d_state)
             if D is not None:
@@ -176,7 +185,8 @@ class _SelectiveScan(torch.autograd.Function):
                 grad_z = torch.ops.aten.silu_backward(grad_y * y, z)
                 grad_y = grad_y * F.silu(z)
             grad_dtu, grad_dt, grad_A, grad_B, grad_C = _scan_backward(
-                grad_y, grad_last.transpose(1, 2).to(work), u_s, b_s, c_s, dt, A_t, starts, ctx.steps)
+                grad_y, grad_last.transpose(1, 2).to(work), u_s, b_s, c_s, dt, A_t, starts, ctx.steps
+            )
             grad_u = grad_dtu * dt
             grad_D = None
             if D is not None:
@@ -190,8 +200,18 @@ class _SelectiveScan(torch.autograd.Function):
         def unsteps(g):  # (L, batch, c) -> (batch, c, L)
             return None if g is None else g.permute(1, 2, 0)
 
-        return (unsteps(grad_u), unsteps(grad_dt), grad_A.t(), unsteps(grad_B), unsteps(grad_C), grad_D,
-                unsteps(grad_z), grad_bias, None, None)
+        return (
+            unsteps(grad_u),
+            unsteps(grad_dt),
+            grad_A.t(),
+            unsteps(grad_B),
+            unsteps(grad_C),
+            grad_D,
+            unsteps(grad_z),
+            grad_bias,
+            None,
+            None,
+        )
 
 
 def _scan_backward(grad_y, grad_last, u_s, b_s, c_s, dt, A_t, starts, steps):
@@ -223,8 +243,9 @@ def _scan_backward(grad_y, grad_last, u_s, b_s, c_s, dt, A_t, starts, steps):
         for t in reversed(range(k)):
             torch.addcmul(carry, c_k[t].unsqueeze(2), gy[t].unsqueeze(1), out=lam_k[t])
             carry = torch.mul(dec[t], lam_k[t], out=scaled_k[t])
-        grad_dtu[part] = torch.bmm(b_s[part].reshape(k * batch, 1, d_state),
-                                   lam_k.view(k * batch, d_state, d_inner)).view(k, batch, d_inner)
+        grad_dtu[part] = torch.bmm(b_s[part].reshape(k * batch, 1, d_state), lam_k.view(k * batch, d_state, d_inner)).view(
+            k, batch, d_inner
+        )
         work = dec  # the decay is spent: its buffer takes the products that are summed at once
         grad_B[part] = torch.mul(lam_k, dtu[part].unsqueeze(2), out=work).sum(3)
         grad_C[part] = torch.mul(states_k, gy.unsqueeze(2), out=work).sum(3)
@@ -238,8 +259,17 @@ def _scan_backward(grad_y, grad_last, u_s, b_s, c_s, dt, A_t, starts, steps):
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    return_last_state=False, chunk_size=64,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    chunk_size=64,
 ):
     """Selective scan with a hand-written backward; same arguments and result as
     ``selective_scan_sequential`` (and as mamba-ssm's ``selective_scan_fn``).

@@ -40,8 +40,17 @@ def _chunk(dt, A, drive, state, safe_range):
 
 
 def selective_scan_chunked(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    return_last_state=False, chunk_size=64,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    chunk_size=64,
 ):
     """Chunked parallel selective scan differentiated by autograd: parallel inside chunks of at most
     ``chunk_size`` steps, a loop over chunks carrying the state. A must be negative (as Mamba's

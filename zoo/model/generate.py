@@ -11,8 +11,9 @@ from zoo.model.language_model import LanguageModel
 from zoo.model.size_budget import check_generation_size
 
 
-def check_generation_arguments(model: LanguageModel, prompt_ids, max_new_tokens, temperature, top_k,
-                               memory_budget: int | None = None) -> None:
+def check_generation_arguments(
+    model: LanguageModel, prompt_ids, max_new_tokens, temperature, top_k, memory_budget: int | None = None
+) -> None:
     """``ValueError`` (``TypeError`` for a wrong type) naming the argument, its value and what is allowed;
     ``max_new_tokens`` whose output ids and caches exceed ``memory_budget`` bytes (None: the memory
     of the model's device) is refused before anything is allocated."""

@@ -59,7 +59,8 @@ class ModelConfig:
     pattern: str | list[str] = "A"
     channel: str | list[str] = "mlp"
     mixer: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"attention": {"n_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}})
+        default_factory=lambda: {"attention": {"n_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}}
+    )
     mlp: dict[str, Any] = field(default_factory=lambda: {"hidden_dim": None, "bias": False})
     tie_embeddings: bool = False
     norm_eps: float = 1e-5
@@ -81,9 +82,7 @@ class ModelConfig:
             names = list(self.pattern)
             for name in names:
                 if name not in MIXERS:
-                    raise ValueError(
-                        f"backbone.pattern has unknown mixer {name!r}; allowed: {sorted(MIXERS)}"
-                    )
+                    raise ValueError(f"backbone.pattern has unknown mixer {name!r}; allowed: {sorted(MIXERS)}")
         return _expand_per_layer(names, self.n_layers, "backbone.pattern")
 
     def layer_channels(self) -> list[str]:
@@ -102,8 +101,11 @@ class ModelConfig:
     def validate(self) -> None:
         """Every field's type and range, then cross-field checks, raised before any parameter is
         allocated; a mixer's (or the MLP's) own argument error is prefixed with its config key."""
-        for key, value in [("model vocab_size", self.vocab_size), ("backbone.d_model", self.d_model),
-                           ("backbone.n_layers", self.n_layers)]:
+        for key, value in [
+            ("model vocab_size", self.vocab_size),
+            ("backbone.d_model", self.d_model),
+            ("backbone.n_layers", self.n_layers),
+        ]:
             if not is_int(value) or value < 1:
                 raise ValueError(f"{key}={value!r} must be a positive integer")
         for name in ("pattern", "channel"):
@@ -126,8 +128,10 @@ class ModelConfig:
         self.layer_mixers()
         memory = self.memory
         if memory is not None and not isinstance(memory, MemoryConfig):
-            raise ValueError(f"model memory={memory!r} must be a MemoryConfig or None (build_model parses a mapping of "
-                             "ModelConfig fields, memory included)")
+            raise ValueError(
+                f"model memory={memory!r} must be a MemoryConfig or None (build_model parses a mapping of "
+                "ModelConfig fields, memory included)"
+            )
         if memory is not None:
             memory.validate(self.d_model, self.n_layers)
         channels = self.layer_channels()

@@ -54,8 +54,11 @@ def check_weights(path: str | os.PathLike, model_values: Any, shapes: dict[str, 
     got = dict(shapes)  # a LitLanguageModel's state is its model's: any other entry is unexpected
     problems = [f"missing {key}" for key in want if key not in got]
     problems += [f"unexpected {key}" for key in got if key not in want]
-    problems += [f"{key}: checkpoint {_shape(got[key])}, model {tuple(shape)}" for key, shape in want.items()
-                 if key in got and _shape(got[key]) != tuple(shape)]
+    problems += [
+        f"{key}: checkpoint {_shape(got[key])}, model {tuple(shape)}"
+        for key, shape in want.items()
+        if key in got and _shape(got[key]) != tuple(shape)
+    ]
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise ValueError(f"{where}: its weights do not fit the model of its hyper_parameters.model: {shown}")
@@ -85,6 +88,6 @@ def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> La
     checkpoint, config = read_checkpoint(ckpt, map_location)
     model = build_model(config)
     prefix = "model."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
     return model.eval()

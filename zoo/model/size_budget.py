@@ -103,8 +103,7 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     per_layer = config.layer_parameters()
     layers = sum(per_layer[name] + d for name in config.layer_mixers())  # + the mixer's RMSNorm
     layers += sum(per_layer[name] + d for name in config.layer_channels() if name == "mlp")
-    counts = {"layers": layers, "embedding": config.vocab_size * d * (1 if config.tie_embeddings else 2) + d,
-              "memory_values": 0}
+    counts = {"layers": layers, "embedding": config.vocab_size * d * (1 if config.tie_embeddings else 2) + d, "memory_values": 0}
     memory = config.memory
     if memory is not None:
         table, other = memory.parameter_counts(d)
@@ -119,10 +118,16 @@ def model_parts(config: ModelConfig, batch_size: int, seq_len: int, world: int =
     d = config.d_model
     counts = parameter_counts(config)
     parts = [
-        Part("layers' weights, gradients and AdamW moments", DENSE_BYTES_PER_PARAMETER * counts["layers"],
-             "backbone.d_model / backbone.n_layers"),
-        Part("embedding and LM head (weights, gradients, AdamW moments)", DENSE_BYTES_PER_PARAMETER * counts["embedding"],
-             "task.vocab_size / backbone.d_model"),
+        Part(
+            "layers' weights, gradients and AdamW moments",
+            DENSE_BYTES_PER_PARAMETER * counts["layers"],
+            "backbone.d_model / backbone.n_layers",
+        ),
+        Part(
+            "embedding and LM head (weights, gradients, AdamW moments)",
+            DENSE_BYTES_PER_PARAMETER * counts["embedding"],
+            "task.vocab_size / backbone.d_model",
+        ),
     ]
     tokens = batch_size * seq_len
     memory = config.memory
@@ -137,13 +142,25 @@ def model_parts(config: ModelConfig, batch_size: int, seq_len: int, world: int =
             per_table, gradients = (value_bytes + 3 * FLOAT_BYTES) * table, 0
         tables = 1 if memory.shared else n_memory
         shard = world if memory.parallel != "none" else 1
-        parts.append(Part("memory value table (values, optimizer state, gradient rows)",
-                          (tables * per_table + gradients) // shard, "memory.n_keys"))
-    parts.append(Part(f"activations ({ACTIVATION_WIDTHS} x d_model floats per token and layer)",
-                      FLOAT_BYTES * ACTIVATION_WIDTHS * tokens * d * config.n_layers,
-                      "task.batch_size / task.seq_len / backbone.n_layers"))
-    parts.append(Part("logits", FLOAT_BYTES * LOGIT_COPIES * tokens * config.vocab_size,
-                      "task.batch_size / task.seq_len / task.vocab_size"))
+        parts.append(
+            Part(
+                "memory value table (values, optimizer state, gradient rows)",
+                (tables * per_table + gradients) // shard,
+                "memory.n_keys",
+            )
+        )
+    parts.append(
+        Part(
+            f"activations ({ACTIVATION_WIDTHS} x d_model floats per token and layer)",
+            FLOAT_BYTES * ACTIVATION_WIDTHS * tokens * d * config.n_layers,
+            "task.batch_size / task.seq_len / backbone.n_layers",
+        )
+    )
+    parts.append(
+        Part(
+            "logits", FLOAT_BYTES * LOGIT_COPIES * tokens * config.vocab_size, "task.batch_size / task.seq_len / task.vocab_size"
+        )
+    )
     return parts
 
 
@@ -183,8 +200,9 @@ def check_size_budget(parts: Sequence[Part], budget: Budget, world: int = 1) -> 
         )
 
 
-def check_run_size(model: ModelConfig, datamodule, slices: Sequence, trainer: Mapping[str, Any],
-                   budget: Budget | None = None) -> None:
+def check_run_size(
+    model: ModelConfig, datamodule, slices: Sequence, trainer: Mapping[str, Any], budget: Budget | None = None
+) -> None:
     """``check_size_budget`` for a run: its model config, task datamodule (nothing generated), test
     slices' datamodules and trainer options; ``budget`` None: this machine's (``machine_budget``)."""
     world = processes(trainer)
@@ -200,8 +218,9 @@ def generation_bytes(model: LanguageModel, batch: int, length: int) -> tuple[int
     return ids, batch * sum(block.mixer.state_size(length) for block in model.blocks)
 
 
-def check_generation_size(model: LanguageModel, batch: int, prompt_len: int, max_new_tokens: int,
-                          budget_bytes: int | None = None) -> None:
+def check_generation_size(
+    model: LanguageModel, batch: int, prompt_len: int, max_new_tokens: int, budget_bytes: int | None = None
+) -> None:
     """``ValueError`` naming ``max_new_tokens`` when the output ids and caches of a generation exceed
     ``budget_bytes`` (None: the memory of the model's device, or of this machine), before any is
     allocated."""

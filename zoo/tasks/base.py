@@ -244,14 +244,16 @@ class SyntheticDataModule(GeneratedDataModule):
         cls.Knobs, cls.generator, cls.test_overrides = knobs, staticmethod(generator), tuple(test_overrides)
         knob_fields = {f.name: f for f in dataclasses.fields(knobs)}
         loader = list(inspect.signature(GeneratedDataModule.__init__).parameters.values())[1:]  # past self
-        cls.__signature__ = inspect.Signature([
-            *(_option(f.name, f.default, f.type) for f in knob_fields.values()),
-            *(_option(f"test_{name}", None, knob_fields[name].type) for name in cls.test_overrides),
-            _option("num_train", num_train, "int"),
-            _option("num_test", num_test, "int"),
-            _option("num_val", None, "int | None"),
-            *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in loader),
-        ])
+        cls.__signature__ = inspect.Signature(
+            [
+                *(_option(f.name, f.default, f.type) for f in knob_fields.values()),
+                *(_option(f"test_{name}", None, knob_fields[name].type) for name in cls.test_overrides),
+                _option("num_train", num_train, "int"),
+                _option("num_test", num_test, "int"),
+                _option("num_val", None, "int | None"),
+                *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in loader),
+            ]
+        )
 
     def __init__(self, **options):
         bound = inspect.signature(type(self)).bind(**options)  # TypeError naming an unknown option

@@ -58,8 +58,14 @@ class FactsDataModule(GeneratedDataModule):
         num_workers: int = 0,
     ):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        for name, value in [("num_facts", num_facts), ("num_entities", num_entities), ("num_relations", num_relations),
-                            ("num_values", num_values), ("num_fillers", num_fillers), ("facts_per_seq", facts_per_seq)]:
+        for name, value in [
+            ("num_facts", num_facts),
+            ("num_entities", num_entities),
+            ("num_relations", num_relations),
+            ("num_values", num_values),
+            ("num_fillers", num_fillers),
+            ("facts_per_seq", facts_per_seq),
+        ]:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"task.{name}={value!r} must be a positive integer")
         check_int_option("seq_len", seq_len, 1)
@@ -114,8 +120,11 @@ class FactsDataModule(GeneratedDataModule):
     def data_bytes(self, splits: Iterable[str] | None = None) -> int:
         """The splits' inputs and targets (int64), the knowledge base's draw over every (entity,
         relation) pair, the training passes' fact order, and the largest split again as workspace."""
-        rows = {"train": self.num_train, "test": math.ceil(self.num_facts / self.facts_per_seq),
-                "val": math.ceil(self.num_val / self.facts_per_seq)}
+        rows = {
+            "train": self.num_train,
+            "test": math.ceil(self.num_facts / self.facts_per_seq),
+            "val": math.ceil(self.num_val / self.facts_per_seq),
+        }
         outputs = [2 * TOKEN_BYTES * rows[s] * self.seq_len for s in (self.splits if splits is None else splits)]
         passes = math.ceil(self.num_train / math.ceil(self.num_facts / self.facts_per_seq))
         draws = TOKEN_BYTES * (self.num_entities * self.num_relations + passes * self.num_facts * 2)

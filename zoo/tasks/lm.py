@@ -222,7 +222,6 @@ class LanguageModelingDataModule(GeneratedDataModule):
     ``tokenizers.Tokenizer`` (``None`` for bytes).
     """
 
-
     def __init__(
         self,
         vocab_size: int = BYTE_VOCAB_SIZE,
@@ -244,10 +243,11 @@ class LanguageModelingDataModule(GeneratedDataModule):
         check_int_option("vocab_size", vocab_size, 2)
         check_int_option("seq_len", seq_len, 1)
         check_int_option("max_bytes", max_bytes, 1, null="no cap")
-        for name, value in [("path", path), ("hf_dataset", hf_dataset), ("hf_split", hf_split),
-                            ("hf_text_field", hf_text_field)]:
+        for name, value in [("path", path), ("hf_dataset", hf_dataset), ("hf_split", hf_split), ("hf_text_field", hf_text_field)]:
             if not (value is None and name in ("path", "hf_dataset") or isinstance(value, str)):
-                raise ValueError(f"task.{name}={value!r} must be a string" + (" or null" if name in ("path", "hf_dataset") else ""))
+                raise ValueError(
+                    f"task.{name}={value!r} must be a string" + (" or null" if name in ("path", "hf_dataset") else "")
+                )
         if not isinstance(allow_binary, bool):
             raise ValueError(f"task.allow_binary={allow_binary!r} must be true or false")
         for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
@@ -269,8 +269,7 @@ class LanguageModelingDataModule(GeneratedDataModule):
                 raise ValueError(f"task.{name}={value} must be in (0, 1)")
         if val_fraction + test_fraction >= 1:
             raise ValueError(
-                f"task.val_fraction={val_fraction} + task.test_fraction={test_fraction} must be < 1 "
-                "(the rest is the train split)"
+                f"task.val_fraction={val_fraction} + task.test_fraction={test_fraction} must be < 1 (the rest is the train split)"
             )
         if path is not None and hf_dataset is not None:
             raise ValueError(f"task.path={path!r} and task.hf_dataset={hf_dataset!r} are exclusive; set one or neither")

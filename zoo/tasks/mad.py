@@ -186,9 +186,7 @@ def generate_icr(
     return _generate_recall(num_examples, seq_len, half, vocab_size - half, 1, 1, 0, 0.0, seed)
 
 
-class InContextRecallDataModule(
-    SyntheticDataModule, knobs=InContextRecall, generator=generate_icr, test_overrides=("seq_len",)
-):
+class InContextRecallDataModule(SyntheticDataModule, knobs=InContextRecall, generator=generate_icr, test_overrides=("seq_len",)):
     """MAD in-context recall splits; see ``generate_icr`` and ``SyntheticDataModule``."""
 
 
@@ -249,8 +247,7 @@ class NoisyInContextRecall:
     frac_noise: float = 0.2
 
     def __post_init__(self):
-        check_recall_sizes(self.vocab_size, self.seq_len, noise_vocab_size=self.noise_vocab_size,
-                           frac_noise=self.frac_noise)
+        check_recall_sizes(self.vocab_size, self.seq_len, noise_vocab_size=self.noise_vocab_size, frac_noise=self.frac_noise)
 
     def workspace_bytes(self, num_examples: int) -> int:
         return recall_workspace_bytes(num_examples, self.seq_len)
@@ -345,9 +342,7 @@ class SelectiveCopyingDataModule(SyntheticDataModule, knobs=SelectiveCopying, ge
 def check_compression_sizes(vocab_size: int, seq_len: int) -> None:
     """Raise ``ValueError`` naming the field when the sizes admit no compression example."""
     if seq_len < 3 or seq_len % 2 == 0:
-        raise ValueError(
-            f"task.seq_len={seq_len} must be odd and >= 3: m tokens, the compression token, m position queries"
-        )
+        raise ValueError(f"task.seq_len={seq_len} must be odd and >= 3: m tokens, the compression token, m position queries")
     m = (seq_len - 1) // 2
     if vocab_size < m + 3:
         raise ValueError(

@@ -105,9 +105,21 @@ class RunConfig:
         memory = None if cfg.memory.name == "none" else from_mapping(MemoryConfig, cfg.memory, "memory")
         model = from_mapping(ModelConfig, {**plain(cfg.backbone), "vocab_size": int(vocab_size), "memory": memory}, "model")
         model.validate()
-        return cls(model=model, optim=optim, task=task, trainer=trainer, throughput=throughput, logger=logger,
-                   checkpoint=checkpoint, seed=cfg.seed, ckpt=cfg.ckpt, overwrite=cfg.overwrite, size_check=cfg.size_check,
-                   collective_timeout_s=cfg.collective_timeout_s, test_slices=test_slices)
+        return cls(
+            model=model,
+            optim=optim,
+            task=task,
+            trainer=trainer,
+            throughput=throughput,
+            logger=logger,
+            checkpoint=checkpoint,
+            seed=cfg.seed,
+            ckpt=cfg.ckpt,
+            overwrite=cfg.overwrite,
+            size_check=cfg.size_check,
+            collective_timeout_s=cfg.collective_timeout_s,
+            test_slices=test_slices,
+        )
 
     @property
     def memory_name(self) -> str:
@@ -136,4 +148,3 @@ class RunConfig:
                 "saves a sharded table without gathering it), or memory.parallel=none"
             )
         memory.check_world_size(self.model.d_model, world_size)
-

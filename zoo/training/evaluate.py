@@ -33,8 +33,10 @@ def claim_eval_dir(run_dir: Path, overwrite: bool) -> None:
             "pass the run's checkpoint as ckpt= and leave hydra.run.dir at its default (runs/eval/...) or choose a new one"
         )
     if (run_dir / "metrics.json").exists() and not overwrite:
-        raise ValueError(f"{str(run_dir)!r} already holds an evaluation's metrics.json: pass overwrite=true to replace it, "
-                         "or choose another hydra.run.dir")
+        raise ValueError(
+            f"{str(run_dir)!r} already holds an evaluation's metrics.json: pass overwrite=true to replace it, "
+            "or choose another hydra.run.dir"
+        )
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -56,8 +58,12 @@ def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = LitLanguageModel(model, bytes_per_token=datamodule.bytes_per_token)  # testing takes no optimizer settings
     module.load_state_dict(checkpoint["state_dict"])
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False, default_root_dir=str(run_dir),
-                        callbacks=memory_callbacks(model.memory, monitor=False))
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=False,
+        default_root_dir=str(run_dir),
+        callbacks=memory_callbacks(model.memory, monitor=False),
+    )
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {
         "test": {k: float(v) for k, v in results[0].items()},

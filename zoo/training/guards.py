@@ -83,9 +83,11 @@ def first_non_finite_output(model: nn.Module, inputs: torch.Tensor) -> str:
     memory_ids = {id(m) for m in memory_layers(model).values()}
     for name, module in model.named_modules():
         if name.count(".") <= 2 and name:  # blocks.i, blocks.i.mixer / channel, embedding, norm, lm_head
+
             def record(mod, args, out, name=name):
                 if torch.is_tensor(out) and not torch.isfinite(out).all():
                     found.append((id(mod) in memory_ids, name))
+
             hooks.append(module.register_forward_hook(record))
     try:
         model(inputs)

@@ -44,15 +44,27 @@ class LitLanguageModel(L.LightningModule):
     ``zoo.model.loading.stored_model_config`` turns back into a ``ModelConfig``.
     """
 
-    def __init__(self, model: ModelConfig, optim: OptimConfig | None = None, bytes_per_token: dict[str, float] | None = None,
-                 test_slices: list[str] | None = None):
+    def __init__(
+        self,
+        model: ModelConfig,
+        optim: OptimConfig | None = None,
+        bytes_per_token: dict[str, float] | None = None,
+        test_slices: list[str] | None = None,
+    ):
         super().__init__()
         self.model_config = model
         self.optim = OptimConfig() if optim is None else optim
         test_slices = list(test_slices or [])
         # train() logs them once, with the final metrics
-        self.save_hyperparameters({"model": dataclasses.asdict(model), "optim": dataclasses.asdict(self.optim),
-                                   "bytes_per_token": bytes_per_token, "test_slices": test_slices}, logger=False)
+        self.save_hyperparameters(
+            {
+                "model": dataclasses.asdict(model),
+                "optim": dataclasses.asdict(self.optim),
+                "bytes_per_token": bytes_per_token,
+                "test_slices": test_slices,
+            },
+            logger=False,
+        )
         self.model = build_model(model)
         vocab = model.vocab_size
         self.accuracy = torch.nn.ModuleDict(
@@ -92,8 +104,16 @@ class LitLanguageModel(L.LightningModule):
         on_step = split == "train"
         rows = None if on_step else int(scored.any(-1).sum())  # padding rows (EvalShardSampler) weigh nothing
         # every test set logs under its own name: no dataloader index appended
-        self.log(f"{prefix}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step,
-                 batch_size=rows, add_dataloader_idx=False)
+        self.log(
+            f"{prefix}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=True,
+            sync_dist=not on_step,
+            batch_size=rows,
+            add_dataloader_idx=False,
+        )
         self.log(f"{prefix}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True, add_dataloader_idx=False)
         for name in ("ppl", "bpb"):
             key = f"{split}_{name}"

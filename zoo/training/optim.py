@@ -30,11 +30,14 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, group_lr: dic
     unknown = sorted(set(group_lr) - {optim_tags(p).get("group") for p in model.parameters()})
     if unknown:
         raise ValueError(f"optim.group_lr names parameter group(s) {unknown} that this model does not have")
-    own_lr = sorted({optim_tags(p)["group"] for p in model.parameters()
-                     if optim_tags(p).get("group") in group_lr and "lr" in optim_tags(p)})
+    own_lr = sorted(
+        {optim_tags(p)["group"] for p in model.parameters() if optim_tags(p).get("group") in group_lr and "lr" in optim_tags(p)}
+    )
     if own_lr:
-        raise ValueError(f"optim.group_lr names parameter group(s) {own_lr} whose parameters set their own learning "
-                         "rate where they are configured (the memory values': memory.value_lr)")
+        raise ValueError(
+            f"optim.group_lr names parameter group(s) {own_lr} whose parameters set their own learning "
+            "rate where they are configured (the memory values': memory.value_lr)"
+        )
     groups: dict[tuple, dict] = {}
     seen: set[int] = set()
     for param in model.parameters():
@@ -96,8 +99,10 @@ class OptimConfig:
         if not isinstance(self.group_lr, dict) or not all(isinstance(k, str) for k in self.group_lr):
             raise ValueError(f"optim.group_lr={self.group_lr!r} must map parameter group names to learning rates")
         if VALUE_GROUP in self.group_lr:
-            raise ValueError(f"optim.group_lr.{VALUE_GROUP}={self.group_lr[VALUE_GROUP]!r}: the memory value table's "
-                             "learning rate has one knob, memory.value_lr; set that instead")
+            raise ValueError(
+                f"optim.group_lr.{VALUE_GROUP}={self.group_lr[VALUE_GROUP]!r}: the memory value table's "
+                "learning rate has one knob, memory.value_lr; set that instead"
+            )
         lrs = {"optim.lr": self.lr} | {f"optim.group_lr.{k}": v for k, v in self.group_lr.items()}
         for name, value in lrs.items():
             check_real(name, value, low=0, low_open=True)
@@ -143,9 +148,7 @@ def warmup_cosine_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """``LambdaLR`` following ``warmup_cosine`` (scales every group's own base lr)."""
     check_warmup_cosine(warmup_steps, total_steps, min_lr_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio))
 
 
 def build_optimizer(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.Optimizer:

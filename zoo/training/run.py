@@ -46,9 +46,15 @@ def check_run_config(cfg: DictConfig, budget: Budget | None = None) -> RunConfig
 
 def run_hyperparameters(run: RunConfig) -> dict[str, Any]:
     """What the HParams dashboard filters and sorts runs by: backbone, memory, size, lr, task knobs."""
-    values = {"backbone": run.model.name, "memory": run.memory_name, "task": run.task["name"],
-              "d_model": run.model.d_model, "n_layers": run.model.n_layers, "lr": run.optim.lr,
-              "max_steps": run.trainer["max_steps"]}
+    values = {
+        "backbone": run.model.name,
+        "memory": run.memory_name,
+        "task": run.task["name"],
+        "d_model": run.model.d_model,
+        "n_layers": run.model.n_layers,
+        "lr": run.optim.lr,
+        "max_steps": run.trainer["max_steps"],
+    }
     for key, value in run.task.items():
         if key != "name" and isinstance(value, (int, float, str, bool)):
             values[f"task.{key}"] = value
@@ -62,9 +68,18 @@ def build_loggers(logger: LoggerConfig, run_dir: Path) -> list[Logger]:
     (its files in ``run_dir/wandb``; offline mode needs no network: ``wandb sync`` uploads later)."""
     loggers: list[Logger] = [TensorBoardLogger(save_dir=str(run_dir), name=logger.subdir, version="", default_hp_metric=False)]
     if logger.name == "wandb":
-        loggers.append(WandbLogger(save_dir=str(run_dir), name=logger.run_name or str(run_dir), project=logger.project,
-                                   entity=logger.entity, group=logger.group, tags=list(logger.tags or []),
-                                   offline=logger.mode == "offline", mode=logger.mode))
+        loggers.append(
+            WandbLogger(
+                save_dir=str(run_dir),
+                name=logger.run_name or str(run_dir),
+                project=logger.project,
+                entity=logger.entity,
+                group=logger.group,
+                tags=list(logger.tags or []),
+                offline=logger.mode == "offline",
+                mode=logger.mode,
+            )
+        )
     return loggers
 
 
@@ -119,8 +134,13 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
                 **with_distributed_checkpoints(run.trainer, run.collective_timeout_s),
                 default_root_dir=str(run_dir),
                 logger=loggers,
-                callbacks=[checkpoint, on_signal, throughput, LearningRateMonitor(logging_interval="step"),
-                           *memory_callbacks(run.model.memory)],
+                callbacks=[
+                    checkpoint,
+                    on_signal,
+                    throughput,
+                    LearningRateMonitor(logging_interval="step"),
+                    *memory_callbacks(run.model.memory),
+                ],
                 plugins=[AtomicCheckpointIO()],
             )
             check_batches({k: len(v) for k, v in datamodule.datasets.items()}, datamodule.batch_size, trainer.world_size)
@@ -148,15 +168,27 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
     return metrics
 
 
-def run_metrics(run: RunConfig, module: LitLanguageModel, trainer: L.Trainer, datamodule, test: dict[str, float],
-                slice_names: list[str], seq_len: int, throughput: RunThroughput, started: float) -> dict[str, Any]:
+def run_metrics(
+    run: RunConfig,
+    module: LitLanguageModel,
+    trainer: L.Trainer,
+    datamodule,
+    test: dict[str, float],
+    slice_names: list[str],
+    seq_len: int,
+    throughput: RunThroughput,
+    started: float,
+) -> dict[str, Any]:
     """What metrics.json holds: test metrics (and per test slice), parameters, FLOPs and state per
     token, throughput, steps, world size, wall time, the run's names, memory traffic, task metrics."""
     model = module.model
     metrics = {
         "test": test,
-        "params": {"total": model.num_parameters(), "embedding": model.embedding.weight.numel(),
-                   "active": active_parameters(model)},
+        "params": {
+            "total": model.num_parameters(),
+            "embedding": model.embedding.weight.numel(),
+            "active": active_parameters(model),
+        },
         "flops_per_token": forward_flops_per_token(model, seq_len),
         "state_size": state_size(model, seq_len),
         "throughput": throughput.summary(),
@@ -168,8 +200,10 @@ def run_metrics(run: RunConfig, module: LitLanguageModel, trainer: L.Trainer, da
         "task": run.task["name"],
     }
     if run.test_slices:
-        metrics["test_slices"] = [{**knobs, "acc": test[f"{name}/acc"], "loss": test[f"{name}/loss"]}
-                                  for knobs, name in zip(run.test_slices, slice_names)]
+        metrics["test_slices"] = [
+            {**knobs, "acc": test[f"{name}/acc"], "loss": test[f"{name}/loss"]}
+            for knobs, name in zip(run.test_slices, slice_names)
+        ]
     if memory_layers(model):
         metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(model, trainer.world_size)
     if summary := datamodule.summarize(metrics["test"], metrics["params"]["total"]):

@@ -33,8 +33,9 @@ class RunCheckpoint(ModelCheckpoint):
     training (see the module docstring: no versions, no paths restored, removals confined)."""
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int):
-        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps,
-                         enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps, enable_version_counter=False
+        )
         self._folder = Path(self.dirpath)  # Lightning's realpath of dirpath; nothing restored ever moves it
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -28,8 +28,10 @@ def check_schedule(optim: OptimConfig, trainer: dict[str, Any]) -> None:
     warmup = default_warmup(optim.warmup_steps, total)
     check_warmup_cosine(warmup, total, optim.min_lr_ratio)
     if warmup >= total:
-        raise ValueError(f"optim.warmup_steps={warmup} must be < the schedule's {total} steps "
-                         "(optim.total_steps, or trainer.max_steps when that is null)")
+        raise ValueError(
+            f"optim.warmup_steps={warmup} must be < the schedule's {total} steps "
+            "(optim.total_steps, or trainer.max_steps when that is null)"
+        )
 
 
 def check_trainer(trainer: dict[str, Any]) -> None:
@@ -44,20 +46,28 @@ def check_trainer(trainer: dict[str, Any]) -> None:
     if clip is not None and not (is_real(clip) and clip >= 0):
         raise ValueError(f"trainer.gradient_clip_val={clip!r} must be >= 0 and finite (0 or null: no clipping)")
     interval = trainer.get("val_check_interval")
-    if interval is not None and not (is_int(interval) and interval >= 1
-                                     or isinstance(interval, float) and math.isfinite(interval) and 0 < interval <= 1):
-        raise ValueError(f"trainer.val_check_interval={interval!r} must be an integer >= 1 (training steps between "
-                         "validations) or a number in (0, 1] (a fraction of an epoch)")
-    check_int("trainer.check_val_every_n_epoch", trainer.get("check_val_every_n_epoch"), low=1,
-              null="validate by val_check_interval only")
+    if interval is not None and not (
+        is_int(interval) and interval >= 1 or isinstance(interval, float) and math.isfinite(interval) and 0 < interval <= 1
+    ):
+        raise ValueError(
+            f"trainer.val_check_interval={interval!r} must be an integer >= 1 (training steps between "
+            "validations) or a number in (0, 1] (a fraction of an epoch)"
+        )
+    check_int(
+        "trainer.check_val_every_n_epoch",
+        trainer.get("check_val_every_n_epoch"),
+        low=1,
+        null="validate by val_check_interval only",
+    )
     check_int("trainer.log_every_n_steps", trainer.get("log_every_n_steps"), low=1, null="Lightning's 50")
 
 
 SEED_RANGE = (0, 2**32 - 1)  # what lightning.seed_everything and numpy accept
 
 
-def check_run_options(seed: Any, size_check: Any = True, overwrite: Any = False,
-                      every_n_train_steps: Any = None, collective_timeout_s: Any = None) -> None:
+def check_run_options(
+    seed: Any, size_check: Any = True, overwrite: Any = False, every_n_train_steps: Any = None, collective_timeout_s: Any = None
+) -> None:
     """The run's own top-level values: ``seed`` an integer in [0, 2^32 - 1], ``size_check`` and
     ``overwrite`` booleans, ``checkpoint.every_n_train_steps`` an integer >= 0 or null,
     ``collective_timeout_s`` a finite number of seconds > 0."""

@@ -102,7 +102,9 @@ class StopSignals:
         try:
             yield
         except SIGTERMException:
-            raise RunInterrupted(self.received or signal.SIGTERM, "Lightning stopped the run before a checkpoint of this step") from None
+            raise RunInterrupted(
+                self.received or signal.SIGTERM, "Lightning stopped the run before a checkpoint of this step"
+            ) from None
 
     def check(self, detail: str = "") -> None:
         """Raise ``RunInterrupted`` if a signal arrived."""

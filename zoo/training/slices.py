@@ -26,8 +26,9 @@ def slice_datamodules(task: Mapping[str, Any], slices: Sequence[Mapping[str, Any
     out = {}
     for i, knobs in enumerate(slices):
         if not isinstance(knobs, Mapping) or not knobs:
-            raise ValueError(f"test_slices[{i}]={knobs!r} must be a non-empty mapping of task knobs, e.g. "
-                             "{seq_len: 128, num_kv_pairs: 8}")
+            raise ValueError(
+                f"test_slices[{i}]={knobs!r} must be a non-empty mapping of task knobs, e.g. {{seq_len: 128, num_kv_pairs: 8}}"
+            )
         try:
             out[slice_name(knobs)] = build_datamodule({**task, **{f"test_{key}": value for key, value in knobs.items()}})
         except ValueError as err:

@@ -47,11 +47,15 @@ class ThroughputConfig:
     window: int = 20
 
     def __post_init__(self):
-        if self.peak_flops is not None and (not isinstance(self.peak_flops, (int, float)) or isinstance(self.peak_flops, bool)
-                                            or not math.isfinite(self.peak_flops)
-                                            or self.peak_flops <= 0):
-            raise ValueError(f"throughput.peak_flops={self.peak_flops!r} must be a finite number > 0 (FLOP/s of one device) "
-                             "or null (measured)")
+        if self.peak_flops is not None and (
+            not isinstance(self.peak_flops, (int, float))
+            or isinstance(self.peak_flops, bool)
+            or not math.isfinite(self.peak_flops)
+            or self.peak_flops <= 0
+        ):
+            raise ValueError(
+                f"throughput.peak_flops={self.peak_flops!r} must be a finite number > 0 (FLOP/s of one device) or null (measured)"
+            )
         if type(self.window) is not int or self.window < 2:
             raise ValueError(f"throughput.window={self.window!r} must be an integer >= 2")
 
@@ -160,16 +164,20 @@ class RunThroughput(Callback):
         self._batches += 1
         self._samples += inputs.shape[0]
         self._tokens += inputs.numel()
-        batch_flops = TRAIN_FLOPS_PER_FORWARD * (inputs.numel() * (self.forward_flops_per_token - self.head_flops_per_token)
-                                                 + scored * self.head_flops_per_token)
+        batch_flops = TRAIN_FLOPS_PER_FORWARD * (
+            inputs.numel() * (self.forward_flops_per_token - self.head_flops_per_token) + scored * self.head_flops_per_token
+        )
         self._flops += batch_flops
-        self._throughput.update(time=elapsed, batches=self._batches, samples=self._samples, lengths=self._tokens,
-                                flops=batch_flops)  # Lightning's Throughput takes each batch's own FLOPs
+        self._throughput.update(
+            time=elapsed, batches=self._batches, samples=self._samples, lengths=self._tokens, flops=batch_flops
+        )  # Lightning's Throughput takes each batch's own FLOPs
         if trainer.global_step % trainer.log_every_n_steps == 0:
             rolling = self._throughput.compute()
             if "device/items_per_sec" in rolling:  # the window is full
-                values = {"train/tokens_per_s": rolling["device/items_per_sec"] * trainer.world_size,
-                          "train/step_time_s": 1.0 / rolling["device/batches_per_sec"]}
+                values = {
+                    "train/tokens_per_s": rolling["device/items_per_sec"] * trainer.world_size,
+                    "train/step_time_s": 1.0 / rolling["device/batches_per_sec"],
+                }
                 if "device/mfu" in rolling:
                     values["train/mfu"] = rolling["device/mfu"]
                 for logger in trainer.loggers:
@@ -192,8 +200,11 @@ class RunThroughput(Callback):
             "peak_memory_source": memory_source,
             "steps_timed": self._batches,
         }
-        logged = {f"fit/{k}": float(v) for k, v in self._result.items()
-                  if k in ("tokens_per_s", "step_time_s", "mfu", "peak_flops", "peak_memory_bytes")}
+        logged = {
+            f"fit/{k}": float(v)
+            for k, v in self._result.items()
+            if k in ("tokens_per_s", "step_time_s", "mfu", "peak_flops", "peak_memory_bytes")
+        }
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=trainer.global_step)
 
