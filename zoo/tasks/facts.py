@@ -1,15 +1,18 @@
 """Parametric fact memorization: a fixed knowledge base of (entity, relation) -> value facts, stated
 in training sequences and asked closed-book at test time.
 
-A fact takes four tokens, ``entity relation ARROW value``; the target at ARROW is the value, nothing
-else is scored. A sequence states ``facts_per_seq`` distinct facts in random order, with random filler
-tokens in random gaps between them, so no answer can be copied from the context. Training sequences
-are successive passes over the whole knowledge base (each pass a fresh permutation, cut into
-sequences), so every fact is stated in training; the test split asks every fact once, the validation
-split ``num_val`` of them. The knowledge base and its values depend on ``seed`` only, the same for
-every split.
+An entity is named by ``name_len`` tokens drawn from ``name_vocab`` name pieces, every entity a
+distinct name, so with ``name_len > 1`` no single embedding row holds an entity. A fact takes
+``name_len + 3`` tokens, ``name_1 .. name_L relation ARROW value``; the target at ARROW is the value,
+nothing else is scored. A sequence states ``facts_per_seq`` distinct facts in random order, with
+random filler tokens in random gaps between them, so no answer can be copied from the context.
+Training sequences are successive passes over the whole knowledge base (each pass a fresh
+permutation, cut into sequences), so every fact is stated in training; the test split asks every
+fact once, the validation split ``num_val`` of them. The knowledge base, its values and the entities' names depend on ``seed``
+only, the same for every split.
 
-Vocabulary: ``[ARROW, entities..., relations..., values..., fillers...]``.
+Vocabulary: ``[ARROW, name pieces..., relations..., values..., fillers...]``; with ``name_len=1`` and
+``name_vocab`` null the pieces are the entities themselves (entity e is token 1 + e).
 """
 
 from __future__ import annotations
@@ -23,7 +26,20 @@ import torch
 from zoo.tasks.base import IGNORE_INDEX, TOKEN_BYTES, GeneratedDataModule, check_int_option
 
 ARROW = 0
-TOKENS_PER_FACT = 4
+NAME_BASE = 1  # the first name-piece token
+NAME_SEED_SALT = 2**40  # the name table's seed is seed + this: apart from the knowledge base's and the splits'
+
+
+def count_names(name_vocab: int, name_len: int, cap: int) -> int:
+    """``min(name_vocab ** name_len, cap + 1)``, without computing a power too large to need."""
+    if name_vocab == 1:
+        return 1
+    count = 1
+    for _ in range(name_len):
+        count *= name_vocab
+        if count > cap:
+            return cap + 1
+    return count
 
 
 class FactsDataModule(GeneratedDataModule):
@@ -31,11 +47,14 @@ class FactsDataModule(GeneratedDataModule):
 
     Args:
         num_facts: facts in the knowledge base, at most ``num_entities * num_relations``.
-        num_entities, num_relations, num_values: sizes of the three token sets; a fact's value is
-            uniform over ``num_values``.
+        num_entities, num_relations, num_values: how many entities, relations and values; a fact's
+            value is uniform over ``num_values``.
+        name_len: tokens in an entity's name.
+        name_vocab: name-piece tokens the names are spelled with (None: ``num_entities``); needs
+            ``name_vocab ** name_len >= num_entities``. ``name_len=1`` with None is one token per entity.
         num_fillers: filler tokens, drawn uniformly for the gaps.
         facts_per_seq: distinct facts stated per sequence.
-        seq_len: tokens per sequence, >= 4 * facts_per_seq; the rest is filler.
+        seq_len: tokens per sequence, >= (name_len + 3) * facts_per_seq; the rest is filler.
         num_train: training sequences, at least one pass over the knowledge base
             (``ceil(num_facts / facts_per_seq)`` sequences).
         num_val: facts asked in the validation split (None: all).
@@ -49,6 +68,8 @@ class FactsDataModule(GeneratedDataModule):
         num_relations: int = 8,
         num_values: int = 64,
         num_fillers: int = 16,
+        name_len: int = 1,
+        name_vocab: int | None = None,
         facts_per_seq: int = 8,
         seq_len: int = 48,
         num_train: int = 64000,
@@ -68,6 +89,8 @@ class FactsDataModule(GeneratedDataModule):
         ]:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"task.{name}={value!r} must be a positive integer")
+        check_int_option("name_len", name_len, 1)
+        check_int_option("name_vocab", name_vocab, 1, null="num_entities")
         check_int_option("seq_len", seq_len, 1)
         check_int_option("num_train", num_train, 1)
         check_int_option("num_val", num_val, 1, null="all facts")
@@ -75,11 +98,19 @@ class FactsDataModule(GeneratedDataModule):
             raise ValueError(
                 f"task.num_facts={num_facts} must be <= num_entities * num_relations = {num_entities * num_relations}"
             )
+        name_vocab = num_entities if name_vocab is None else name_vocab
+        names = count_names(name_vocab, name_len, cap=2 * num_entities)
+        if names < num_entities:
+            raise ValueError(
+                f"task.name_vocab={name_vocab} ** task.name_len={name_len} = {names} names cannot name "
+                f"task.num_entities={num_entities} entities; raise task.name_vocab or task.name_len"
+            )
         if facts_per_seq > num_facts:
             raise ValueError(f"task.facts_per_seq={facts_per_seq} must be <= task.num_facts={num_facts}")
-        if seq_len < TOKENS_PER_FACT * facts_per_seq:
+        tokens_per_fact = name_len + 3
+        if seq_len < tokens_per_fact * facts_per_seq:
             raise ValueError(
-                f"task.seq_len={seq_len} must be >= {TOKENS_PER_FACT} * facts_per_seq = {TOKENS_PER_FACT * facts_per_seq}"
+                f"task.seq_len={seq_len} must be >= (name_len + 3) * facts_per_seq = {tokens_per_fact * facts_per_seq}"
             )
         per_pass = math.ceil(num_facts / facts_per_seq)
         if num_train < per_pass:
@@ -91,12 +122,15 @@ class FactsDataModule(GeneratedDataModule):
             raise ValueError(f"task.num_val={num_val} must be in [1, num_facts={num_facts}] or null (all facts)")
         self.num_facts, self.num_entities, self.num_relations = num_facts, num_entities, num_relations
         self.num_values, self.num_fillers = num_values, num_fillers
+        self.name_len, self.name_vocab, self.tokens_per_fact = name_len, name_vocab, tokens_per_fact
+        self.name_codes = names  # capped at 2 * num_entities + 1: how the name table is drawn
         self.facts_per_seq, self.seq_len, self.num_train = facts_per_seq, seq_len, num_train
         self.num_val = num_facts if num_val is None else num_val
-        self.vocab_size = 1 + num_entities + num_relations + num_values + num_fillers
+        self.vocab_size = 1 + name_vocab + num_relations + num_values + num_fillers
 
     @property
     def entities(self) -> torch.Tensor:
+        """Each fact's entity, an index in ``[0, num_entities)`` (its tokens: ``names[entities]``)."""
         return self._knowledge_base[0]
 
     @property
@@ -113,13 +147,19 @@ class FactsDataModule(GeneratedDataModule):
         checked, and sized (``data_bytes``), before anything of their size is made."""
         return self.knowledge_base()
 
+    @functools.cached_property
+    def names(self) -> torch.Tensor:
+        """(num_entities, name_len) name-piece token ids, drawn when first asked for."""
+        return self.name_table()
+
     @property
     def max_seq_len(self) -> int:
         return self.seq_len
 
     def data_bytes(self, splits: Iterable[str] | None = None) -> int:
         """The splits' inputs and targets (int64), the knowledge base's draw over every (entity,
-        relation) pair, the training passes' fact order, and the largest split again as workspace."""
+        relation) pair, the training passes' fact order, the name table with its draw (a coarse
+        bound: 2 + 8 * name_len tokens per entity), and the largest split again as workspace."""
         rows = {
             "train": self.num_train,
             "test": math.ceil(self.num_facts / self.facts_per_seq),
@@ -128,17 +168,36 @@ class FactsDataModule(GeneratedDataModule):
         outputs = [2 * TOKEN_BYTES * rows[s] * self.seq_len for s in (self.splits if splits is None else splits)]
         passes = math.ceil(self.num_train / math.ceil(self.num_facts / self.facts_per_seq))
         draws = TOKEN_BYTES * (self.num_entities * self.num_relations + passes * self.num_facts * 2)
+        draws += TOKEN_BYTES * self.num_entities * (2 + 8 * self.name_len)
         return sum(outputs) + max(outputs, default=0) + draws
 
     def knowledge_base(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (entity, relation, value) token ids, each (num_facts,): distinct (entity, relation) pairs."""
+        """-> (entity index, relation token, value token), each (num_facts,): distinct (entity,
+        relation) pairs."""
         gen = torch.Generator().manual_seed(self.seed)
         pairs = torch.randperm(self.num_entities * self.num_relations, generator=gen)[: self.num_facts]
-        entity_base = 1
-        relation_base = entity_base + self.num_entities
+        relation_base = NAME_BASE + self.name_vocab
         value_base = relation_base + self.num_relations
         values = torch.randint(self.num_values, (self.num_facts,), generator=gen) + value_base
-        return pairs // self.num_relations + entity_base, pairs % self.num_relations + relation_base, values
+        return pairs // self.num_relations, pairs % self.num_relations + relation_base, values
+
+    def name_table(self) -> torch.Tensor:
+        """-> (num_entities, name_len) name-piece token ids, rows distinct: ``num_entities`` names drawn
+        uniformly without replacement from the ``name_vocab ** name_len`` possible, entity e given the
+        e-th smallest (first piece most significant). Facts are drawn alike for every entity, so which
+        entity gets which name changes nothing; when the names are all there are (``name_len=1``,
+        ``name_vocab`` null) nothing is drawn and entity e is token ``1 + e``, as before names."""
+        gen = torch.Generator().manual_seed(self.seed + NAME_SEED_SALT)
+        n, pieces, length = self.num_entities, self.name_vocab, self.name_len
+        if self.name_codes <= 2 * n:  # a small space: draw codes from all of it, then spell them
+            codes = torch.arange(n) if self.name_codes == n else torch.randperm(self.name_codes, generator=gen)[:n]
+            digits = codes.sort().values.unsqueeze(1) // pieces ** torch.arange(length - 1, -1, -1) % pieces
+        else:  # a large one (perhaps past int64): draw spelled names until n are distinct, keep n at random
+            drawn = torch.empty(0, length, dtype=torch.long)
+            while drawn.shape[0] < n:
+                drawn = torch.unique(torch.cat([drawn, torch.randint(pieces, (n, length), generator=gen)]), dim=0)
+            digits = torch.unique(drawn[torch.randperm(drawn.shape[0], generator=gen)[:n]], dim=0)  # sorted rows
+        return digits + NAME_BASE
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.split_seed(split, salt=1000))  # apart from the knowledge base's seed
@@ -165,17 +224,19 @@ class FactsDataModule(GeneratedDataModule):
         filler_base = self.vocab_size - self.num_fillers
         inputs = torch.randint(self.num_fillers, (n, self.seq_len), generator=gen) + filler_base
         targets = torch.full((n, self.seq_len), IGNORE_INDEX, dtype=torch.long)
-        spare = self.seq_len - TOKENS_PER_FACT * per_seq
+        spare = self.seq_len - self.tokens_per_fact * per_seq
         gaps = torch.randint(spare + 1, (n, per_seq), generator=gen).sort(dim=1).values
-        starts = TOKENS_PER_FACT * torch.arange(per_seq) + gaps  # (n, per_seq), non-overlapping
+        starts = self.tokens_per_fact * torch.arange(per_seq) + gaps  # (n, per_seq), non-overlapping
         present = facts >= 0
         rows = torch.arange(n).unsqueeze(1).expand(n, per_seq)[present]
         starts, index = starts[present], facts[present]
-        inputs[rows, starts] = self.entities[index]
-        inputs[rows, starts + 1] = self.relations[index]
-        inputs[rows, starts + 2] = ARROW
-        inputs[rows, starts + 3] = self.values[index]
-        targets[rows, starts + 2] = self.values[index]
+        name_at = starts.unsqueeze(1) + torch.arange(self.name_len)  # (facts placed, name_len)
+        inputs[rows.unsqueeze(1), name_at] = self.names[self.entities[index]]
+        after = starts + self.name_len
+        inputs[rows, after] = self.relations[index]
+        inputs[rows, after + 1] = ARROW
+        inputs[rows, after + 2] = self.values[index]
+        targets[rows, after + 1] = self.values[index]
         return inputs, targets
 
     def summarize(self, test_metrics: dict[str, float], num_parameters: int) -> dict[str, float]:
