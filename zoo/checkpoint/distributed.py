@@ -51,6 +51,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorS
 from torch.distributed.tensor import DTensor
 
 from zoo.core.io import atomic_write
+from zoo.core.value_checks import is_int
 
 REST_FILE = "checkpoint.pt"
 TENSOR_SECTIONS = ("state_dict", "optimizer_states")  # the parts of a Lightning checkpoint whose tensors DCP holds
@@ -288,7 +289,7 @@ def file_inside(data_dir: Path, name: Any, what: str) -> Path:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return is_int(value) and value >= 0
 
 
 def _check_storage(metadata: Metadata, data_dir: Path) -> dict[str, int]:
