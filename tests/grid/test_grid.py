@@ -78,8 +78,8 @@ def test_grid_writes_a_row_per_cell_a_summary_and_the_figures(grid_run):
     for name in (
         "mqar_accuracy_vs_d_model",
         "mqar_accuracy_vs_state_size",
-        "facts_recalled",
-        "facts_recalled_vs_params",
+        "knowledge_bits_vs_facts",
+        "capacity_bits_vs_params",
         "lm_val_bpb_vs_step",
     ):
         assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
@@ -111,8 +111,8 @@ def test_tensorboard_holds_run_hparams_and_grid_figures(grid_run):
     assert set(acc.Tags()["images"]) == {
         "grid/mqar_accuracy_vs_d_model",
         "grid/mqar_accuracy_vs_state_size",
-        "grid/facts_recalled",
-        "grid/facts_recalled_vs_params",
+        "grid/knowledge_bits_vs_facts",
+        "grid/capacity_bits_vs_params",
         "grid/lm_val_bpb_vs_step",
     }
 
@@ -180,6 +180,31 @@ def test_grid_with_unknown_keys_is_an_error(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\nstudies:\n  s:\n    base: []\n    axis: {memory: [none]}\n")
     with pytest.raises(ValueError, match=r"grid study 's' has unknown key\(s\) \['axis'\]"):
+        load_grid(str(path))
+
+
+def test_a_linked_axis_moves_its_keys_together(tmp_path):
+    path = tmp_path / "linked.yaml"
+    path.write_text(
+        "name: linked\nstudies:\n  s:\n    base: [task=facts]\n"
+        "    axes: {backbone: [transformer, mamba2], 'task.num_facts,trainer.max_steps': [[100, 10], [200, 20]]}\n"
+    )
+    cells = expand(load_grid(str(path)))
+    assert [dict(c.settings) for c in cells] == [
+        {"backbone": b, "task.num_facts": f, "trainer.max_steps": s}
+        for b in ("transformer", "mamba2")
+        for f, s in (("100", "10"), ("200", "20"))
+    ]
+    assert cells[0].overrides == ("task=facts", "backbone=transformer", "task.num_facts=100", "trainer.max_steps=10")
+    assert cells[1].name == "backbone=transformer_num_facts=200_max_steps=20"
+
+
+@pytest.mark.parametrize("values", ["[100, 200]", "[[100, 10], [200]]"])
+def test_a_linked_axis_value_needs_one_value_per_key(tmp_path, values):
+    path = tmp_path / "linked.yaml"
+    path.write_text(f"name: linked\nstudies:\n  s:\n    axes: {{'task.num_facts,trainer.max_steps': {values}}}\n")
+    match = r"linked axis 'task.num_facts,trainer.max_steps' names 2 keys: each of its values must be a list of 2"
+    with pytest.raises(ValueError, match=match):
         load_grid(str(path))
 
 

@@ -171,9 +171,26 @@ def test_a_name_space_smaller_than_the_entities_fails_in_the_constructor_naming_
         FactsDataModule(**{**SMALL, **override})
 
 
-def test_capacity_summary_counts_recalled_facts_per_parameter(module):
-    summary = module.summarize({"test/acc": 0.5}, num_parameters=1000)
-    assert summary == {"facts": 60, "facts_recalled": 30.0, "facts_per_parameter": 0.03}
+def test_capacity_summary_counts_facts_bits_and_exposures(module):
+    run_metrics = {
+        "test": {"test/acc": 0.5, "test/knowledge_bits": 120.0},
+        "params": {"total": 1000, "channel": 400},
+        "flops_per_token": 6000,
+        "steps": 30,  # 30 steps x batch 8 = 240 sequences = 16 passes of 15 sequences (60 facts, 4 per sequence)
+        "world_size": 1,
+    }
+    assert module.summarize(run_metrics) == {
+        "facts": 60,
+        "facts_recalled": 30.0,
+        "facts_per_parameter": 0.03,
+        "knowledge_bits": 120.0,
+        "knowledge_bits_max": 60 * math.log2(10),
+        "exposures": 16.0,
+        "bits_per_parameter": 0.12,
+        "bits_per_channel_parameter": 0.3,
+        "bits_per_kflop": 20.0,
+    }
+    assert module.summarize({**run_metrics, "steps": 15, "world_size": 2})["exposures"] == 16.0  # 2 ranks x 15 steps
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,14 @@ def test_every_task_serves_in_vocabulary_long_batches_and_declares_bytes_and_sum
     assert set(batch) == {"inputs", "targets"} and batch["inputs"].shape == (dm.batch_size, dm.datasets["train"].inputs.shape[1])
     if dm.bytes_per_token is not None:  # text tasks only
         assert set(dm.bytes_per_token) == set(dm.splits) and all(b > 0 for b in dm.bytes_per_token.values())
-    summary = dm.summarize({"test/acc": 0.5, "test/loss": 1.0}, num_parameters=100)
+    run_metrics = {
+        "test": {"test/acc": 0.5, "test/loss": 1.0, "test/knowledge_bits": 3.0},
+        "params": {"total": 100, "channel": 40},
+        "flops_per_token": 1000,
+        "steps": 10,
+        "world_size": 1,
+    }
+    summary = dm.summarize(run_metrics)
     assert isinstance(summary, dict) and all(isinstance(v, (int, float)) for v in summary.values())
 
 

@@ -147,8 +147,8 @@ BAD_VALUES = [
     # the memory
     (["memory=pkm", "memory.temperature=inf"], rf"^memory\.temperature=inf {MUST['pos']}$"),
     (["memory=pkm", "memory.temperature=0"], rf"^memory\.temperature=0\.0 {MUST['pos']}$"),
-    (["memory=pkm", "memory.value_lr=inf"], rf"^memory\.value_lr=inf {MUST['pos']}$"),
-    (["memory=pkm", "memory.value_lr=nan"], rf"^memory\.value_lr=nan {MUST['pos']}$"),
+    (["memory=pkm", "memory.value_lr=inf"], rf"^memory\.value_lr=inf {MUST['pos']} or null \(1e-3 \* n_keys / 32\)$"),
+    (["memory=pkm", "memory.value_lr=nan"], rf"^memory\.value_lr=nan {MUST['pos']} or null \(1e-3 \* n_keys / 32\)$"),
     (["memory=pkm", "memory.n_keys=0"], r"^memory\.n_keys=0 must be a positive integer$"),
     # throughput
     (["throughput.peak_flops=inf"], r"^throughput\.peak_flops=inf must be a finite number > 0"),

@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from zoo.core.io import atomic_write, atomic_write_text  # noqa: E402
 
 TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")
+KNOWLEDGE = ("knowledge_bits", "bits_per_parameter", "bits_per_channel_parameter", "bits_per_kflop", "exposures")
 THROUGHPUT = ("tokens_per_s", "step_time_s", "mfu", "peak_flops", "peak_memory_bytes")
 # columns that say what a run is; every other numeric column is a measurement, averaged over seeds
 DESCRIPTION = {
@@ -34,6 +35,7 @@ DESCRIPTION = {
     "error",
     "backbone",
     "memory",
+    "slots",
     "d_model",
     "n_layers",
     "channel",
@@ -64,6 +66,7 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
             seed=cfg.seed,
             backbone=cfg.backbone.name,
             memory=cfg.memory.name,
+            slots=cfg.memory.n_keys**2 if cfg.memory.name != "none" else None,
             d_model=cfg.backbone.d_model,
             n_layers=cfg.backbone.n_layers,
             channel=cfg.backbone.channel,
@@ -155,11 +158,13 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         seeded = any(r["n"] > 1 for r in chosen)
         slice_cols = [c for c in chosen[0] if c.startswith("test_") and c.endswith("_acc") and c != "test_acc"]
         usage_cols = sorted({c for r in chosen for c in r if c.startswith("test_memory_layer") and not c.endswith("_std")})
-        metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled") if c in chosen[0]] + usage_cols
+        metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled", *KNOWLEDGE) if c in chosen[0]]
+        metric_cols += usage_cols
         knob_cols = [c for c in chosen[0] if c.startswith("task.")]
         cols = [
             "backbone",
             "memory",
+            *(["slots"] if any(r.get("slots") for r in chosen) else []),
             "channel",
             "d_model",
             *knob_cols,
@@ -315,6 +320,74 @@ def capacity_figure(best: list[dict[str, Any]]):
     return fig
 
 
+def _channel_label(r: dict[str, Any]) -> str:
+    """``MLP``, or ``memory 2^k`` for a memory of 2^k slots (``memory N`` when N is no power of 2)."""
+    if r["memory"] == "none":
+        return r["channel"].upper() if r["channel"] == "mlp" else r["channel"]
+    slots = int(r["slots"])
+    return f"memory 2^{slots.bit_length() - 1}" if slots & (slots - 1) == 0 else f"memory {slots}"
+
+
+def _by_channel(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by ``_channel_label``, the MLP first, then memory by table size."""
+    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: (r["memory"] != "none", r.get("slots") or 0)):
+        lines[_channel_label(r)].append(r)
+    return lines
+
+
+def knowledge_figure(best: list[dict[str, Any]]):
+    """Knowledge bits against facts in the knowledge base (log-log), a panel per backbone, a line
+    per channel (mean ± std over seeds, each seed a point), and the "all facts" diagonal: every
+    fact's value known for certain (facts x log2(num_values) bits)."""
+    rows = [r for r in best if r.get("task") == "facts" and r.get("knowledge_bits") is not None]
+    backbones = sorted({r["backbone"] for r in rows})
+    fig, axes = plt.subplots(1, len(backbones), figsize=(4.6 * len(backbones), 3.9), squeeze=False, sharey=True)
+    for ax, backbone in zip(axes[0], backbones):
+        mine = [r for r in rows if r["backbone"] == backbone]
+        for label, cells in _by_channel(mine).items():
+            flops = statistics.fmean(c["flops_per_token"] for c in cells) / 1e3
+            _draw(ax, f"{label} ({flops:.0f} kFLOP/tok)", cells, "task.num_facts", "knowledge_bits", dashed=label != "MLP")
+        ceiling = sorted({(r["task.num_facts"], r["knowledge_bits_max"]) for r in mine})
+        ax.plot(*zip(*ceiling), color="grey", linewidth=0.8, label="all facts")
+        ax.set(title=backbone, xlabel="facts in the knowledge base", ylabel="knowledge (bits, test)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def capacity_bits_figure(best: list[dict[str, Any]]):
+    """Capacity (the plateau: each channel's most knowledge bits over the ladder, mean ± std over
+    its seeds) against total parameters (log-log), a line per backbone through its MLP (square) and
+    memory tables (circles), with the 2 bits/parameter reference (Allen-Zhu & Li 2024)."""
+    rows = [r for r in best if r.get("task") == "facts" and r.get("knowledge_bits") is not None]
+    fig, ax = plt.subplots(figsize=(5.8, 4.2))
+    for backbone in sorted({r["backbone"] for r in rows}):
+        plateaus = [
+            max(cells, key=lambda c: c["knowledge_bits"])
+            for cells in _by_channel([r for r in rows if r["backbone"] == backbone]).values()
+        ]
+        flops = [p["flops_per_token"] / 1e3 for p in plateaus]
+        color = _draw(
+            ax, f"{backbone} ({min(flops):.0f}-{max(flops):.0f} kFLOP/tok)", plateaus, "params", "knowledge_bits", dashed=False
+        )
+        mlp = [p for p in plateaus if p["memory"] == "none"]
+        ax.scatter([p["params"] for p in mlp], [p["knowledge_bits"] for p in mlp], marker="s", s=60, color=color, zorder=4)
+    params = sorted(r["params"] for r in rows)
+    if params:
+        ax.plot([params[0], params[-1]], [2 * params[0], 2 * params[-1]], color="grey", linestyle=":", label="2 bits / parameter")
+    ax.set(
+        xlabel="total parameters", ylabel="capacity (knowledge bits, plateau)", title="at matched FLOPs per token (squares: MLP)"
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def validation_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     """(step, value) of a scalar from a run's TensorBoard events."""
     points = []
@@ -365,7 +438,10 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
     if "mqar" in tasks:
         figures["mqar_accuracy_vs_d_model"] = mqar_figure(best)
         figures["mqar_accuracy_vs_state_size"] = mqar_figure(best, x="state_size")
-    if "facts" in tasks:
+    if any(r.get("knowledge_bits") is not None for r in best):  # a knowledge ladder (grids since knowledge_bits)
+        figures["knowledge_bits_vs_facts"] = knowledge_figure(best)
+        figures["capacity_bits_vs_params"] = capacity_bits_figure(best)
+    elif "facts" in tasks:
         figures["facts_recalled"] = facts_figure(best)
         figures["facts_recalled_vs_params"] = capacity_figure(best)
     if "lm" in tasks:

@@ -4,7 +4,8 @@ multirun, then write results.csv, summary.md, figures and dashboards.
 
 A grid (``zoo/grid/specs/<name>.yaml``, or a path to such a file) has a ``name`` and ``studies``;
 each study has ``base`` overrides (any ``memzoo-train`` override), ``axes`` (override key -> list
-of values; its cells are their product) and, optionally, ``seeds``: each cell then runs once per
+of values; its cells are their product; a key naming several overrides, ``"a,b": [[a1, b1], [a2,
+b2]]``, is one linked axis: its keys move together) and, optionally, ``seeds``: each cell then runs once per
 seed (``seed=S``), and the report gives mean ± std over them. Command-line OVERRIDEs that start
 with ``hydra`` choose and configure the launcher; any other is appended to every cell.
 
@@ -140,6 +141,12 @@ def load_grid(grid: str) -> dict[str, Any]:
         for key, options in spec.get("axes", {}).items():
             if not isinstance(options, list) or not options:
                 raise ValueError(f"grid study {study!r} axis {key!r} must be a non-empty list, got {options!r}")
+            linked = len(str(key).split(","))
+            if linked > 1 and not all(isinstance(o, list) and len(o) == linked for o in options):
+                raise ValueError(
+                    f"grid study {study!r} linked axis {key!r} names {linked} keys: each of its values must be a list "
+                    f"of {linked} values, one per key; got {options!r}"
+                )
         seeds = spec.get("seeds")
         if seeds is not None and (
             not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or not all(type(s) is int for s in seeds)
@@ -155,12 +162,19 @@ def expand(grid: dict[str, Any], extra: Sequence[str] = ()) -> list[Cell]:
     for study, spec in grid["studies"].items():
         axes = spec.get("axes", {})
         for combo in itertools.product(*axes.values()):
-            settings = tuple((key, str(value)) for key, value in zip(axes, combo))
+            settings = tuple(pair for key, value in zip(axes, combo) for pair in _axis_settings(key, value))
             overrides = (*spec.get("base", []), *(f"{k}={v}" for k, v in settings), *extra)
             for seed in spec.get("seeds") or [None]:
                 seeded = overrides if seed is None else (*overrides, f"seed={seed}")
                 cells.append(Cell(study, settings, seed, seeded))
     return cells
+
+
+def _axis_settings(key: str, value: Any) -> list[tuple[str, str]]:
+    """One axis value -> its (override key, value) pairs: one, or one per key of a linked axis."""
+    if "," not in key:
+        return [(key, str(value))]
+    return [(k.strip(), str(v)) for k, v in zip(key.split(","), value)]
 
 
 def _recorded(cell: Cell, run_dir: Path) -> bool:

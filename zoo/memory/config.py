@@ -10,6 +10,7 @@ from zoo.memory.optim import SECOND_MOMENTS  # the layouts RowAdam keeps
 QUERY_NORMS = ("none", "layernorm", "rmsnorm")
 PARALLEL_LAYOUTS = ("none", "rows", "columns")
 VALUE_DTYPES = ("float32", "bfloat16")
+VALUE_LR_PER_KEY = 1e-3 / 32  # the value table's default learning rate per sub-key: 1e-3 at n_keys=32, 8e-3 at 256
 
 
 @dataclass
@@ -29,7 +30,10 @@ class MemoryConfig:
     layers: indices of the layers whose channel is this memory.
     shared: one value table serves every memory layer (each keeps its own query, keys, W1, W2).
     sparse_updates: values get sparse gradients and a rows-only lazy Adam update (RowAdam).
-    value_lr: learning rate of the value table (same warmup + cosine schedule as the rest).
+    value_lr: learning rate of the value table (same warmup + cosine schedule as the rest); None
+        (default): ``VALUE_LR_PER_KEY * n_keys``, 1e-3 at 32 x 32 slots, growing with the square root
+        of the table (``resolved_value_lr``): a row is read, so updated, about N times less often in
+        a table of N slots, and at a fixed rate a large table's rows barely move from their init.
     value_dtype: float32 | bfloat16, the value table's storage (bfloat16 halves the bytes read; reads
         still accumulate in float32 and the optimizer's moments stay float32). Needs sparse_updates.
     second_moment: full | row. ``row`` keeps one Adam second moment per value row (partial-rowwise
@@ -56,7 +60,7 @@ class MemoryConfig:
     layers: list[int] = field(default_factory=lambda: [1])
     shared: bool = True
     sparse_updates: bool = True
-    value_lr: float = 1e-3
+    value_lr: float | None = None
     value_dtype: str = "float32"
     second_moment: str = "full"
     parallel: str = "none"
@@ -65,6 +69,10 @@ class MemoryConfig:
     @property
     def n_slots(self) -> int:
         return self.n_keys**2
+
+    def resolved_value_lr(self) -> float:
+        """``value_lr``, or when None ``VALUE_LR_PER_KEY * n_keys``."""
+        return VALUE_LR_PER_KEY * self.n_keys if self.value_lr is None else self.value_lr
 
     def resolved_v_dim(self, d_model: int) -> int:
         return d_model if self.v_dim is None else self.v_dim
@@ -105,7 +113,7 @@ class MemoryConfig:
                 "second moment per row from its own columns only, not the whole row's as one process does; "
                 "use memory.parallel=rows or memory.second_moment=full"
             )
-        check_real("memory.value_lr", self.value_lr, low=0, low_open=True)
+        check_real("memory.value_lr", self.value_lr, low=0, low_open=True, null="1e-3 * n_keys / 32")
         if n_layers is not None:
             if not isinstance(self.layers, list):
                 raise ValueError(f"memory.layers={self.layers!r} must be a list of layer indices")

@@ -19,7 +19,7 @@ def make_value_table(config: MemoryConfig, d_model: int) -> ValueTable:
     return ValueTable(
         config.n_slots,
         config.resolved_v_dim(d_model),
-        lr=config.value_lr,
+        lr=config.resolved_value_lr(),
         sparse=config.sparse_updates,
         dtype=getattr(torch, config.value_dtype),
         second_moment=config.second_moment,

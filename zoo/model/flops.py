@@ -29,6 +29,13 @@ def active_parameters(model: LanguageModel) -> int:
     return total
 
 
+def channel_parameters(model: LanguageModel) -> int:
+    """Parameters of the blocks' channels (MLPs and memory layers), a table shared by several memory
+    layers counted once: where a recall task's facts can be stored, beside the mixers and embeddings."""
+    unique = {id(p): p for block in model.blocks if block.channel is not None for p in block.channel.parameters()}
+    return sum(p.numel() for p in unique.values())
+
+
 def forward_flops_per_token(model: LanguageModel, seq_len: int) -> int:
     """Forward FLOPs per token (2 per multiply-add) at sequence length ``seq_len``: each mixer's and
     channel's own count (attention's context-dependent scores, the scans' state updates included)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
@@ -125,13 +126,16 @@ class GeneratedDataModule(L.LightningDataModule):
 
     What a run asks of every task: ``vocab_size`` (every token and scored target is an id in
     ``[0, vocab_size)``), ``bytes_per_token`` (per split, the bytes of text a scored token covers;
-    None but for text tasks), ``summarize`` (task-level metrics from the test metrics), and before
+    None but for text tasks), ``chance_bits`` (the bits a scored target carries at chance, for
+    recall tasks whose knowledge is measured in bits; None otherwise), ``summarize`` (task-level
+    metrics from the run's metrics), and before
     anything is generated ``max_seq_len`` and ``data_bytes`` (what the run's size check counts).
     """
 
     splits = ("train", "val", "test")
     vocab_size: int
     bytes_per_token: dict[str, float] | None = None
+    chance_bits: float | None = None
 
     def __init__(self, batch_size: int = 64, seed: int = 0, num_workers: int = 0):
         super().__init__()
@@ -149,8 +153,10 @@ class GeneratedDataModule(L.LightningDataModule):
         a seed, and a task that also draws something else from ``seed`` salts its splits apart."""
         return salt + 3 * self.seed + SPLIT_OFFSET[split]
 
-    def summarize(self, test_metrics: dict[str, float], num_parameters: int) -> dict[str, float]:
-        """Task-level metrics a run reports beside the test metrics (none unless a task defines them)."""
+    def summarize(self, run_metrics: dict[str, Any]) -> dict[str, float]:
+        """Task-level metrics a run reports beside its own (none unless a task defines them), from
+        the run's metrics (``zoo.training.run.run_metrics``: ``test``, ``params``,
+        ``flops_per_token``, ``steps``, ``world_size``)."""
         return {}
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

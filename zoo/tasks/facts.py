@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -127,6 +128,7 @@ class FactsDataModule(GeneratedDataModule):
         self.facts_per_seq, self.seq_len, self.num_train = facts_per_seq, seq_len, num_train
         self.num_val = num_facts if num_val is None else num_val
         self.vocab_size = 1 + name_vocab + num_relations + num_values + num_fillers
+        self.chance_bits = math.log2(num_values)  # a value guessed uniformly; 0 bits when num_values=1
 
     @property
     def entities(self) -> torch.Tensor:
@@ -239,11 +241,25 @@ class FactsDataModule(GeneratedDataModule):
         targets[rows, after + 1] = self.values[index]
         return inputs, targets
 
-    def summarize(self, test_metrics: dict[str, float], num_parameters: int) -> dict[str, float]:
-        """Capacity from the test accuracy (= fraction of facts recalled: one scored token per fact)."""
-        recalled = test_metrics["test/acc"] * self.num_facts
+    def summarize(self, run_metrics: dict[str, Any]) -> dict[str, float]:
+        """Capacity from the test split, which asks every fact once with one scored token each:
+        ``facts_recalled`` (accuracy x facts), ``knowledge_bits`` (``test/knowledge_bits``: bits
+        known beyond chance, ``zoo.training.metrics.KnowledgeBits``) per parameter (total, and of
+        the channels: MLPs and memory) and per kFLOP of the forward pass per token, and
+        ``exposures``: the times each fact was stated in training (training sequences / sequences
+        per pass over the knowledge base; a whole number when ``num_train`` is a multiple of it)."""
+        test, params = run_metrics["test"], run_metrics["params"]
+        recalled = test["test/acc"] * self.num_facts
+        bits = test["test/knowledge_bits"]
+        sequences = run_metrics["steps"] * self.batch_size * run_metrics["world_size"]
         return {
             "facts": self.num_facts,
             "facts_recalled": recalled,
-            "facts_per_parameter": recalled / num_parameters,
+            "facts_per_parameter": recalled / params["total"],
+            "knowledge_bits": bits,
+            "knowledge_bits_max": self.num_facts * self.chance_bits,
+            "exposures": sequences / math.ceil(self.num_facts / self.facts_per_seq),
+            "bits_per_parameter": bits / params["total"],
+            "bits_per_channel_parameter": bits / params["channel"],
+            "bits_per_kflop": bits / (run_metrics["flops_per_token"] / 1e3),
         }

@@ -55,7 +55,8 @@ def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
     datamodule.setup("test")
     check_token_ids({"test": datamodule.datasets["test"]}, model.vocab_size)
-    module = LitLanguageModel(model, bytes_per_token=datamodule.bytes_per_token)  # testing takes no optimizer settings
+    # testing takes no optimizer settings
+    module = LitLanguageModel(model, bytes_per_token=datamodule.bytes_per_token, chance_bits=datamodule.chance_bits)
     module.load_state_dict(checkpoint["state_dict"])
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = L.Trainer(

@@ -17,7 +17,7 @@ from zoo.model.language_model import ModelConfig, build_model
 from zoo.model.loading import stored_model_config
 from zoo.tasks.base import IGNORE_INDEX
 from zoo.training.guards import check_same_model, first_non_finite_gradient, first_non_finite_output
-from zoo.training.metrics import BitsPerByte
+from zoo.training.metrics import BitsPerByte, KnowledgeBits
 from zoo.training.optim import (
     OptimConfig,
     build_optimizer,
@@ -38,6 +38,9 @@ class LitLanguageModel(L.LightningModule):
             when given, perplexity (``{split}/ppl``) and bits per byte (``{split}/bpb``) are logged.
         test_slices: names of extra test sets (``test/<slice>``), test dataloaders 1, 2, ... after
             the task's test split; each logs its own ``test/<slice>/loss`` and ``test/<slice>/acc``.
+        chance_bits: the bits a scored target carries at chance (a recall task's ``chance_bits``);
+            when given, validation and the test split log ``{split}/knowledge_bits``
+            (``zoo.training.metrics.KnowledgeBits``, summed over the split).
 
     Checkpoints store the configs as plain dicts (``hyper_parameters.model`` / ``.optim``: the
     dataclasses' fields), which ``torch.load(weights_only=True)`` reads and
@@ -50,6 +53,7 @@ class LitLanguageModel(L.LightningModule):
         optim: OptimConfig | None = None,
         bytes_per_token: dict[str, float] | None = None,
         test_slices: list[str] | None = None,
+        chance_bits: float | None = None,
     ):
         super().__init__()
         self.model_config = model
@@ -62,6 +66,7 @@ class LitLanguageModel(L.LightningModule):
                 "optim": dataclasses.asdict(self.optim),
                 "bytes_per_token": bytes_per_token,
                 "test_slices": test_slices,
+                "chance_bits": chance_bits,
             },
             logger=False,
         )
@@ -81,6 +86,9 @@ class LitLanguageModel(L.LightningModule):
         for split, per_token in (bytes_per_token or {}).items():
             self.text_metrics[f"{split}_ppl"] = Perplexity(ignore_index=IGNORE_INDEX)
             self.text_metrics[f"{split}_bpb"] = BitsPerByte(per_token, ignore_index=IGNORE_INDEX)
+        self.knowledge = torch.nn.ModuleDict(
+            {} if chance_bits is None else {split: KnowledgeBits(chance_bits) for split in ("val", "test")}
+        )
 
     def forward(self, inputs: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
         """inputs: (B, L) long -> logits (B, L, V); with ``scored`` (B, L) bool, (scored.sum(), V)."""
@@ -120,6 +128,9 @@ class LitLanguageModel(L.LightningModule):
             if key in self.text_metrics and not test_set:
                 self.text_metrics[key](logits.float()[None], targets[None])  # (1, N, V): one "sequence" of scored tokens
                 self.log(f"{split}/{name}", self.text_metrics[key], on_step=on_step, on_epoch=not on_step)
+        if split in self.knowledge and not test_set:
+            self.knowledge[split](logits, targets)
+            self.log(f"{split}/knowledge_bits", self.knowledge[split], on_epoch=True, add_dataloader_idx=False)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from zoo.core.io import atomic_write_json, atomic_write_text
 from zoo.memory import memory_layers
 from zoo.memory.callbacks import memory_callbacks
 from zoo.memory.monitor import sent_bytes_per_token
-from zoo.model.flops import active_parameters, forward_flops_per_token, state_size
+from zoo.model.flops import active_parameters, channel_parameters, forward_flops_per_token, state_size
 from zoo.model.loading import stored_model_config
 from zoo.model.size_budget import Budget, check_run_size
 from zoo.training.checkpoint_io import AtomicCheckpointIO, DistributedCheckpointDDP, with_distributed_checkpoints
@@ -146,7 +146,13 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
             check_batches({k: len(v) for k, v in datamodule.datasets.items()}, datamodule.batch_size, trainer.world_size)
             # the last cross-field check: all of them precede the model
             run.check_world(isinstance(trainer.strategy, DistributedCheckpointDDP), trainer.world_size)
-            module = LitLanguageModel(run.model, run.optim, bytes_per_token=datamodule.bytes_per_token, test_slices=list(slices))
+            module = LitLanguageModel(
+                run.model,
+                run.optim,
+                bytes_per_token=datamodule.bytes_per_token,
+                test_slices=list(slices),
+                chance_bits=datamodule.chance_bits,
+            )
             if trainer.is_global_zero:
                 atomic_write_text(run_dir / "config.yaml", config_yaml)
             with stop.lightning_stops_as_interrupts(), collective_timeouts(trainer, run.collective_timeout_s):
@@ -188,6 +194,7 @@ def run_metrics(
             "total": model.num_parameters(),
             "embedding": model.embedding.weight.numel(),
             "active": active_parameters(model),
+            "channel": channel_parameters(model),
         },
         "flops_per_token": forward_flops_per_token(model, seq_len),
         "state_size": state_size(model, seq_len),
@@ -206,6 +213,6 @@ def run_metrics(
         ]
     if memory_layers(model):
         metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(model, trainer.world_size)
-    if summary := datamodule.summarize(metrics["test"], metrics["params"]["total"]):
+    if summary := datamodule.summarize(metrics):
         metrics["task_metrics"] = summary
     return metrics
