@@ -46,6 +46,16 @@ def test_value_group_has_own_lr_and_no_weight_decay():
         param_groups(memory_model(True), 3e-3, 0.1, group_lr={"memroy_values": 1.0})
 
 
+@pytest.mark.parametrize("n_keys,expected", [(32, 1e-3), (64, 2e-3), (256, 8e-3)])
+def test_value_lr_defaults_to_1e_3_times_n_keys_over_32(n_keys, expected):
+    model = build_model(
+        dict(vocab_size=24, d_model=16, n_layers=2, memory=dict(n_keys=n_keys, heads=1, knn=2, k_dim=8, layers=[1]))
+    )
+    groups = {g["name"]: g for g in param_groups(model, lr=3e-3, weight_decay=0.1)}
+    assert groups[VALUE_GROUP]["lr"] == pytest.approx(expected)
+    assert MemoryConfig(n_keys=n_keys, value_lr=0.02).resolved_value_lr() == 0.02  # a set value is kept
+
+
 def test_sparse_step_changes_only_the_rows_read():
     model = memory_model(True)
     opt = build_optimizer(param_groups(model, lr=1e-2, weight_decay=0.1))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from zoo import ModelConfig, build_model
 from zoo.mixers import MIXERS, PATTERN_LETTERS
 from zoo.mixers.attention import Attention
+from zoo.model.flops import channel_parameters
 
 
 def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +81,18 @@ def test_gpt_init_scales_residual_projections():
 def test_pattern_repeats_and_channel_none_removes_mlp():
     model = build_model(ModelConfig(vocab_size=16, d_model=16, n_layers=4, pattern="A", channel=["mlp", "none"]))
     assert [b.channel is None for b in model.blocks] == [False, True, False, True]
+
+
+def test_channel_parameters_count_mlps_and_memory_with_a_shared_table_once():
+    mlp = build_model(ModelConfig(vocab_size=16, d_model=8, n_layers=2, channel="mlp"))
+    assert channel_parameters(mlp) == sum(p.numel() for block in mlp.blocks for p in block.channel.parameters())
+    memory = dict(n_keys=4, heads=1, knn=2, k_dim=4, layers=[0, 1], shared=True)
+    shared = build_model(dict(vocab_size=16, d_model=8, n_layers=2, channel="mlp", memory=memory))
+    table = shared.blocks[0].channel.values.weight
+    assert table is shared.blocks[1].channel.values.weight
+    per_layer = [sum(p.numel() for p in block.channel.parameters()) for block in shared.blocks]
+    assert channel_parameters(shared) == sum(per_layer) - table.numel()  # the table counted once, not twice
+    assert channel_parameters(build_model(ModelConfig(vocab_size=16, d_model=8, n_layers=2, channel="none"))) == 0
 
 
 def test_loss_falls_when_overfitting_one_batch():
