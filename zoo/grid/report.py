@@ -342,12 +342,14 @@ def knowledge_figure(best: list[dict[str, Any]]):
     fact's value known for certain (facts x log2(num_values) bits)."""
     rows = [r for r in best if r.get("task") == "facts" and r.get("knowledge_bits") is not None]
     backbones = sorted({r["backbone"] for r in rows})
+    colors = {label: f"C{i}" for i, label in enumerate(_by_channel(rows))}  # a channel's color in every panel
     fig, axes = plt.subplots(1, len(backbones), figsize=(4.6 * len(backbones), 3.9), squeeze=False, sharey=True)
     for ax, backbone in zip(axes[0], backbones):
         mine = [r for r in rows if r["backbone"] == backbone]
         for label, cells in _by_channel(mine).items():
             flops = statistics.fmean(c["flops_per_token"] for c in cells) / 1e3
-            _draw(ax, f"{label} ({flops:.0f} kFLOP/tok)", cells, "task.num_facts", "knowledge_bits", dashed=label != "MLP")
+            legend = f"{label} ({flops:.0f} kFLOP/tok)"
+            _draw(ax, legend, cells, "task.num_facts", "knowledge_bits", dashed=label != "MLP", color=colors[label])
         ceiling = sorted({(r["task.num_facts"], r["knowledge_bits_max"]) for r in mine})
         ax.plot(*zip(*ceiling), color="grey", linewidth=0.8, label="all facts")
         ax.set(title=backbone, xlabel="facts in the knowledge base", ylabel="knowledge (bits, test)")
