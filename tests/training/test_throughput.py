@@ -58,6 +58,8 @@ def test_metrics_json_holds_tokens_per_s_step_time_and_mfu_against_the_given_pea
     assert speed["train_flops_per_token"] == pytest.approx(3 * (metrics["flops_per_token"] - head + head * 4 / SEQ_LEN))
     assert speed["tokens_per_s"] * speed["step_time_s"] == pytest.approx(BATCH * SEQ_LEN)  # one batch per step
     assert speed["mfu"] == pytest.approx(speed["tokens_per_s"] * speed["train_flops_per_token"] / 1e13)
+    assert speed["train_tokens"] == 4 * BATCH * SEQ_LEN  # the fit's tokens and FLOPs, for compute curves
+    assert speed["train_flops"] == pytest.approx(speed["train_tokens"] * speed["train_flops_per_token"])
     assert 0 < speed["mfu"] < 1  # a peak no CPU reaches on this tiny model, whatever the machine
 
 

@@ -23,7 +23,7 @@ from zoo.core.io import atomic_write, atomic_write_text  # noqa: E402
 
 TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")
 KNOWLEDGE = ("knowledge_bits", "bits_per_parameter", "bits_per_channel_parameter", "bits_per_kflop", "exposures")
-THROUGHPUT = ("tokens_per_s", "step_time_s", "mfu", "peak_flops", "peak_memory_bytes")
+THROUGHPUT = ("tokens_per_s", "step_time_s", "mfu", "peak_flops", "peak_memory_bytes", "train_tokens", "train_flops")
 # columns that say what a run is; every other numeric column is a measurement, averaged over seeds
 DESCRIPTION = {
     "study",

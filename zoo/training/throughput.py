@@ -193,6 +193,8 @@ class RunThroughput(Callback):
             "tokens_per_s": per_device * trainer.world_size,
             "step_time_s": seconds / self._batches if self._batches else 0.0,
             "train_flops_per_token": train_flops_per_token,
+            "train_tokens": self._tokens * trainer.world_size,  # this fit's (a resumed run counts from the resume)
+            "train_flops": self._flops * trainer.world_size,
             "mfu": per_device * train_flops_per_token / self.peak_flops,
             "peak_flops": self.peak_flops,
             "peak_flops_source": self.peak_source,
