@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from zoo.grid.report import validation_curve
 from zoo.training.train import train
 
 TINY = [
@@ -54,6 +55,9 @@ def test_run_dir_holds_config_events_checkpoint_and_metrics(tmp_path):
     assert set(on_disk["test"]) == {"test/loss", "test/acc"}
     assert 0.0 <= on_disk["test"]["test/acc"] <= 1.0
     assert on_disk["steps"] == 6 and on_disk["params"]["total"] > 0 and on_disk["wall_time_s"] > 0
+    # the last validation (step 6), as TensorBoard logged it, before the test replaced the metrics
+    assert on_disk["val"]["val/acc"] == pytest.approx(validation_curve(tmp_path, "val/acc")[-1][1])
+    assert set(on_disk["val"]) == {"val/loss", "val/acc"}
 
 
 def test_cli_multirun_completes_every_run(tmp_path):

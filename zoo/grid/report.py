@@ -87,6 +87,7 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
         )
         out.update({k: metrics["throughput"][k] for k in THROUGHPUT if k in metrics.get("throughput", {})})
         out.update({k.replace("/", "_"): v for k, v in metrics["test"].items()})
+        out.update({k.replace("/", "_"): v for k, v in metrics.get("val", {}).items()})  # the last validation
         out.update(metrics.get("task_metrics", {}))
     if record["status"] == "failed":
         out["error"] = record["error"]

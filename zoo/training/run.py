@@ -158,6 +158,8 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
             with stop.lightning_stops_as_interrupts(), collective_timeouts(trainer, run.collective_timeout_s):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
             stop.check(f"after training (step {trainer.global_step}, checkpoint in {run_dir / 'checkpoints'})")
+            # the last validation's metrics (val/loss, val/acc, val/bpb, ...), before testing replaces them
+            last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             # the task's test split, then each slice, loaded (and sharded across ranks) as the task loads it
             test_sets = [datamodule.test_dataloader(), *(datamodule.eval_dataloader(name) for name in slices)]
             with stop.lightning_stops_as_interrupts(), collective_timeouts(trainer, run.collective_timeout_s):
@@ -165,6 +167,8 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
             stop.check("after the test")
         test = {k: float(v) for results in test_results for k, v in results.items()}
         metrics = run_metrics(run, module, trainer, datamodule, test, list(slices), seq_len, throughput, started)
+        if last_val:
+            metrics["val"] = last_val
         log_final(loggers, run_hyperparameters(run), metrics["test"], trainer.global_step)
         status = "success"
     finally:  # flush (the writer Lightning closed after testing was reopened for the final values)
@@ -186,7 +190,8 @@ def run_metrics(
     started: float,
 ) -> dict[str, Any]:
     """What metrics.json holds: test metrics (and per test slice), parameters, FLOPs and state per
-    token, throughput, steps, world size, wall time, the run's names, memory traffic, task metrics."""
+    token, throughput, steps, world size, wall time, the run's names, memory traffic, task metrics
+    (``fit_and_test`` adds ``val``: the last validation's metrics, when the fit validated)."""
     model = module.model
     metrics = {
         "test": test,
