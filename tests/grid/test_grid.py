@@ -158,7 +158,7 @@ def test_an_invalid_last_cell_stops_the_grid_before_any_cell_trains(tmp_path, ba
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("grid", ["quick", "recall_small", "capacity", "zoology", "memory_scaling", "second_moment"])
+@pytest.mark.parametrize("grid", ["quick", "recall_small", "capacity", "zoology", "memory_scaling", "second_moment", "lm_memory"])
 def test_every_cell_of_the_shipped_grids_composes(grid):
     cells = expand(load_grid(grid))
     assert cells
@@ -170,8 +170,8 @@ def test_every_cell_of_the_shipped_grids_composes(grid):
 def test_unknown_grid_names_the_shipped_ones():
     with pytest.raises(
         ValueError,
-        match=r"grid 'huge' is not a shipped grid; allowed: \['capacity', 'capacity_ablation', 'memory_scaling', 'quick', "
-        r"'recall_small', 'second_moment', 'zoology'\]",
+        match=r"grid 'huge' is not a shipped grid; allowed: \['capacity', 'capacity_ablation', 'lm_memory', "
+        r"'memory_scaling', 'quick', 'recall_small', 'second_moment', 'zoology'\]",
     ):
         load_grid("huge")
 

@@ -20,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from zoo.core.io import atomic_write, atomic_write_text  # noqa: E402
+from zoo.grid.compute import compute_multiplier  # noqa: E402
 
 TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")
 KNOWLEDGE = ("knowledge_bits", "bits_per_parameter", "bits_per_channel_parameter", "bits_per_kflop", "exposures")
@@ -184,6 +185,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         for r in chosen:
             lines.append("| " + " | ".join(_fmt(r.get(c), r.get(f"{c}_std") if r["n"] > 1 else None) for c in cols) + " |")
         lines.append("")
+    lines += multiplier_markdown(best)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["## failed cells", ""] + [f"- {r['study']}/{r['cell']}: {r['error']}" for r in failed] + [""]
@@ -430,6 +432,96 @@ def lm_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
     return fig
 
 
+def _lm_rows(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """LM cells with a final validation and their training FLOPs (grids since both were recorded)."""
+    return [r for r in best if r.get("task") == "lm" and r.get("val_bpb") is not None and r.get("train_flops")]
+
+
+def compute_multipliers(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per memory cell of an LM grid: each seed's compute multiplier (``zoo.grid.compute``) on its
+    backbone's dense curve, the MLP cells' (mean training FLOPs, mean final validation bits per byte)
+    at every budget; backbones with fewer than two MLP budgets are skipped."""
+    rows, out = _lm_rows(best), []
+    for backbone in sorted({r["backbone"] for r in rows}):
+        mine = [r for r in rows if r["backbone"] == backbone]
+        curve = [(r["train_flops"], r["val_bpb"]) for r in mine if r["memory"] == "none"]
+        if len(curve) < 2:
+            continue
+        for r in mine:
+            if r["memory"] != "none":
+                seeds = [compute_multiplier(curve, run["val_bpb"], run["train_flops"]) for run in r["runs"]]
+                out.append({"backbone": backbone, "channel": _channel_label(r), "cell": r, "multipliers": seeds})
+    return out
+
+
+def _multiplier_text(multipliers: list) -> str:
+    """Mean ± std over seeds when every seed's multiplier is read off the curve, else each seed's."""
+    if all(m.bound == "=" for m in multipliers):
+        values = [m.value for m in multipliers]
+        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        return f"{statistics.fmean(values):.2f}x{spread}"
+    return ", ".join(str(m) for m in multipliers)
+
+
+def multiplier_markdown(best: list[dict[str, Any]]) -> list[str]:
+    """summary.md's compute-multiplier table (no lines when the grid has no dense curve)."""
+    found = compute_multipliers(best)
+    if not found:
+        return []
+    lines = [
+        "## compute multiplier (training FLOPs the MLP model needs for the memory model's validation bits per byte, "
+        "over the memory model's; per seed on the MLP's curve)",
+        "",
+        "| backbone | channel | val_bpb | train_flops | flops_per_token | params | multiplier | per seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in found:
+        cell = m["cell"]
+        std = cell.get("val_bpb_std") if cell["n"] > 1 else None
+        per_seed = ", ".join(str(x) for x in m["multipliers"])
+        lines.append(
+            f"| {m['backbone']} | {m['channel']} | {_fmt(cell['val_bpb'], std)} | {_fmt(cell['train_flops'])} | "
+            f"{_fmt(cell['flops_per_token'])} | {_fmt(cell['params'])} | {_multiplier_text(m['multipliers'])} | {per_seed} |"
+        )
+    return [*lines, ""]
+
+
+def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
+    """Validation bits per byte against training FLOPs (log x), a panel per backbone: a line per
+    channel at the budget the memory cells train (the mean over seeds at each validation, shaded ±
+    one standard deviation), and the MLP model's dense compute curve (its final validation at every
+    budget, squares, dotted)."""
+    rows = _lm_rows(best)
+    backbones = sorted({r["backbone"] for r in rows})
+    colors = {label: f"C{i}" for i, label in enumerate(_by_channel(rows))}
+    fig, axes = plt.subplots(1, len(backbones), figsize=(4.6 * len(backbones), 3.9), squeeze=False, sharey=True)
+    for ax, backbone in zip(axes[0], backbones):
+        mine = [r for r in rows if r["backbone"] == backbone]
+        budgets = {r["steps_planned"] for r in mine if r["memory"] != "none"} or {r["steps_planned"] for r in mine}
+        for label, cells in _by_channel(mine).items():
+            for cell in (c for c in cells if c["steps_planned"] in budgets):
+                by_flops = defaultdict(list)
+                for run in cell["runs"]:
+                    per_step = run["train_flops"] / run["steps"]
+                    for step, value in validation_curve(dirs[(run["study"], run["cell"])], "val/bpb"):
+                        by_flops[step * per_step].append(value)
+                xs = sorted(by_flops)
+                ys = [statistics.fmean(by_flops[x]) for x in xs]
+                ax.plot(xs, ys, marker=".", linestyle="-" if label == "MLP" else "--", color=colors[label], label=label)
+                if cell["n"] > 1:
+                    spread = [statistics.stdev(by_flops[x]) if len(by_flops[x]) > 1 else 0.0 for x in xs]
+                    low, high = [y - d for y, d in zip(ys, spread)], [y + d for y, d in zip(ys, spread)]
+                    ax.fill_between(xs, low, high, color=colors[label], alpha=0.2)
+        curve = sorted((r["train_flops"], r["val_bpb"]) for r in mine if r["memory"] == "none")
+        if len(curve) > 1:
+            ax.plot(*zip(*curve), marker="s", linestyle=":", color=colors.get("MLP", "grey"), label="MLP, final at each budget")
+        ax.set(title=backbone, xlabel="training FLOPs", ylabel="validation bits per byte")
+        ax.set_xscale("log")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
 def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
     """results.csv, summary.md, one PNG per task family present, and those figures in root/tb."""
     rows = [row(r) for r in records]
@@ -449,6 +541,8 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
         figures["facts_recalled_vs_params"] = capacity_figure(best)
     if "lm" in tasks:
         figures["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
+    if _lm_rows(best):  # LM runs that recorded their training FLOPs and last validation
+        figures["lm_val_bpb_vs_train_flops"] = lm_compute_figure(best, dirs)
     with SummaryWriter(str(root / "tb")) as writer:
         for name, fig in figures.items():
             path = atomic_write(root / f"{name}.png", lambda handle, fig=fig: fig.savefig(handle, dpi=110, format="png"))
