@@ -81,6 +81,7 @@ def test_grid_writes_a_row_per_cell_a_summary_and_the_figures(grid_run):
         "knowledge_bits_vs_facts",
         "capacity_bits_vs_params",
         "lm_val_bpb_vs_step",
+        "lm_val_bpb_vs_train_flops",
     ):
         assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
 
@@ -114,6 +115,7 @@ def test_tensorboard_holds_run_hparams_and_grid_figures(grid_run):
         "grid/knowledge_bits_vs_facts",
         "grid/capacity_bits_vs_params",
         "grid/lm_val_bpb_vs_step",
+        "grid/lm_val_bpb_vs_train_flops",
     }
 
 
