@@ -339,11 +339,16 @@ def _by_channel(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return lines
 
 
+def _knowledge_rows(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Facts cells with knowledge in bits (grids since ``knowledge_bits`` was measured)."""
+    return [r for r in best if r.get("task") == "facts" and r.get("knowledge_bits") is not None]
+
+
 def knowledge_figure(best: list[dict[str, Any]]):
     """Knowledge bits against facts in the knowledge base (log-log), a panel per backbone, a line
     per channel (mean ± std over seeds, each seed a point), and the "all facts" diagonal: every
     fact's value known for certain (facts x log2(num_values) bits)."""
-    rows = [r for r in best if r.get("task") == "facts" and r.get("knowledge_bits") is not None]
+    rows = _knowledge_rows(best)
     backbones = sorted({r["backbone"] for r in rows})
     colors = {label: f"C{i}" for i, label in enumerate(_by_channel(rows))}  # a channel's color in every panel
     fig, axes = plt.subplots(1, len(backbones), figsize=(4.6 * len(backbones), 3.9), squeeze=False, sharey=True)
@@ -367,7 +372,7 @@ def capacity_bits_figure(best: list[dict[str, Any]]):
     """Capacity (the plateau: each channel's most knowledge bits over the ladder, mean ± std over
     its seeds) against total parameters (log-log), a line per backbone through its MLP (square) and
     memory tables (circles), with the 2 bits/parameter reference (Allen-Zhu & Li 2024)."""
-    rows = [r for r in best if r.get("task") == "facts" and r.get("knowledge_bits") is not None]
+    rows = _knowledge_rows(best)
     fig, ax = plt.subplots(figsize=(5.8, 4.2))
     for backbone in sorted({r["backbone"] for r in rows}):
         plateaus = [
@@ -404,28 +409,34 @@ def validation_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(points)
 
 
+def _draw_seed_curve(ax, cell: dict[str, Any], dirs: dict[tuple[str, str], Path], per_step, **style: Any) -> None:
+    """A cell's validation bits per byte, the mean over its seeds at each validation, against
+    ``step * per_step(run)`` (1: steps; training FLOPs per step: FLOPs), shaded ± one standard
+    deviation when it has several seeds; ``style`` goes to ``ax.plot`` (linestyle, color, label)."""
+    by_x = defaultdict(list)
+    for run in cell["runs"]:
+        scale = per_step(run)
+        for step, value in validation_curve(dirs[(run["study"], run["cell"])], "val/bpb"):
+            by_x[step * scale].append(value)
+    if not by_x:
+        return
+    xs = sorted(by_x)
+    ys = [statistics.fmean(by_x[x]) for x in xs]
+    line = ax.plot(xs, ys, marker=".", **style)
+    if cell["n"] > 1:
+        spread = [statistics.stdev(by_x[x]) if len(by_x[x]) > 1 else 0.0 for x in xs]
+        low, high = [y - d for y, d in zip(ys, spread)], [y + d for y, d in zip(ys, spread)]
+        ax.fill_between(xs, low, high, color=line[0].get_color(), alpha=0.2)
+
+
 def lm_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
     """LM validation bits per byte vs step, a line per backbone +- memory (the mean over seeds,
     shaded ± one standard deviation when there are several)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in sorted((r for r in best if r.get("task") == "lm"), key=_line_label):
-        by_step = defaultdict(list)
-        for run in r["runs"]:
-            for step, value in validation_curve(dirs[(run["study"], run["cell"])], "val/bpb"):
-                by_step[step].append(value)
-        if by_step:
-            xs = sorted(by_step)
-            ys = [statistics.fmean(by_step[x]) for x in xs]
-            line = ax.plot(xs, ys, marker=".", linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r))
-            if r["n"] > 1:
-                spread = [statistics.stdev(by_step[x]) if len(by_step[x]) > 1 else 0.0 for x in xs]
-                ax.fill_between(
-                    xs,
-                    [y - s for y, s in zip(ys, spread)],
-                    [y + s for y, s in zip(ys, spread)],
-                    color=line[0].get_color(),
-                    alpha=0.2,
-                )
+        _draw_seed_curve(
+            ax, r, dirs, per_step=lambda run: 1, linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r)
+        )
     ax.set(xlabel="training step", ylabel="validation bits per byte")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -500,18 +511,8 @@ def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Pa
         budgets = {r["steps_planned"] for r in mine if r["memory"] != "none"} or {r["steps_planned"] for r in mine}
         for label, cells in _by_channel(mine).items():
             for cell in (c for c in cells if c["steps_planned"] in budgets):
-                by_flops = defaultdict(list)
-                for run in cell["runs"]:
-                    per_step = run["train_flops"] / run["steps"]
-                    for step, value in validation_curve(dirs[(run["study"], run["cell"])], "val/bpb"):
-                        by_flops[step * per_step].append(value)
-                xs = sorted(by_flops)
-                ys = [statistics.fmean(by_flops[x]) for x in xs]
-                ax.plot(xs, ys, marker=".", linestyle="-" if label == "MLP" else "--", color=colors[label], label=label)
-                if cell["n"] > 1:
-                    spread = [statistics.stdev(by_flops[x]) if len(by_flops[x]) > 1 else 0.0 for x in xs]
-                    low, high = [y - d for y, d in zip(ys, spread)], [y + d for y, d in zip(ys, spread)]
-                    ax.fill_between(xs, low, high, color=colors[label], alpha=0.2)
+                style = {"linestyle": "-" if label == "MLP" else "--", "color": colors[label], "label": label}
+                _draw_seed_curve(ax, cell, dirs, per_step=lambda run: run["train_flops"] / run["steps"], **style)
         curve = sorted((r["train_flops"], r["val_bpb"]) for r in mine if r["memory"] == "none")
         if len(curve) > 1:
             ax.plot(*zip(*curve), marker="s", linestyle=":", color=colors.get("MLP", "grey"), label="MLP, final at each budget")
@@ -533,7 +534,7 @@ def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
     if "mqar" in tasks:
         figures["mqar_accuracy_vs_d_model"] = mqar_figure(best)
         figures["mqar_accuracy_vs_state_size"] = mqar_figure(best, x="state_size")
-    if any(r.get("knowledge_bits") is not None for r in best):  # a knowledge ladder (grids since knowledge_bits)
+    if _knowledge_rows(best):  # a knowledge ladder
         figures["knowledge_bits_vs_facts"] = knowledge_figure(best)
         figures["capacity_bits_vs_params"] = capacity_bits_figure(best)
     elif "facts" in tasks:

@@ -126,6 +126,7 @@ class FactsDataModule(GeneratedDataModule):
         self.name_len, self.name_vocab, self.tokens_per_fact = name_len, name_vocab, tokens_per_fact
         self.name_codes = names  # capped at 2 * num_entities + 1: how the name table is drawn
         self.facts_per_seq, self.seq_len, self.num_train = facts_per_seq, seq_len, num_train
+        self.sequences_per_pass = per_pass  # the sequences that state every fact once
         self.num_val = num_facts if num_val is None else num_val
         self.vocab_size = 1 + name_vocab + num_relations + num_values + num_fillers
         self.chance_bits = math.log2(num_values)  # a value guessed uniformly; 0 bits when num_values=1
@@ -155,6 +156,11 @@ class FactsDataModule(GeneratedDataModule):
         return self.name_table()
 
     @property
+    def train_passes(self) -> int:
+        """Passes over the knowledge base the training split draws (its last one cut to ``num_train``)."""
+        return math.ceil(self.num_train / self.sequences_per_pass)
+
+    @property
     def max_seq_len(self) -> int:
         return self.seq_len
 
@@ -164,12 +170,11 @@ class FactsDataModule(GeneratedDataModule):
         bound: 2 + 8 * name_len tokens per entity), and the largest split again as workspace."""
         rows = {
             "train": self.num_train,
-            "test": math.ceil(self.num_facts / self.facts_per_seq),
+            "test": self.sequences_per_pass,
             "val": math.ceil(self.num_val / self.facts_per_seq),
         }
         outputs = [2 * TOKEN_BYTES * rows[s] * self.seq_len for s in (self.splits if splits is None else splits)]
-        passes = math.ceil(self.num_train / math.ceil(self.num_facts / self.facts_per_seq))
-        draws = TOKEN_BYTES * (self.num_entities * self.num_relations + passes * self.num_facts * 2)
+        draws = TOKEN_BYTES * (self.num_entities * self.num_relations + self.train_passes * self.num_facts * 2)
         draws += TOKEN_BYTES * self.num_entities * (2 + 8 * self.name_len)
         return sum(outputs) + max(outputs, default=0) + draws
 
@@ -204,8 +209,7 @@ class FactsDataModule(GeneratedDataModule):
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.split_seed(split, salt=1000))  # apart from the knowledge base's seed
         if split == "train":
-            passes = math.ceil(self.num_train / math.ceil(self.num_facts / self.facts_per_seq))
-            order = [self._pass_sequences(torch.randperm(self.num_facts, generator=gen)) for _ in range(passes)]
+            order = [self._pass_sequences(torch.randperm(self.num_facts, generator=gen)) for _ in range(self.train_passes)]
             facts = torch.cat(order)[: self.num_train]
         else:
             asked = self.num_facts if split == "test" else self.num_val
@@ -258,7 +262,7 @@ class FactsDataModule(GeneratedDataModule):
             "facts_per_parameter": recalled / params["total"],
             "knowledge_bits": bits,
             "knowledge_bits_max": self.num_facts * self.chance_bits,
-            "exposures": sequences / math.ceil(self.num_facts / self.facts_per_seq),
+            "exposures": sequences / self.sequences_per_pass,
             "bits_per_parameter": bits / params["total"],
             "bits_per_channel_parameter": bits / params["channel"],
             "bits_per_kflop": bits / (run_metrics["flops_per_token"] / 1e3),
