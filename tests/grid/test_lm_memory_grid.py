@@ -35,7 +35,7 @@ def test_memory_models_stay_within_5_percent_of_the_mlp_models_flops(cells):
 
 def test_main_cells_share_one_token_budget_and_each_mlp_has_a_compute_curve(cells):
     main = {dict(c.settings)["trainer.max_steps"] for c in cells if c.study in ("mlp", "memory")}
-    assert main == {"200"}
+    assert main == {"160"}
     assert {c.seed for c in cells if c.study in ("mlp", "memory")} == {0, 1, 2}
     for backbone in ("transformer", "mamba2", "gated_deltanet", "hybrid"):
         curve = {
@@ -43,4 +43,4 @@ def test_main_cells_share_one_token_budget_and_each_mlp_has_a_compute_curve(cell
             for c in cells
             if c.study == "mlp_compute" and dict(c.settings)["backbone"] == backbone
         }
-        assert curve == {"100", "400", "800"}  # 1/2x, 2x, 4x the main budget
+        assert curve == {"80", "320", "640"}  # 1/2x, 2x, 4x the main budget
