@@ -16,7 +16,7 @@ from zoo import load_model
 from zoo.checkpoint.distributed import save_distributed
 from zoo.checkpoint.files import atomic_torch_save, load_checkpoint_file
 
-MODEL = {"vocab_size": 16, "d_model": 16, "n_layers": 1, "mixer": {"attention": {"n_heads": 2}}}
+MODEL = {"vocab_size": 16, "d_model": 16, "n_layers": 1, "mixer": {"attention": {"num_heads": 2}}}
 
 
 class Payload:

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 import yaml
-from matplotlib.container import ErrorbarContainer
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 from zoo.grid.report import aggregate, best_of_lr, mqar_figure, row
 from zoo.grid.runner import collect, expand, load_grid, main
@@ -63,13 +63,15 @@ def test_figures_draw_mean_with_std_error_bars_and_each_seed(seeded):
     mean, std = statistics.fmean(accs), statistics.stdev(accs)
     rows = [row(r) for r in collect(expand(load_grid(str(path))), root)]
     fig = mqar_figure(best_of_lr(aggregate(rows)))
-    ax = fig.axes[0]
-    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    line, _, (segments,) = bars.lines
-    assert line.get_xydata().tolist() == [[16, pytest.approx(mean)]]
+    ax = fig.axes[0]  # one d_model: a bar per series (a line of one point would say nothing)
+    assert ax.get_title() == "seq_len 64, 4 pairs, d_model 16"
+    (bar,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [p.get_height() for p in bar.patches] == [pytest.approx(mean)]
+    (errors,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    (segments,) = errors.lines[2]
     (((x0, low), (x1, high)),) = segments.get_segments()
-    assert (x0, x1) == (16, 16) and low == pytest.approx(mean - std) and high == pytest.approx(mean + std)
-    (points,) = ax.collections[1:]  # the per-seed scatter
+    assert (x0, x1) == (0, 0) and low == pytest.approx(mean - std) and high == pytest.approx(mean + std)
+    (points,) = [c for c in ax.collections if c is not segments]  # the per-seed scatter
     assert sorted(points.get_offsets()[:, 1].tolist()) == pytest.approx(sorted(accs))
 
 

@@ -67,10 +67,13 @@ def test_summary_lists_the_multiplier_per_seed_and_mean_when_all_are_on_the_curv
     rows, _, _ = grid
     summary = summary_markdown(rows)
     assert "## compute multiplier" in summary
-    line = next(line for line in summary.splitlines() if line.startswith("| transformer | memory 2^16 |"))
+    line = next(line for line in summary.splitlines() if line.startswith("| memory | transformer | memory 2^16 |"))
     assert "2.00x, 2.83x, > 4.00x" in line  # one seed off the curve: each seed's, no mean
+    mlp = next(line for line in summary.splitlines() if line.startswith("| mlp | transformer | MLP |"))
+    assert "| 2.9 ± 0.01 | 2.9 ± 0.01 |" in mlp and "1 (the curve)" in mlp  # the MLP at the memory's budget
     on_curve = [r for r in rows if not (r["memory"] == "pkm" and r["seed"] == 2)]
-    line = next(line for line in summary_markdown(on_curve).splitlines() if line.startswith("| transformer | memory 2^16 |"))
+    lines = summary_markdown(on_curve).splitlines()
+    line = next(line for line in lines if line.startswith("| memory | transformer | memory 2^16 |"))
     assert f"{(2 + 2**1.5) / 2:.2f}x ± {math.sqrt(((2 - 2**1.5) ** 2) / 2):.2f}" in line
 
 

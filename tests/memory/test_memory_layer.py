@@ -73,7 +73,7 @@ def test_output_and_gradients_equal_dense_reference(sparse, gate, query_norm):
 def test_shared_pool_gets_the_gradient_of_both_layers():
     torch.manual_seed(0)
     memory = dict(n_keys=5, heads=2, knn=3, k_dim=8, layers=[0, 1], sparse_updates=False)
-    base = dict(vocab_size=20, d_model=16, n_layers=2, mixer={"attention": {"n_heads": 2}})
+    base = dict(vocab_size=20, d_model=16, n_layers=2, mixer={"attention": {"num_heads": 2}})
     shared = build_model({**base, "memory": {**memory, "shared": True}}).double()
     split = build_model({**base, "memory": {**memory, "shared": False}}).double()
     split.load_state_dict(shared.state_dict(), strict=False)

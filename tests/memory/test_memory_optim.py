@@ -18,7 +18,7 @@ def memory_model(sparse: bool, seed: int = 0):
             vocab_size=24,
             d_model=16,
             n_layers=2,
-            mixer={"attention": {"n_heads": 2}},
+            mixer={"attention": {"num_heads": 2}},
             memory=dict(n_keys=16, heads=1, knn=2, k_dim=8, layers=[1], sparse_updates=sparse, value_lr=1e-2),
         )
     )

@@ -124,7 +124,7 @@ MODEL = {
     "n_layers": 2,
     "pattern": "A",
     "channel": "mlp",
-    "mixer": {"attention": {"n_heads": 2}},
+    "mixer": {"attention": {"num_heads": 2}},
 }
 
 

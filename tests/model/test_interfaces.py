@@ -22,11 +22,11 @@ def params(module) -> int:
 def hand_flops(name: str, mixer) -> int:
     """FLOPs per token counted from each mixer's shapes, written out here independently."""
     if name == "attention":
-        h, hd = mixer.n_heads, mixer.head_dim
+        h, hd = mixer.num_heads, mixer.head_dim
         projections = D * 3 * D + D * D  # qkv and out (no bias by default)
         return 2 * projections + 2 * 2 * (L // 2) * h * hd
     if name == "sliding_window":
-        h, hd = mixer.n_heads, mixer.head_dim
+        h, hd = mixer.num_heads, mixer.head_dim
         projections = D * 3 * D + D * D
         return 2 * projections + 2 * 2 * min(L // 2, mixer.window) * h * hd
     if name == "mamba":

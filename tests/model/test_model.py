@@ -16,7 +16,7 @@ from zoo.model.flops import channel_parameters
 def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """Causal MHA written as a loop over query positions, rotary via complex multiplication."""
     batch, length, d_model = x.shape
-    heads, hd = attn.n_heads, attn.head_dim
+    heads, hd = attn.num_heads, attn.head_dim
     q, k, v = (x @ attn.qkv.weight.T).view(batch, length, 3, heads, hd).unbind(2)  # (B,L,H,hd)
     half = hd // 2
     freqs = attn.rotary.inv_freq.double()
@@ -37,7 +37,7 @@ def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
 
 def test_attention_matches_sequential_reference():
     torch.manual_seed(0)
-    attn = Attention(32, 0, n_heads=4).double()
+    attn = Attention(32, 0, num_heads=4).double()
     torch.nn.init.normal_(attn.out_proj.weight, std=0.2)
     x = torch.randn(2, 11, 32, dtype=torch.float64)
     torch.testing.assert_close(attn(x), reference_attention(attn, x), rtol=1e-10, atol=1e-10)
@@ -45,7 +45,7 @@ def test_attention_matches_sequential_reference():
 
 def test_attention_is_causal():
     torch.manual_seed(0)
-    attn = Attention(16, 0, n_heads=2)
+    attn = Attention(16, 0, num_heads=2)
     x = torch.randn(1, 9, 16)
     y = x.clone()
     y[:, 5:] = torch.randn(1, 4, 16)
@@ -54,7 +54,7 @@ def test_attention_is_causal():
 
 def test_language_model_output_shape_and_tied_head():
     model = build_model(
-        ModelConfig(vocab_size=50, d_model=32, n_layers=3, mixer={"attention": {"n_heads": 4}}, tie_embeddings=True)
+        ModelConfig(vocab_size=50, d_model=32, n_layers=3, mixer={"attention": {"num_heads": 4}}, tie_embeddings=True)
     )
     logits = model(torch.randint(0, 50, (3, 13)))
     assert logits.shape == (3, 13, 50)
@@ -97,7 +97,7 @@ def test_channel_parameters_count_mlps_and_memory_with_a_shared_table_once():
 
 def test_loss_falls_when_overfitting_one_batch():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=32, d_model=32, n_layers=2, mixer={"attention": {"n_heads": 2}}))
+    model = build_model(ModelConfig(vocab_size=32, d_model=32, n_layers=2, mixer={"attention": {"num_heads": 2}}))
     inputs = torch.randint(0, 32, (4, 16))
     targets = torch.randint(0, 32, (4, 16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -118,8 +118,8 @@ def test_loss_falls_when_overfitting_one_batch():
         (dict(pattern=["attention", "lstm"]), r"unknown mixer 'lstm'; allowed: " + re.escape(str(sorted(MIXERS)))),
         (dict(channel="moe"), r"unknown channel 'moe'; allowed: \['mlp', 'none'\]"),
         (dict(pattern="AAA"), r"backbone.pattern has 3 entries, which must divide n_layers=2"),
-        (dict(mixer={"attention": {"n_heads": 3}}), r"n_heads=3 must be a positive divisor of d_model=32"),
-        (dict(mixer={"attention": {"num_heads": 2}}), r"unexpected keyword argument 'num_heads'"),
+        (dict(mixer={"attention": {"num_heads": 3}}), r"num_heads=3 must be a positive divisor of d_model=32"),
+        (dict(mixer={"attention": {"n_heads": 2}}), r"unexpected keyword argument 'n_heads'"),  # one head keyword: num_heads
         (dict(mixer={"ssm": {}}), r"options for unknown mixer 'ssm'"),
         (dict(d_model=0), r"d_model=0 must be a positive integer"),
     ],

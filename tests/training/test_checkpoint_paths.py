@@ -33,7 +33,7 @@ from zoo.training.train import train
 
 BIN = Path(sys.executable).parent
 REFUSED_WITHIN_S = 20  # generous for a loaded machine: a regression hangs (a FIFO) or allocates for minutes
-MODEL = {"vocab_size": 16, "d_model": 16, "n_layers": 1, "mixer": {"attention": {"n_heads": 2}}}
+MODEL = {"vocab_size": 16, "d_model": 16, "n_layers": 1, "mixer": {"attention": {"num_heads": 2}}}
 
 
 @contextmanager

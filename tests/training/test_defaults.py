@@ -74,12 +74,12 @@ def test_model_config_mlp_default_is_the_mlp_constructor_defaults():
 @pytest.mark.parametrize("path", sorted((CONFIGS / "backbone").glob("*.yaml")), ids=lambda p: p.stem)
 def test_a_backbone_preset_states_only_what_it_changes_from_model_config(path):
     values = yaml.safe_load(path.read_text())
-    assert values.pop("defaults") == ["base", "_self_"]
+    assert values.pop("defaults") == ["/backbone_base@_here_", "_self_"]
     assert values.pop("name") == path.stem
     defaults = dataclasses.asdict(ModelConfig(vocab_size=2))
     restated = {k: v for k, v in values.items() if k != "mixer" and defaults[k] == v}
     assert not restated, f"{path.name} restates ModelConfig's defaults: {restated}"
-    assert values["mixer"], "each preset states its mixers' options (backbone/base has none)"
+    assert values["mixer"], "each preset states its mixers' options (backbone_base has none)"
     composed_backbone = OmegaConf.to_container(composed(f"backbone={path.stem}").backbone)
     assert composed_backbone == {
         **{k: v for k, v in defaults.items() if k not in ("vocab_size", "memory")},

@@ -22,7 +22,7 @@ def test_ranks_read_every_example_once_and_padding_is_never_scored():
 
 def test_a_batch_of_padding_only_gives_a_finite_zero_loss():
     module = LitLanguageModel(
-        ModelConfig(vocab_size=8, d_model=8, n_layers=1, mixer={"attention": {"n_heads": 2}}), OptimConfig(lr=1e-3)
+        ModelConfig(vocab_size=8, d_model=8, n_layers=1, mixer={"attention": {"num_heads": 2}}), OptimConfig(lr=1e-3)
     )
     batch = {"inputs": torch.zeros(2, 4, dtype=torch.long), "targets": torch.full((2, 4), IGNORE_INDEX)}
     loss = module._shared_step(batch, "test")

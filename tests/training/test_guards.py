@@ -20,7 +20,7 @@ MODEL = {
     "vocab_size": 32,
     "d_model": 16,
     "n_layers": 2,
-    "mixer": {"attention": {"n_heads": 2}},
+    "mixer": {"attention": {"num_heads": 2}},
     "memory": {"n_keys": 8, "knn": 4, "heads": 2, "k_dim": 8, "layers": [1]},
 }
 OPTIM = OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=1)
@@ -53,7 +53,7 @@ def test_a_checkpoint_stored_before_the_typed_config_is_the_same_model():
         "n_layers": 2,
         "pattern": "A",
         "channel": "mlp",
-        "mixer": {"attention": {"n_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}},
+        "mixer": {"attention": {"num_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}},
         "mlp": {"hidden_dim": None, "bias": False},
         "tie_embeddings": False,
         "norm_eps": 1e-5,

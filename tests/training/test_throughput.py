@@ -85,7 +85,8 @@ def test_measured_peak_is_a_positive_rate_of_the_device_matmul():
 
 
 def test_training_flops_are_three_forwards_as_torch_flop_counter_finds_for_the_transformer_matmuls():
-    model = build_model({"vocab_size": 128, "d_model": 32, "n_layers": 2, "pattern": "A", "mixer": {"attention": {"n_heads": 4}}})
+    attention = {"attention": {"num_heads": 4}}
+    model = build_model({"vocab_size": 128, "d_model": 32, "n_layers": 2, "pattern": "A", "mixer": attention})
     x = torch.randint(0, 128, (2, SEQ_LEN))
     forward = measure_flops(model, lambda: model(x))
     assert measure_flops(model, lambda: model(x), loss_fn=lambda y: y.sum()) == 3 * forward

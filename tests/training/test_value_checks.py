@@ -124,8 +124,8 @@ BAD_VALUES = [
     (["backbone.mixer.attention.rotary_base=-1"], rf"^backbone\.mixer\.attention: attention rotary_base=-1 {MUST['pos']}$"),
     (["backbone.mixer.attention.rotary_base=nan"], rf"^backbone\.mixer\.attention: attention rotary_base=nan {MUST['pos']}$"),
     (
-        ["backbone.mixer.attention.n_heads=true"],
-        r"^backbone\.mixer\.attention: attention n_heads=True must be a positive divisor",
+        ["backbone.mixer.attention.num_heads=true"],
+        r"^backbone\.mixer\.attention: attention num_heads=True must be a positive divisor",
     ),
     (
         ["backbone=sliding_window", "backbone.mixer.sliding_window.dropout=1"],
@@ -239,7 +239,7 @@ def test_a_gpu_run_is_budgeted_by_its_device_memory_and_a_cpu_run_by_the_machine
 
 
 MODELS = [
-    dict(d_model=32, n_layers=2, pattern="A", mixer={"attention": {"n_heads": 2}}),
+    dict(d_model=32, n_layers=2, pattern="A", mixer={"attention": {"num_heads": 2}}),
     dict(d_model=32, n_layers=4, pattern="MA", tie_embeddings=False),
     dict(d_model=32, n_layers=3, pattern="S", channel="none", mixer={"mamba2": {"headdim": 16}}),
     dict(d_model=32, n_layers=2, pattern="BW"),

@@ -3,14 +3,17 @@ are that dataclass, stored here in Hydra's ConfigStore, so each default has one 
 dataclass) and the YAML files select and override:
 
 - ``backbone=<preset>``: ``ModelConfig`` (``zoo/model/language_model.py``) less ``vocab_size`` (the
-  task's) and ``memory`` (the memory group). Every ``backbone/*.yaml`` starts from ``backbone/base``
-  and states only what it changes; ``base`` is ``ModelConfig``'s defaults with no ``name`` (each
-  preset names itself) and no mixer options, since a merge can add a mixer's options but not remove
-  the default transformer's: ``backbone/transformer.yaml`` states its attention options, which
-  ``tests/training/test_defaults.py`` holds equal to ``ModelConfig``'s default ``mixer``.
+  task's) and ``memory`` (the memory group). Every ``backbone/*.yaml`` starts from ``backbone_base``
+  (a stored config, not a ``backbone=`` option) and states only what it changes; ``backbone_base``
+  is ``ModelConfig``'s defaults with no ``name`` (each preset names itself) and no mixer options,
+  since a merge can add a mixer's options but not remove the default transformer's:
+  ``backbone/transformer.yaml`` states its attention options, which ``tests/training/test_defaults.py``
+  holds equal to ``ModelConfig``'s default ``mixer``.
 - ``memory=pkm``: ``MemoryConfig`` (``zoo/memory/config.py``); ``memory=pkm_large`` overrides it.
 - ``optim=adamw``: ``OptimConfig`` (``zoo/training/optim.py``).
 - ``throughput=default``: ``ThroughputConfig`` (``zoo/training/throughput.py``): the peak FLOP/s for MFU.
+
+It also registers the resolver ``memzoo_model`` that names a run's folder (``runs/<task>/<model>/<time>``).
 
 The backbone fields are typed ``Any`` here so that a bad value reaches ``ModelConfig.validate``,
 which names the key and what is allowed. Hydra imports this package to find the YAML files, so the
@@ -22,7 +25,7 @@ import dataclasses
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from zoo.memory.config import MemoryConfig
 from zoo.model.language_model import ModelConfig
@@ -49,7 +52,17 @@ def backbone_base() -> type:
 
 
 _store = ConfigStore.instance()
-_store.store(group="backbone", name="base", node=backbone_base())
+_store.store(name="backbone_base", node=backbone_base())  # not a group option: no backbone=base to pick
 _store.store(group="memory", name="pkm", node=MemoryConfig)
 _store.store(group="optim", name="adamw", node=OptimConfig)
 _store.store(group="throughput", name="default", node=ThroughputConfig)
+
+
+def model_folder(backbone: str, memory: str, n_keys: Any = None) -> str:
+    """The model part of a run's folder (and TensorBoard run) name: the backbone, and the memory
+    preset with its slot count (``n_keys`` squared) when there is one: ``transformer``,
+    ``transformer+pkm1024``."""
+    return backbone if memory == "none" else f"{backbone}+{memory}{int(n_keys) ** 2}"
+
+
+OmegaConf.register_new_resolver("memzoo_model", model_folder, replace=True)

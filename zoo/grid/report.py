@@ -8,6 +8,7 @@ import csv
 import io
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
@@ -48,6 +50,9 @@ DESCRIPTION = {
     "flops_per_token",
     "state_size",
 }
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # series told apart by marker, not only color
+DASHES = ("-", "--", ":", "-.")
 
 
 def row(record: dict[str, Any]) -> dict[str, Any]:
@@ -150,8 +155,11 @@ def best_of_lr(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [max(group, key=score) for group in groups.values()]
 
 
-def summary_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = []
+def summary_markdown(rows: list[dict[str, Any]], overrides: Sequence[str] = ()) -> str:
+    """summary.md: a table per study (best learning rate per cell, mean ± std over seeds), the
+    compute multipliers, the failed cells; first, the overrides the command line added to every cell."""
+    added = " ".join(f"`{o}`" for o in overrides) if overrides else "none"
+    lines = [f"Overrides added on the command line to every cell: {added}.", ""]
     best = best_of_lr(aggregate(rows))
     for study in dict.fromkeys(r["study"] for r in rows):
         chosen = [r for r in best if r["study"] == study]
@@ -159,11 +167,12 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             continue
         seeded = any(r["n"] > 1 for r in chosen)
         slice_cols = [c for c in chosen[0] if c.startswith("test_") and c.endswith("_acc") and c != "test_acc"]
-        usage_cols = sorted({c for r in chosen for c in r if c.startswith("test_memory_layer") and not c.endswith("_std")})
+        usage_cols = sorted({c for r in chosen for c in r if c.startswith("test_memory_layer") and c.endswith("_usage")})
         metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled", *KNOWLEDGE) if c in chosen[0]]
         metric_cols += usage_cols
         knob_cols = [c for c in chosen[0] if c.startswith("task.")]
         cols = [
+            "cell",  # the study's axis values: what tells its rows apart
             "backbone",
             "memory",
             *(["slots"] if any(r.get("slots") for r in chosen) else []),
@@ -173,13 +182,11 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             "lr",
             "params",
             "flops_per_token",
-            "state_size",
+            *(["state_size"] if study_task(chosen) == "mqar" else []),  # what in-context recall is read against
             *metric_cols,
             "wall_time_s",
-            "tokens_per_s",
-            "mfu",
             *(["n"] if seeded else []),
-        ]
+        ]  # the rest (tokens/s, MFU, KL from uniform, peak memory, ...) are in results.csv
         title = "mean ± std over seeds, best mean learning rate per cell" if seeded else "best learning rate per cell"
         lines += [f"## {study} ({title})", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
         for r in chosen:
@@ -192,10 +199,26 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def study_task(rows: list[dict[str, Any]]) -> str | None:
+    """The task of a study's rows (the first row's)."""
+    return rows[0].get("task") if rows else None
+
+
+def human(value: float, digits: int = 4) -> str:
+    """A number as a reader takes it in: ``digits`` significant digits, thousands and up with a
+    suffix (13,399 -> ``13.4k``, 1,069,540 -> ``1.07M``), no exponent below that (100 -> ``100``)."""
+    # (scale, suffix, from): 4-digit numbers stay as they are
+    units = ((1e12, "T", 1e12), (1e9, "G", 1e9), (1e6, "M", 1e6), (1e3, "k", 1e4))
+    scale, suffix = next(((s, x) for s, x, at in units if abs(value) >= at), (1, ""))
+    scaled = value / scale
+    return (f"{scaled:.0f}" if abs(scaled) >= 10 ** (digits - 1) else f"{scaled:.{digits}g}") + suffix
+
+
 def _fmt(value: Any, std: float | None = None) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if std is None else f"{value:.4g} ± {std:.2g}"
-    return "-" if value is None else str(value)
+    """A summary cell: numbers in ``human`` units (mean ± std with a standard deviation), text as is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-" if value is None else str(value)
+    return human(value) if std is None else f"{human(value)} ± {human(std, 2)}"
 
 
 def _draw(ax, label: str, cells: list[dict[str, Any]], x: str, y: str, dashed: bool, **style: Any) -> str:
@@ -223,19 +246,51 @@ def mqar_figure(best: list[dict[str, Any]], x: str = "d_model"):
     rows = [r for r in best if r.get("task") == "mqar" and r.get(x)]
     panels = sorted({(r["task.seq_len"], r["task.num_kv_pairs"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    labels = sorted({_line_label(r) for r in rows})
+    styles = {label: {"color": f"C{i}", "marker": MARKERS[i % len(MARKERS)]} for i, label in enumerate(labels)}
     for ax, (seq_len, pairs) in zip(axes[0], panels):
         lines = defaultdict(list)
         for r in rows:
             if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
                 lines[_line_label(r)].append(r)
+        title = f"seq_len {seq_len}, {pairs} pairs"
+        if len({r[x] for cells in lines.values() for r in cells}) == 1:  # one x value: bars, not a line of one point
+            _bars(ax, {label: lines[label][0] for label in labels if label in lines}, "test_acc", styles)
+            value = next(iter(lines.values()))[0][x]
+            ax.set(title=f"{title}, {x} {value}", ylabel="MQAR test accuracy", ylim=(0, 1.02))
+            continue
         for label, cells in sorted(lines.items()):
-            _draw(ax, label, cells, x, "test_acc", dashed="memory" in label)
+            _draw(ax, label, cells, x, "test_acc", dashed="memory" in label, **styles[label])
         xlabel = "inference state per sequence (bytes)" if x == "state_size" else x
-        ax.set(title=f"seq_len {seq_len}, {pairs} pairs", xlabel=xlabel, ylabel="MQAR test accuracy", ylim=(0, 1.02))
+        ax.set(title=title, xlabel=xlabel, ylabel="MQAR test accuracy", ylim=(0, 1.02))
         ax.set_xscale("log", base=10 if x == "state_size" else 2)
-    axes[0][-1].legend(fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _bars(ax, cells: dict[str, dict[str, Any]], y: str, styles: dict[str, dict[str, Any]]) -> None:
+    """One bar per labelled cell (its mean ``y``; with several seeds ± one standard deviation and
+    each seed as a point), the value written on it, the labels under the bars."""
+    labels = list(cells)
+    means = [cells[label][y] for label in labels]
+    errors = [cells[label].get(f"{y}_std") or 0 for label in labels]
+    colors = [styles[label]["color"] for label in labels]
+    ax.bar(range(len(labels)), means, yerr=errors, color=colors, capsize=3)
+    for i, label in enumerate(labels):
+        if cells[label]["n"] > 1:  # each seed as a point
+            seeds = [run[y] for run in cells[label]["runs"]]
+            ax.scatter([i] * len(seeds), seeds, s=10, color="black", alpha=0.5, zorder=3)
+    for i, mean in enumerate(means):
+        ax.annotate(f"{mean:.3g}", (i, mean), ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=7)
+
+
+def _flops_text(values: list[float]) -> str:
+    """``66 kFLOP/tok``, or the range ``95-97 kFLOP/tok`` when the values round apart."""
+    low, high = round(min(values) / 1e3), round(max(values) / 1e3)
+    return f"{low} kFLOP/tok" if low == high else f"{low}-{high} kFLOP/tok"
 
 
 def facts_figure(best: list[dict[str, Any]]):
@@ -275,10 +330,9 @@ def capacity_figure(best: list[dict[str, Any]]):
             mine = [r for r in cells if r["backbone"] == backbone]
             memory = [r for r in mine if r["memory"] != "none"]
             if memory:
-                flops = sorted(r["flops_per_token"] / 1e3 for r in memory)
                 colors[backbone] = _draw(
                     ax,
-                    f"{backbone} + memory ({flops[0]:.0f}-{flops[-1]:.0f} kFLOP/tok)",
+                    f"{backbone} + memory ({_flops_text([r['flops_per_token'] for r in memory])})",
                     memory,
                     "params",
                     "facts_recalled",
@@ -304,19 +358,22 @@ def capacity_figure(best: list[dict[str, Any]]):
         ax.axhline(size, color="grey", linewidth=0.8, label="all facts")
         ax.set(title=f"{size} facts", xlabel="total parameters", ylabel="facts recalled (test)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=6)
     usage_ax = axes[0][-1]
     for backbone in sorted({r["backbone"] for r in rows}):
         memory = [r for r in rows if r["backbone"] == backbone and r["memory"] != "none" and usage_column(r)]
-        for size in sizes:
+        for i, size in enumerate(sizes):  # a backbone's color, a marker and dash per knowledge-base size
             cells = [r for r in memory if r["task.num_facts"] == size]
             if cells:
                 column = usage_column(cells[0])
-                _draw(usage_ax, f"{backbone}, {size} facts", cells, "params", column, dashed=True, color=colors.get(backbone))
+                style = {"color": colors.get(backbone), "marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)]}
+                _draw(usage_ax, f"{backbone}, {size} facts", cells, "params", column, dashed=True, **style)
     usage_ax.set(
         title="memory slots read over the test set", xlabel="total parameters", ylabel="fraction of slots read", ylim=(0, 1.02)
     )
     usage_ax.set_xscale("log")
+    usage_ax.xaxis.set_minor_formatter(NullFormatter())
     if usage_ax.get_legend_handles_labels()[0]:
         usage_ax.legend(fontsize=6)
     fig.tight_layout()
@@ -379,10 +436,8 @@ def capacity_bits_figure(best: list[dict[str, Any]]):
             max(cells, key=lambda c: c["knowledge_bits"])
             for cells in _by_channel([r for r in rows if r["backbone"] == backbone]).values()
         ]
-        flops = [p["flops_per_token"] / 1e3 for p in plateaus]
-        color = _draw(
-            ax, f"{backbone} ({min(flops):.0f}-{max(flops):.0f} kFLOP/tok)", plateaus, "params", "knowledge_bits", dashed=False
-        )
+        flops = _flops_text([p["flops_per_token"] for p in plateaus])
+        color = _draw(ax, f"{backbone} ({flops})", plateaus, "params", "knowledge_bits", dashed=False)
         mlp = [p for p in plateaus if p["memory"] == "none"]
         ax.scatter([p["params"] for p in mlp], [p["knowledge_bits"] for p in mlp], marker="s", s=60, color=color, zorder=4)
     params = sorted(r["params"] for r in rows)
@@ -481,19 +536,25 @@ def multiplier_markdown(best: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "## compute multiplier (training FLOPs the MLP model needs for the memory model's validation bits per byte, "
-        "over the memory model's; per seed on the MLP's curve)",
+        "over the memory model's; per seed on the MLP's curve; the MLP row: the same budget)",
         "",
-        "| backbone | channel | val_bpb | train_flops | flops_per_token | params | multiplier | per seed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| study | backbone | channel | test_bpb | val_bpb | flops_per_token | params | slots read | train_flops "
+        "| multiplier | per seed |",
+        "|" + " --- |" * 11,
     ]
-    for m in found:
-        cell = m["cell"]
-        std = cell.get("val_bpb_std") if cell["n"] > 1 else None
-        per_seed = ", ".join(str(x) for x in m["multipliers"])
-        lines.append(
-            f"| {m['backbone']} | {m['channel']} | {_fmt(cell['val_bpb'], std)} | {_fmt(cell['train_flops'])} | "
-            f"{_fmt(cell['flops_per_token'])} | {_fmt(cell['params'])} | {_multiplier_text(m['multipliers'])} | {per_seed} |"
-        )
+    rows = _lm_rows(best)
+    for backbone in dict.fromkeys(m["backbone"] for m in found):
+        mine = [m for m in found if m["backbone"] == backbone]
+        budget = mine[0]["cell"]["steps_planned"]
+        mlp = [r for r in rows if r["backbone"] == backbone and r["memory"] == "none" and r["steps_planned"] == budget]
+        for cell, multipliers in [(r, None) for r in mlp] + [(m["cell"], m["multipliers"]) for m in mine]:
+            usage = usage_column(cell)
+            cells = [cell["study"], backbone, _channel_label(cell)]
+            cells += [_fmt(cell.get(c), cell.get(f"{c}_std") if cell["n"] > 1 else None) for c in ("test_bpb", "val_bpb")]
+            cells += [_fmt(cell["flops_per_token"]), _fmt(cell["params"]), _fmt(cell.get(usage) if usage else None)]
+            cells += [_fmt(cell["train_flops"]), _multiplier_text(multipliers) if multipliers else "1 (the curve)"]
+            cells += [", ".join(str(x) for x in multipliers) if multipliers else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -518,15 +579,18 @@ def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Pa
             ax.plot(*zip(*curve), marker="s", linestyle=":", color=colors.get("MLP", "grey"), label="MLP, final at each budget")
         ax.set(title=backbone, xlabel="training FLOPs", ylabel="validation bits per byte")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^12, 3x10^12, ... would collide
         ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
 
-def write_report(records: list[dict[str, Any]], root: Path) -> list[Path]:
-    """results.csv, summary.md, one PNG per task family present, and those figures in root/tb."""
+def write_report(records: list[dict[str, Any]], root: Path, overrides: Sequence[str] = ()) -> list[Path]:
+    """results.csv, summary.md, one PNG per task family present, and those figures in root/tb;
+    ``overrides``: what the command line added to every cell, recorded in summary.md."""
     rows = [row(r) for r in records]
-    paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary_markdown(rows))]
+    summary = summary_markdown(rows, overrides)
+    paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary)]
     best = best_of_lr(aggregate(rows))
     dirs = {(r["study"], r["cell"]): Path(r["dir"]) for r in records}
     tasks = {r.get("task") for r in best}

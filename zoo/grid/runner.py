@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -47,6 +48,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from zoo.core.command_line import COMPOSITION_ERRORS, composition_error, usage_errors
 from zoo.core.io import atomic_write_json
 from zoo.grid.safe_yaml import MAX_BYTES, load_bounded_yaml
 from zoo.training.run_lock import exclusive_dir
@@ -56,6 +58,7 @@ GRID_KEYS = {"name", "studies"}
 LR_KEY = "optim.lr"
 STUDY_KEYS = {"base", "axes", "seeds"}
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a grid or study names a directory (and a Hydra sweep value)
+SCRATCH = Path("grids")  # memzoo-grid's default --out: committed results/ are written only when asked
 LAUNCHER_EXTRAS = "launchers are optional: pip install 'memzoo[joblib]' or 'memzoo[submitit]'"
 
 log = logging.getLogger(__name__)
@@ -203,7 +206,10 @@ def check_cells(cells: list[Cell]) -> None:
     for cell in cells:
         try:
             check_run_config(compose_cell(cell.overrides))
-        except Exception as err:  # noqa: BLE001 - Hydra and the checks raise several kinds
+        except COMPOSITION_ERRORS as err:
+            message = composition_error(err, "train", "memzoo-train", cell.overrides)
+            raise ValueError(f"grid cell {cell.key} is invalid: {message}") from err
+        except Exception as err:  # noqa: BLE001 - the checks raise several kinds
             raise ValueError(f"grid cell {cell.key} is invalid: {err}") from err
 
 
@@ -232,15 +238,15 @@ class CellJob:
     from the overrides in that cell's ``cell.json``; a failure is written to ``error.json``. It holds
     only the grid's directory, so launchers pickle it cheaply to other processes and machines."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, verbose: bool = False):
+        self.root, self.verbose = root, verbose
 
     def __call__(self, cfg: DictConfig) -> str:
+        from zoo.core.quiet import quiet_dependencies
         from zoo.grid.devices import one_device_per_job
         from zoo.training.train import train
 
-        for name in ("lightning.pytorch", "lightning.fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_dependencies(self.verbose)
         run_dir = self.root / "runs" / cfg.cell
         overrides = json.loads((run_dir / "cell.json").read_text())["overrides"]
         started = time.perf_counter()
@@ -263,15 +269,24 @@ class CellJob:
             return "failed"
 
 
-def launch(cells: list[Cell], root: Path, hydra_overrides: Sequence[str]) -> None:
-    """One Hydra multirun job per cell, run by the launcher ``hydra_overrides`` choose; inside
-    memzoo-grid's initialized Hydra. Hydra has no public call for a multirun of a given task
-    function (``hydra.main`` wraps one around ``sys.argv``), so this is the one its ``main`` makes."""
+def launch(cells: list[Cell], root: Path, hydra_overrides: Sequence[str], total: int, verbose: bool = False) -> None:
+    """One Hydra multirun job per cell, run by the launcher ``hydra_overrides`` choose, with a line of
+    progress per finished cell (of ``total`` in the grid); ``verbose``: the dependencies' logging and
+    the launcher's job listing as they come (``zoo.core.quiet``); inside memzoo-grid's initialized Hydra.
+    Hydra has no public call for a multirun of a given task function (``hydra.main`` wraps one
+    around ``sys.argv``), so this is the one its ``main`` makes."""
+    from zoo.grid.progress import GridProgress
+
     for cell in cells:
         prepare(cell, root / "runs" / cell.study / cell.name)
     sweep = ",".join(f"'{cell.key}'" for cell in cells)  # keys hold '=': quoted for the override parser
-    overrides = [f"root='{root}'", f"cell={sweep}", *hydra_overrides]
-    GlobalHydra.instance().hydra.multirun(config_name="grid", task_function=CellJob(root), overrides=overrides)
+    chatty = ["hydra.hydra_logging.root.level=INFO"] if verbose else []  # the launcher's per-job listing
+    overrides = [f"root='{root}'", f"cell={sweep}", *chatty, *hydra_overrides]
+    by_key = {cell.key: cell for cell in cells}
+    watched = [(cell.key, root / "runs" / cell.key) for cell in cells]
+    title = f"{root.name}: {total} cells in {root}"
+    with GridProgress(watched, total, finished=lambda key, run_dir: is_done(by_key[key], run_dir), title=title):
+        GlobalHydra.instance().hydra.multirun(config_name="grid", task_function=CellJob(root, verbose), overrides=overrides)
 
 
 def collect(cells: list[Cell], root: Path) -> list[dict[str, Any]]:
@@ -315,12 +330,22 @@ def main(argv=None) -> None:
         help="hydra/launcher=joblib hydra.launcher.n_jobs=4 ... choose how cells are launched "
         "(basic, joblib, submitit_local, submitit_slurm); any other memzoo-train override is added to every cell",
     )
-    parser.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/<grid name>/")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=SCRATCH,
+        help=f"results go to OUT/<grid name>/ (default {SCRATCH}/, a scratch folder git ignores; "
+        "--out results writes into the committed results/)",
+    )
     parser.add_argument("--list", action="store_true", help="print the cells and their overrides, train nothing")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="Lightning's and the launcher's own logging, as they come (quiet by default)"
+    )
     args = parser.parse_intermixed_args(argv)
     grid = load_grid(args.grid)
     hydra_overrides = [o for o in args.overrides if is_dispatch_override(o)]
-    cells = expand(grid, [o for o in args.overrides if not is_dispatch_override(o)])
+    cell_overrides = [o for o in args.overrides if not is_dispatch_override(o)]
+    cells = expand(grid, cell_overrides)
     if args.list:
         for cell in cells:
             print(f"{cell.key}: {' '.join(cell.overrides)}")
@@ -337,24 +362,25 @@ def main(argv=None) -> None:
             with exit_on_signals():
                 try:
                     if pending:
-                        launch(pending, root, hydra_overrides)
+                        launch(pending, root, hydra_overrides, len(cells), args.verbose)
                 except SignalExit as stop:
                     stopped = stop
                 except Exception as err:  # noqa: BLE001 - e.g. a submitit job that died: report what finished
                     launcher_error = err
                     traceback.print_exc()
             records = collect(cells, root)
-            paths = write_report(records, root) if records else []
+            paths = write_report(records, root, cell_overrides) if records else []
     failed = [r for r in records if r["status"] == "failed"]
+    again = shlex.join(["memzoo-grid", *(argv if argv is not None else sys.argv[1:])])
     print(f"{len(records) - len(failed)} of {len(cells)} cells done; " + ", ".join(str(p) for p in paths))
     if failed:
         print("failed: " + ", ".join(f"{r['study']}/{r['cell']} ({r['error']})" for r in failed))
     if stopped is not None:
-        print(f"stopped by {stopped.signal_name}: rerun `memzoo-grid {args.grid}` to continue", file=sys.stderr)
+        print(f"stopped by {stopped.signal_name}: rerun `{again}` to continue", file=sys.stderr)
         sys.exit(stopped.code)
     if launcher_error is not None:
         print(
-            f"the launcher stopped ({type(launcher_error).__name__}): rerun `memzoo-grid {args.grid}` to continue",
+            f"the launcher stopped ({type(launcher_error).__name__}): rerun `{again}` to continue",
             file=sys.stderr,
         )
         sys.exit(1)
@@ -362,5 +388,12 @@ def main(argv=None) -> None:
         sys.exit(1)
 
 
+def cli() -> None:
+    """``memzoo-grid``: ``main``, with bad input (a grid file, a cell's key or value, a launcher)
+    ending in one message and exit code 2 instead of a traceback (``HYDRA_FULL_ERROR=1``: the traceback)."""
+    with usage_errors("memzoo-grid"):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

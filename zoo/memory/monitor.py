@@ -29,11 +29,12 @@ class MemoryMonitor(Callback):
     """Logs ``memory/layer{i}/usage``, ``memory/layer{i}/kl_uniform`` (summed over ranks) and the
     histogram ``memory/layer{i}/read_counts`` after each validation, ``test/memory/layer{i}/usage``
     and ``test/memory/layer{i}/kl_uniform`` with the test metrics (so in metrics.json), and
-    ``memory/comm_bytes_per_token/{forward,backward}`` at the start of training."""
+    ``memory/comm_bytes_per_token/{forward,backward}`` at the start of training when the table is
+    sharded (a local table sends nothing, and logs no zeros)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.logger is not None and memory_layers(pl_module):
-            sent = sent_bytes_per_token(pl_module, trainer.world_size)
+        sent = sent_bytes_per_token(pl_module, trainer.world_size)
+        if trainer.logger is not None and any(sent.values()):  # a sharded table; a local one sends nothing
             trainer.logger.log_metrics({f"memory/comm_bytes_per_token/{k}": v for k, v in sent.items()}, step=0)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -26,9 +26,9 @@ class Attention(nn.Module):
     """Causal MHA: fused QKV projection, rotary on q and k, ``F.scaled_dot_product_attention``.
 
     Args:
-        d_model: model width D; must be divisible by ``n_heads``.
+        d_model: model width D; must be divisible by ``num_heads``.
         layer_idx: position of this layer in the stack (kept for caches and logging).
-        n_heads: number of heads H; head dim = D / H (must be even for rotary).
+        num_heads: number of heads H; head dim = D / H (must be even for rotary).
         rotary_base: base of the rotary frequencies.
         bias: whether the projections have biases.
         dropout: attention-probability dropout during training.
@@ -38,22 +38,22 @@ class Attention(nn.Module):
         self,
         d_model: int,
         layer_idx: int = 0,
-        n_heads: int = 4,
+        num_heads: int = 4,
         rotary_base: float = 10000.0,
         bias: bool = False,
         dropout: float = 0.0,
     ):
         super().__init__()
-        if not is_int(n_heads) or n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"attention n_heads={n_heads!r} must be a positive divisor of d_model={d_model}")
+        if not is_int(num_heads) or num_heads < 1 or d_model % num_heads:
+            raise ValueError(f"attention num_heads={num_heads!r} must be a positive divisor of d_model={d_model}")
         check_real("attention rotary_base", rotary_base, low=0, low_open=True)
         check_real("attention dropout", dropout, low=0, high=1, high_open=True)
         check_bool("attention bias", bias)
-        head_dim = d_model // n_heads
+        head_dim = d_model // num_heads
         if head_dim % 2:
-            raise ValueError(f"attention head dim d_model/n_heads={head_dim} must be even for rotary embedding")
+            raise ValueError(f"attention head dim d_model/num_heads={head_dim} must be even for rotary embedding")
         self.layer_idx = layer_idx
-        self.n_heads = n_heads
+        self.num_heads = num_heads
         self.head_dim = head_dim
         self.dropout = dropout
         self.qkv = linear(d_model, 3 * d_model, bias=bias)
@@ -63,22 +63,22 @@ class Attention(nn.Module):
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per token (2 per multiply-add): the projections, plus q.k scores and the
         weighted sum of values over the causal context (seq_len / 2 positions on average)."""
-        return 2 * parameter_count(self) + 2 * 2 * (seq_len // 2) * self.n_heads * self.head_dim
+        return 2 * parameter_count(self) + 2 * 2 * (seq_len // 2) * self.num_heads * self.head_dim
 
     def state_size(self, seq_len: int) -> int:
         """Bytes of inference state per sequence of ``seq_len`` tokens: the keys and values cached."""
-        return 2 * seq_len * self.n_heads * self.head_dim * self.qkv.weight.element_size()
+        return 2 * seq_len * self.num_heads * self.head_dim * self.qkv.weight.element_size()
 
     def allocate_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> "KVCache":
         """Empty key/value cache for ``step``, room for ``max_len`` positions."""
         weight = self.qkv.weight
-        shape = (batch_size, self.n_heads, max_len, self.head_dim)
+        shape = (batch_size, self.num_heads, max_len, self.head_dim)
         device, dtype = device or weight.device, dtype or weight.dtype
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def project_token(self, hidden: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden (B, D) at ``position`` -> q, k, v, each (B, H, 1, hd), q and k rotated."""
-        q, k, v = self.qkv(hidden).view(hidden.shape[0], 3, self.n_heads, 1, self.head_dim).unbind(1)
+        q, k, v = self.qkv(hidden).view(hidden.shape[0], 3, self.num_heads, 1, self.head_dim).unbind(1)
         return self.rotary(q, offset=position), self.rotary(k, offset=position), v
 
     def step(self, hidden: torch.Tensor, cache: "KVCache") -> tuple[torch.Tensor, "KVCache"]:
@@ -97,7 +97,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D); position t attends to positions <= t."""
         batch, length, d_model = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim)
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, hd)
         q, k = self.rotary(q), self.rotary(k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)

@@ -21,7 +21,7 @@ class SlidingWindowAttention(Attention):
     Args:
         window: positions each token attends to (>= 1); a sequence no longer than ``window`` is
             plain causal attention.
-        d_model, layer_idx, n_heads, rotary_base, bias, dropout: as for ``Attention``.
+        d_model, layer_idx, num_heads, rotary_base, bias, dropout: as for ``Attention``.
     """
 
     def __init__(self, d_model: int, layer_idx: int = 0, window: int = 64, **attention_options):
@@ -34,7 +34,7 @@ class SlidingWindowAttention(Attention):
         """Forward FLOPs per token: the projections, plus scores and weighted values over the
         average causal context ``seq_len / 2``, capped at the window (an upper bound past it)."""
         context = min(seq_len // 2, self.window)
-        return 2 * parameter_count(self) + 2 * 2 * context * self.n_heads * self.head_dim
+        return 2 * parameter_count(self) + 2 * 2 * context * self.num_heads * self.head_dim
 
     def state_size(self, seq_len: int) -> int:
         """Bytes of inference state per sequence: keys and values of at most ``window`` positions."""
@@ -62,7 +62,7 @@ class SlidingWindowAttention(Attention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D); position t attends to positions max(0, t - window + 1) .. t."""
         batch, length, d_model = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim)
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, hd)
         q, k = self.rotary(q), self.rotary(k)
         dropout = self.dropout if self.training else 0.0

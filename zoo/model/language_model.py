@@ -41,7 +41,7 @@ class ModelConfig:
     pattern: mixer of each layer, as a string of letters (``"AAMA"``; see ``PATTERN_LETTERS``) or a
         list of mixer names; a pattern shorter than ``n_layers`` is repeated if its length divides it.
     channel: ``"mlp"`` / ``"none"`` for every layer, or a list with one entry per layer.
-    mixer: keyword arguments per mixer name, e.g. ``{"attention": {"n_heads": 4}}``; a mixer without
+    mixer: keyword arguments per mixer name, e.g. ``{"attention": {"num_heads": 4}}``; a mixer without
         an entry takes its constructor's defaults.
     mlp: keyword arguments of the MLP channel; ``hidden_dim`` None = 8/3 * d_model rounded up to a
         multiple of 8.
@@ -59,7 +59,7 @@ class ModelConfig:
     pattern: str | list[str] = "A"
     channel: str | list[str] = "mlp"
     mixer: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"attention": {"n_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}}
+        default_factory=lambda: {"attention": {"num_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}}
     )
     mlp: dict[str, Any] = field(default_factory=lambda: {"hidden_dim": None, "bias": False})
     tie_embeddings: bool = False

@@ -3,17 +3,20 @@ or setting the task generates) and write metrics.json in the run directory."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.checkpoint.files import checkpoint_in
+from zoo.core.command_line import check_overrides, usage_errors
 from zoo.core.io import atomic_write_json, format_metrics
+from zoo.core.quiet import quiet_dependencies
 from zoo.memory.callbacks import memory_callbacks
 from zoo.model.loading import read_checkpoint
 from zoo.tasks import build_datamodule
@@ -78,13 +81,23 @@ def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+def main() -> None:
+    """``memzoo-eval ckpt=PATH [OVERRIDE ...]``: a bad key or value ends in one message and exit code
+    2 (``zoo.core.command_line``)."""
+    check_overrides("eval", "memzoo-eval", sys.argv[1:])
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://zoo.configs", config_name="eval")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = HydraConfig.get().runtime.output_dir
-    metrics = evaluate(cfg, run_dir)
-    rank_zero_info(f"{format_metrics(metrics['test'])} on {metrics['test_shape']}; metrics.json in {run_dir}")
+    quiet_dependencies(verbose=bool(HydraConfig.get().verbose))
+    with usage_errors("memzoo-eval"):
+        metrics = evaluate(cfg, run_dir)
+    if rank_zero_only.rank == 0:
+        print(f"{format_metrics(metrics['test'])} on {metrics['test_shape']}; metrics.json in {run_dir}")
 
 
 if __name__ == "__main__":

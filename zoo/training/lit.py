@@ -182,7 +182,8 @@ class LitLanguageModel(L.LightningModule):
             total = int(self.trainer.estimated_stepping_batches)
         warmup = default_warmup(opt.warmup_steps, total)
         scheduler = warmup_cosine_scheduler(optimizer, warmup, total, opt.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # logged as lr/<group> (lr/decay, lr/memory_values, ...), whichever optimizer class holds the group
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Norm clipping over dense and sparse gradients alike (torch's own rejects sparse ones)."""

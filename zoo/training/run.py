@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from zoo.checkpoint.files import read_hyper_parameters
 from zoo.core.io import atomic_write_json, atomic_write_text
-from zoo.memory import memory_layers
 from zoo.memory.callbacks import memory_callbacks
 from zoo.memory.monitor import sent_bytes_per_token
 from zoo.model.flops import active_parameters, channel_parameters, forward_flops_per_token, state_size
@@ -31,6 +30,7 @@ from zoo.training.signals import CheckpointOnSignal, StopSignals
 from zoo.training.slices import generate_slices
 from zoo.training.stuck_ranks import collective_timeouts
 from zoo.training.throughput import RunThroughput
+from zoo.training.validation_lines import ValidationLines, validate_by_the_end
 
 
 def check_run_config(cfg: DictConfig, budget: Budget | None = None) -> RunConfig:
@@ -130,8 +130,9 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
             checkpoint = RunCheckpoint(run_dir / "checkpoints", every_n_train_steps=run.checkpoint.every_n_train_steps)
             on_signal = CheckpointOnSignal(stop, run_dir / "checkpoints")
             throughput = RunThroughput(seq_len, run.throughput)
+            quiet_bar = not run.trainer.get("enable_progress_bar", True)  # a grid's cell: a line per validation instead
             trainer = L.Trainer(
-                **with_distributed_checkpoints(run.trainer, run.collective_timeout_s),
+                **with_distributed_checkpoints(validate_by_the_end(run.trainer), run.collective_timeout_s),
                 default_root_dir=str(run_dir),
                 logger=loggers,
                 callbacks=[
@@ -140,6 +141,7 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
                     throughput,
                     LearningRateMonitor(logging_interval="step"),
                     *memory_callbacks(run.model.memory),
+                    *([ValidationLines("/".join(run_dir.parts[-2:]))] if quiet_bar else []),
                 ],
                 plugins=[AtomicCheckpointIO()],
             )
@@ -216,8 +218,9 @@ def run_metrics(
             {**knobs, "acc": test[f"{name}/acc"], "loss": test[f"{name}/loss"]}
             for knobs, name in zip(run.test_slices, slice_names)
         ]
-    if memory_layers(model):
-        metrics["memory_comm_bytes_per_token"] = sent_bytes_per_token(model, trainer.world_size)
+    sent = sent_bytes_per_token(model, trainer.world_size)
+    if any(sent.values()):  # a sharded table; a local one sends nothing
+        metrics["memory_comm_bytes_per_token"] = sent
     if summary := datamodule.summarize(metrics):
         metrics["task_metrics"] = summary
     return metrics

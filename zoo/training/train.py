@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.checkpoint.files import resume_path
+from zoo.core.command_line import check_overrides, usage_errors
 from zoo.core.io import format_metrics
+from zoo.core.quiet import quiet_dependencies
 from zoo.training.run import check_run_config, fit_and_test
 from zoo.training.run_checks import claim_run_dir, remove_stale_temp_files
 from zoo.training.run_lock import exclusive_dir
@@ -22,9 +23,6 @@ from zoo.training.signals import RunInterrupted
 from zoo.training.stuck_ranks import CollectiveTimeout
 
 __all__ = ["check_run_config", "main", "train"]
-
-# lightning's pytree helper trips a torch deprecation on every step; it is not ours to act on
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -47,20 +45,34 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         return fit_and_test(run, run_dir, resume, config_yaml, started)
 
 
+def main() -> None:
+    """``memzoo-train [OVERRIDE ...]``: a bad key or value ends in one message and exit code 2
+    (``zoo.core.command_line``), before Hydra makes a run directory; so does a value memzoo's checks
+    refuse (``check_run_config``)."""
+    check_overrides("train", "memzoo-train", sys.argv[1:], check=check_run_config)
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://zoo.configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = HydraConfig.get().runtime.output_dir
+    quiet_dependencies(verbose=bool(HydraConfig.get().verbose))
     try:
-        metrics = train(cfg, run_dir)
+        with usage_errors("memzoo-train"):
+            metrics = train(cfg, run_dir)
     except RunInterrupted as stopped:  # 143 (SIGTERM) / 130 (SIGINT): a sweep stops here too
         print(f"{stopped}; resume with: memzoo-train ... hydra.run.dir={run_dir} ckpt=last", file=sys.stderr)
         sys.exit(stopped.exit_code)
     except CollectiveTimeout as stuck:
         print(f"{stuck}; the last checkpoint is in {run_dir}/checkpoints (resume with ckpt=last)", file=sys.stderr)
         sys.exit(1)
-    rank_zero_info(f"{format_metrics(metrics['test'])} in {metrics['wall_time_s']:.0f}s; metrics.json in {run_dir}")
+    if rank_zero_only.rank == 0:
+        print(
+            f"{format_metrics(metrics['test'])} in {metrics['wall_time_s']:.0f}s ({metrics['params']['total']:,} parameters, "
+            f"{metrics['flops_per_token']:,} FLOPs/token); metrics.json in {run_dir}"
+        )
 
 
 if __name__ == "__main__":

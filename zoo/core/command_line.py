@@ -1,0 +1,119 @@
+"""Bad input on a memzoo command line ends in one message and exit code 2, not a traceback: a key
+that does not exist (with the nearest existing keys, not Hydra's ``+key`` that would add the typo),
+a value of the wrong type, or a value memzoo's checks refuse (their ``ValueError`` names the key,
+the value and what is allowed). ``HYDRA_FULL_ERROR=1`` raises instead, traceback and all."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
+
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+COMPOSITION_ERRORS = (HydraException, OmegaConfBaseException)  # what composing a config with bad overrides raises
+USAGE_EXIT = 2  # the exit code of a command-line error, as argparse and the shells use it
+
+
+def full_errors() -> bool:
+    """``HYDRA_FULL_ERROR=1``: the user wants the traceback."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def exit_usage(command: str, message: str) -> NoReturn:
+    """Print ``<command>: error: <message>`` to stderr and exit with code 2."""
+    print(f"{command}: error: {message}", file=sys.stderr)
+    sys.exit(USAGE_EXIT)
+
+
+@contextmanager
+def usage_errors(command: str) -> Iterator[None]:
+    """A ``ValueError`` inside (memzoo's checks: the key, the value, what is allowed) ends the command
+    with ``exit_usage``; under ``HYDRA_FULL_ERROR=1`` it propagates, traceback and all."""
+    try:
+        yield
+    except ValueError as bad:
+        if full_errors():
+            raise
+        exit_usage(command, str(bad))
+
+
+def config_keys(values: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of a config's container (nested mappings flattened; ``hydra`` left out)."""
+    keys = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if dotted == "hydra":
+            continue
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys += config_keys(value, f"{dotted}.")
+    return keys
+
+
+def nearest_key(key: str, keys: Sequence[str]) -> str | None:
+    """The one of ``keys`` closest to the mistyped ``key`` (difflib's ratio, at least 0.6), or None."""
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+def check_overrides(
+    config_name: str, command: str, argv: Sequence[str], check: Callable[[DictConfig], object] | None = None
+) -> None:
+    """Compose ``config_name`` (``zoo/configs``) with the override arguments before Hydra runs them
+    (and makes a run directory); a key that does not exist, a value the config's type refuses or one
+    ``check(cfg)`` refuses with a ``ValueError`` exits with code 2 and one message
+    (``composition_error``, or the check's). Command lines with Hydra flags (``--cfg``, ``--multirun``,
+    ``--help``, ...) are left to Hydra, which handles those; so are all of them under ``HYDRA_FULL_ERROR=1``."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(argv)
+    if full_errors() or any(arg.startswith("-") for arg in overrides) or GlobalHydra.instance().is_initialized():
+        return
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
+        try:
+            cfg = compose(config_name, overrides=overrides)
+            if check is not None:
+                check(cfg)
+            return
+        except COMPOSITION_ERRORS as err:
+            message = composition_error(err, config_name, command, overrides)
+        except ValueError as bad:  # memzoo's checks: the key, the value, what is allowed
+            message = str(bad)
+    exit_usage(command, message)
+
+
+def composition_error(err: Exception, config_name: str, command: str, overrides: Sequence[str]) -> str:
+    """Hydra's or OmegaConf's error composing ``config_name`` with ``overrides`` as one line: for a key
+    that does not exist, the nearest existing key; else the message, led by the override it is
+    about. Inside an initialized Hydra (it composes again, without the bad key, to list the keys)."""
+    from hydra import compose
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = err.__cause__ if isinstance(err.__cause__, COMPOSITION_ERRORS) else err
+    key = getattr(cause, "full_key", None)
+    if not (isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key):
+        return _one_message(cause, key, overrides)
+    others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        known = config_keys(OmegaConf.to_container(compose(config_name, overrides=others), resolve=False))
+    except COMPOSITION_ERRORS:
+        known = []
+    near = nearest_key(key, known)
+    hint = f"; did you mean {near}?" if near else ""
+    return f"{key} is not a key of the {command} config{hint} (`{command} --cfg job` prints them all)"
+
+
+def _one_message(err: Exception, key: str | None, overrides: Sequence[str]) -> str:
+    """OmegaConf's or Hydra's message on one line, led by the override it is about."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    text = " ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=", "reference_type=")))
+    text = text.split(" Config search path:")[0]  # Hydra's list of where it looked, after a missing option
+    given = next((o for o in overrides if key and o.split("=", 1)[0].lstrip("+~") == key), None)
+    return f"{given}: {text}" if given else text
