@@ -100,7 +100,7 @@ def composition_error(err: Exception, config_name: str, command: str, overrides:
     key = getattr(cause, "full_key", None)
     if not (isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key):
         return _one_message(cause, key, overrides)
-    others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    others = [o for o in overrides if _override_key(o) != key]
     try:
         known = config_keys(OmegaConf.to_container(compose(config_name, overrides=others), resolve=False))
     except COMPOSITION_ERRORS:
@@ -110,10 +110,15 @@ def composition_error(err: Exception, config_name: str, command: str, overrides:
     return f"{key} is not a key of the {command} config{hint} (`{command} --cfg job` prints them all)"
 
 
+def _override_key(override: str) -> str:
+    """``+a.b=1`` / ``~a.b`` / ``a.b=1`` -> ``a.b``: the config key an override is about."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def _one_message(err: Exception, key: str | None, overrides: Sequence[str]) -> str:
     """OmegaConf's or Hydra's message on one line, led by the override it is about."""
     lines = [line.strip() for line in str(err).splitlines()]
     text = " ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=", "reference_type=")))
     text = text.split(" Config search path:")[0]  # Hydra's list of where it looked, after a missing option
-    given = next((o for o in overrides if key and o.split("=", 1)[0].lstrip("+~") == key), None)
+    given = next((o for o in overrides if key and _override_key(o) == key), None)
     return f"{given}: {text}" if given else text

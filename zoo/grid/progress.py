@@ -66,7 +66,6 @@ class GridProgress:
     def __enter__(self) -> GridProgress:
         earlier = f", {self.earlier} done earlier" if self.earlier else ""
         self._print(f"{self.title}{earlier}; training {len(self.waiting)}")
-        self.started = self.clock()
         self._thread.start()
         return self
 
