@@ -16,7 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
@@ -247,7 +247,17 @@ def mqar_figure(best: list[dict[str, Any]], x: str = "d_model"):
     panels = sorted({(r["task.seq_len"], r["task.num_kv_pairs"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     labels = sorted({_line_label(r) for r in rows})
-    styles = {label: {"color": f"C{i}", "marker": MARKERS[i % len(MARKERS)]} for i, label in enumerate(labels)}
+    # hollow markers, each series smaller than the one before: series at the same point stay visible, nested
+    styles = {
+        label: {
+            "color": f"C{i}",
+            "marker": MARKERS[i % len(MARKERS)],
+            "markersize": 11 - 2 * (i % 4),
+            "markerfacecolor": "none",
+            "markeredgewidth": 1.5,
+        }
+        for i, label in enumerate(labels)
+    }
     for ax, (seq_len, pairs) in zip(axes[0], panels):
         lines = defaultdict(list)
         for r in rows:
@@ -264,10 +274,22 @@ def mqar_figure(best: list[dict[str, Any]], x: str = "d_model"):
         xlabel = "inference state per sequence (bytes)" if x == "state_size" else x
         ax.set(title=title, xlabel=xlabel, ylabel="MQAR test accuracy", ylim=(0, 1.02))
         ax.set_xscale("log", base=10 if x == "state_size" else 2)
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _log_tick_labels(ax)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _log_tick_labels(ax) -> None:
+    """Tick labels of a log x axis, called once its data is drawn: the decades only when the data span
+    one or more (minor labels such as 2x10^5, 3x10^5 collide), else the minor ticks in human units
+    (k, M), which are then the only ticks in range."""
+    low, high = ax.dataLim.intervalx
+    if high >= 10 * low:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: human(value, 2)))
+        ax.tick_params(axis="x", which="minor", labelsize=8)
 
 
 def _bars(ax, cells: dict[str, dict[str, Any]], y: str, styles: dict[str, dict[str, Any]]) -> None:
@@ -358,7 +380,7 @@ def capacity_figure(best: list[dict[str, Any]]):
         ax.axhline(size, color="grey", linewidth=0.8, label="all facts")
         ax.set(title=f"{size} facts", xlabel="total parameters", ylabel="facts recalled (test)")
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _log_tick_labels(ax)
         ax.legend(fontsize=6)
     usage_ax = axes[0][-1]
     for backbone in sorted({r["backbone"] for r in rows}):
@@ -373,7 +395,7 @@ def capacity_figure(best: list[dict[str, Any]]):
         title="memory slots read over the test set", xlabel="total parameters", ylabel="fraction of slots read", ylim=(0, 1.02)
     )
     usage_ax.set_xscale("log")
-    usage_ax.xaxis.set_minor_formatter(NullFormatter())
+    _log_tick_labels(usage_ax)
     if usage_ax.get_legend_handles_labels()[0]:
         usage_ax.legend(fontsize=6)
     fig.tight_layout()
@@ -383,7 +405,7 @@ def capacity_figure(best: list[dict[str, Any]]):
 def _channel_label(r: dict[str, Any]) -> str:
     """``MLP``, or ``memory 2^k`` for a memory of 2^k slots (``memory N`` when N is no power of 2)."""
     if r["memory"] == "none":
-        return r["channel"].upper() if r["channel"] == "mlp" else r["channel"]
+        return {"mlp": "MLP", "none": "no channel"}.get(r["channel"], r["channel"])
     slots = int(r["slots"])
     return f"memory 2^{slots.bit_length() - 1}" if slots & (slots - 1) == 0 else f"memory {slots}"
 
@@ -448,6 +470,7 @@ def capacity_bits_figure(best: list[dict[str, Any]]):
     )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _log_tick_labels(ax)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -579,7 +602,7 @@ def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Pa
             ax.plot(*zip(*curve), marker="s", linestyle=":", color=colors.get("MLP", "grey"), label="MLP, final at each budget")
         ax.set(title=backbone, xlabel="training FLOPs", ylabel="validation bits per byte")
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^12, 3x10^12, ... would collide
+        _log_tick_labels(ax)
         ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
