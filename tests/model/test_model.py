@@ -14,10 +14,14 @@ from zoo.model.flops import channel_parameters
 
 
 def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """Causal MHA written as a loop over query positions, rotary via complex multiplication."""
+    """Causal attention written as a loop over query positions, rotary via complex multiplication;
+    query head h reads key/value head h // (H / G) (grouped-query when G < H)."""
     batch, length, d_model = x.shape
-    heads, hd = attn.num_heads, attn.head_dim
-    q, k, v = (x @ attn.qkv.weight.T).view(batch, length, 3, heads, hd).unbind(2)  # (B,L,H,hd)
+    heads, kv_heads, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    q, k, v = (x @ attn.qkv.weight.T).split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
+    q = q.view(batch, length, heads, hd)
+    group = [h * kv_heads // heads for h in range(heads)]  # each query head's key/value head
+    k, v = (t.view(batch, length, kv_heads, hd)[:, :, group] for t in (k, v))  # (B,L,H,hd)
     half = hd // 2
     freqs = attn.rotary.inv_freq.double()
     angle = torch.arange(length, dtype=torch.float64)[:, None] * freqs[None]  # (L, hd/2)
@@ -33,6 +37,28 @@ def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
         scores = torch.einsum("bhd,bshd->bhs", q[:, t], k[:, : t + 1]) / math.sqrt(hd)
         out[:, t] = torch.einsum("bhs,bshd->bhd", scores.softmax(-1), v[:, : t + 1])
     return out.reshape(batch, length, d_model) @ attn.out_proj.weight.T
+
+
+@pytest.mark.parametrize("mixer", ["attention", "sliding_window"])
+def test_grouped_query_attention_matches_the_reference_and_its_own_step(mixer):
+    torch.manual_seed(0)
+    window = {"window": 4} if mixer == "sliding_window" else {}  # shorter than x: the banded path
+    attn = MIXERS[mixer](32, 0, num_heads=4, num_kv_heads=2, **window).double()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    y = attn(x)
+    if mixer == "attention":
+        torch.testing.assert_close(y, reference_attention(attn, x))
+    assert attn.qkv.weight.shape == ((4 + 2 * 2) * 8, 32)
+    cache = attn.allocate_cache(2, 11)
+    assert cache.keys.shape[1] == 2  # the cache keeps the key/value heads only
+    steps = torch.stack([attn.step(x[:, t], cache)[0] for t in range(11)], dim=1)
+    torch.testing.assert_close(steps, y)
+
+
+@pytest.mark.parametrize("kv_heads", [3, 0, 8, "2"])
+def test_num_kv_heads_must_divide_num_heads(kv_heads):
+    with pytest.raises(ValueError, match=f"attention num_kv_heads={kv_heads!r} must be a positive divisor of num_heads=4"):
+        Attention(32, 0, num_heads=4, num_kv_heads=kv_heads)
 
 
 def test_attention_matches_sequential_reference():
@@ -162,3 +188,26 @@ def test_training_loss_and_gradients_equal_cross_entropy_over_the_full_logits():
     assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
     for got, want in zip(grads, expected):
         assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_memory_beside_the_channel_keeps_the_mlp_and_adds_its_own_sub_layer():
+    from zoo.model.flops import forward_flops_per_token
+
+    memory = {"n_keys": 8, "knn": 4, "k_dim": 16, "layers": [1]}
+    replaced = build_model({"vocab_size": 50, "d_model": 32, "memory": memory})
+    beside = build_model({"vocab_size": 50, "d_model": 32, "memory": {**memory, "placement": "beside"}})
+    plain = build_model({"vocab_size": 50, "d_model": 32})
+    assert type(replaced.blocks[1].channel).__name__ == "MemoryPlus" and replaced.blocks[1].memory is None
+    assert type(beside.blocks[1].channel).__name__ == "SwiGLU" and type(beside.blocks[1].memory).__name__ == "MemoryPlus"
+    memory_flops = beside.blocks[1].memory.flops_per_token(16) + 2 * 32  # the layer and its norm
+    assert forward_flops_per_token(beside, 16) == forward_flops_per_token(plain, 16) + memory_flops
+    beside.eval()
+    tokens = torch.randint(0, 50, (2, 9))
+    caches = beside.allocate_caches(2, 9)
+    steps = torch.stack([beside.step(tokens[:, t], caches) for t in range(9)], dim=1)
+    torch.testing.assert_close(steps, beside(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_memory_placement_is_checked():
+    with pytest.raises(ValueError, match="memory.placement='after'; allowed: \\['replace', 'beside'\\] or null"):
+        build_model({"vocab_size": 50, "memory": {"placement": "after"}})

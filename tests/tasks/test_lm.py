@@ -171,7 +171,7 @@ def test_config_keys_are_the_constructor_arguments_and_build_the_datamodule():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(tokenizer="word"), r"tokenizer='word' is not a tokenizer; allowed: \['byte', 'bpe'\]"),
+        (dict(tokenizer="word"), r"tokenizer='word' is not a tokenizer; allowed: \['byte', 'bpe', 'pretrained'\]"),
         (dict(vocab_size=512), r"vocab_size=512 must be 256 with task.tokenizer='byte'"),
         (dict(vocab_size=256, tokenizer="bpe"), r"vocab_size=256 must be > 256 with task.tokenizer='bpe'"),
         (dict(seq_len=0), r"seq_len=0 must be an integer >= 1"),

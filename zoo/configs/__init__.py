@@ -12,6 +12,7 @@ dataclass) and the YAML files select and override:
 - ``memory=pkm``: ``MemoryConfig`` (``zoo/memory/config.py``); ``memory=pkm_large`` overrides it.
 - ``optim=adamw``: ``OptimConfig`` (``zoo/training/optim.py``).
 - ``throughput=default``: ``ThroughputConfig`` (``zoo/training/throughput.py``): the peak FLOP/s for MFU.
+- ``init=default``: ``InitConfig`` (``zoo/training/pretrained_init.py``): a pretrained model to start from.
 
 It also registers the resolver ``memzoo_model`` that names a run's folder (``runs/<task>/<model>/<time>``).
 
@@ -22,6 +23,7 @@ entries exist before any composition.
 
 import copy
 import dataclasses
+from pathlib import PurePosixPath
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -30,6 +32,7 @@ from omegaconf import MISSING, OmegaConf
 from zoo.memory.config import MemoryConfig
 from zoo.model.language_model import ModelConfig
 from zoo.training.optim import OptimConfig
+from zoo.training.pretrained_init import InitConfig
 from zoo.training.throughput import ThroughputConfig
 
 NOT_BACKBONE = ("vocab_size", "memory")  # ModelConfig fields that other groups set
@@ -56,13 +59,16 @@ _store.store(name="backbone_base", node=backbone_base())  # not a group option: 
 _store.store(group="memory", name="pkm", node=MemoryConfig)
 _store.store(group="optim", name="adamw", node=OptimConfig)
 _store.store(group="throughput", name="default", node=ThroughputConfig)
+_store.store(group="init", name="default", node=InitConfig)
 
 
-def model_folder(backbone: str, memory: str, n_keys: Any = None) -> str:
-    """The model part of a run's folder (and TensorBoard run) name: the backbone, and the memory
-    preset with its slot count (``n_keys`` squared) when there is one: ``transformer``,
-    ``transformer+pkm1024``."""
-    return backbone if memory == "none" else f"{backbone}+{memory}{int(n_keys) ** 2}"
+def model_folder(backbone: str, memory: str, n_keys: Any = None, pretrained: Any = None) -> str:
+    """The model part of a run's folder (and TensorBoard run) name: the backbone (a pretrained
+    model's directory or hub name instead, when ``init.pretrained`` is set), and the memory preset
+    with its slot count (``n_keys`` squared) when there is one: ``transformer``,
+    ``transformer+pkm1024``, ``SmolLM-135M+pkm1024``."""
+    model = backbone if pretrained is None else PurePosixPath(str(pretrained).rstrip("/")).name
+    return model if memory == "none" else f"{model}+{memory}{int(n_keys) ** 2}"
 
 
 OmegaConf.register_new_resolver("memzoo_model", model_folder, replace=True)

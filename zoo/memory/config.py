@@ -9,6 +9,7 @@ from zoo.memory.optim import SECOND_MOMENTS  # the layouts RowAdam keeps
 
 QUERY_NORMS = ("none", "layernorm", "rmsnorm")
 PARALLEL_LAYOUTS = ("none", "rows", "columns")
+PLACEMENTS = ("replace", "beside")
 VALUE_DTYPES = ("float32", "bfloat16")
 VALUE_LR_PER_KEY = 1e-3 / 32  # the value table's default learning rate per sub-key: 1e-3 at n_keys=32, 8e-3 at 256
 
@@ -27,7 +28,12 @@ class MemoryConfig:
     temperature: softmax temperature over the k selected scores.
     query_bias: whether the query projection has a bias.
     gate: multiply the output by a learned scalar sigmoid gate ``sigmoid(w_g . x)``.
-    layers: indices of the layers whose channel is this memory.
+    layers: indices of the layers with this memory.
+    placement: replace | beside | null. ``replace``: the memory is the layer's channel (in place of
+        its MLP); ``beside``: the layer keeps its channel and the memory follows it as a residual
+        sub-layer of its own, ``x + memory(norm(x))``. null (default): replace in a model trained from
+        scratch, beside in a pretrained import (``init.pretrained``), whose memory then starts as an
+        exact no-op.
     shared: one value table serves every memory layer (each keeps its own query, keys, W1, W2).
     sparse_updates: values get sparse gradients and a rows-only lazy Adam update (RowAdam).
     value_lr: learning rate of the value table (same warmup + cosine schedule as the rest); None
@@ -58,6 +64,7 @@ class MemoryConfig:
     query_bias: bool = True
     gate: bool = False
     layers: list[int] = field(default_factory=lambda: [1])
+    placement: str | None = None
     shared: bool = True
     sparse_updates: bool = True
     value_lr: float | None = None
@@ -95,6 +102,8 @@ class MemoryConfig:
         if self.query_norm not in QUERY_NORMS:
             raise ValueError(f"memory.query_norm={self.query_norm!r}; allowed: {list(QUERY_NORMS)}")
         check_real("memory.temperature", self.temperature, low=0, low_open=True)
+        if self.placement not in (*PLACEMENTS, None):
+            raise ValueError(f"memory.placement={self.placement!r}; allowed: {list(PLACEMENTS)} or null")
         if self.parallel not in PARALLEL_LAYOUTS:
             raise ValueError(f"memory.parallel={self.parallel!r}; allowed: {list(PARALLEL_LAYOUTS)}")
         if self.value_dtype not in VALUE_DTYPES:

@@ -21,7 +21,7 @@ class SlidingWindowAttention(Attention):
     Args:
         window: positions each token attends to (>= 1); a sequence no longer than ``window`` is
             plain causal attention.
-        d_model, layer_idx, num_heads, rotary_base, bias, dropout: as for ``Attention``.
+        d_model, layer_idx, num_heads, num_kv_heads, rotary_base, bias, dropout: as for ``Attention``.
     """
 
     def __init__(self, d_model: int, layer_idx: int = 0, window: int = 64, **attention_options):
@@ -48,7 +48,6 @@ class SlidingWindowAttention(Attention):
         """One token: hidden (B, D) -> (B, D), attending to the cached window and itself; the token's
         key and value overwrite the oldest slot of ``cache`` (in place). Rotary is applied at the
         absolute position before caching, so the order of the slots does not matter."""
-        batch, d_model = hidden.shape
         slots = cache.keys.shape[2]
         q, k, v = self.project_token(hidden, cache.length)
         slot = cache.length % slots
@@ -56,24 +55,22 @@ class SlidingWindowAttention(Attention):
         cache.values[:, :, slot] = v[:, :, 0]
         cache.length += 1
         used = min(cache.length, slots)
-        y = F.scaled_dot_product_attention(q, cache.keys[:, :, :used], cache.values[:, :, :used])
-        return self.out_proj(y.reshape(batch, d_model)), cache
+        y = self._attend(q, cache.keys[:, :, :used], cache.values[:, :, :used])
+        return self.out_proj(y.flatten(1)), cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D); position t attends to positions max(0, t - window + 1) .. t."""
-        batch, length, d_model = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, hd)
+        q, k, v = self._heads(x)
         q, k = self.rotary(q), self.rotary(k)
         dropout = self.dropout if self.training else 0.0
-        if length <= self.window:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        if x.shape[1] <= self.window:
+            y = self._attend(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             y = self._banded(q, k, v, dropout)
-        return self.out_proj(y.transpose(1, 2).reshape(batch, length, d_model))
+        return self.out_proj(y.transpose(1, 2).flatten(2))
 
     def _banded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-        """q, k, v (B, H, L, hd) -> (B, H, L, hd): query block b (``window`` positions) attends to
+        """q (B, H, L, hd), k and v (B, G, L, hd) -> (B, H, L, hd): query block b (``window`` positions) attends to
         key blocks b - 1 and b under the band mask; L is padded up to whole blocks."""
         w, length = self.window, q.shape[2]
         blocks = -(-length // w)
@@ -87,5 +84,5 @@ class SlidingWindowAttention(Attention):
         key_pos = torch.arange(blocks, device=q.device)[:, None, None] * w - w + torch.arange(2 * w, device=q.device)
         behind = query_pos - key_pos  # (nb, w, 2w)
         mask = (behind >= 0) & (behind < w) & (key_pos >= 0)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)
+        y = self._attend(q, keys, values, attn_mask=mask, dropout_p=dropout)
         return y.flatten(2, 3)[:, :, :length]

@@ -12,7 +12,7 @@ def _outside_blocks(model: LanguageModel) -> int:
     """Parameters used per token outside the mixers and channels: the LM head (the tied embedding
     when tied; an embedding lookup is not counted) and every RMSNorm."""
     norms = parameter_count(model.norm) + sum(
-        parameter_count(block.mixer_norm) + (parameter_count(block.channel_norm) if block.channel_norm else 0)
+        parameter_count(block.mixer_norm) + sum(parameter_count(norm) for norm, _ in block.per_token_layers())
         for block in model.blocks
     )
     return model.lm_head.weight.numel() + norms
@@ -24,15 +24,14 @@ def active_parameters(model: LanguageModel) -> int:
     total = _outside_blocks(model)
     for block in model.blocks:
         total += parameter_count(block.mixer)
-        if block.channel is not None:
-            total += block.channel.active_parameters()
+        total += sum(layer.active_parameters() for _, layer in block.per_token_layers())
     return total
 
 
 def channel_parameters(model: LanguageModel) -> int:
     """Parameters of the blocks' channels (MLPs and memory layers), a table shared by several memory
     layers counted once: where a recall task's facts can be stored, beside the mixers and embeddings."""
-    unique = {id(p): p for block in model.blocks if block.channel is not None for p in block.channel.parameters()}
+    unique = {id(p): p for block in model.blocks for _, layer in block.per_token_layers() for p in layer.parameters()}
     return sum(p.numel() for p in unique.values())
 
 
@@ -43,8 +42,7 @@ def forward_flops_per_token(model: LanguageModel, seq_len: int) -> int:
     flops = 2 * _outside_blocks(model)
     for block in model.blocks:
         flops += block.mixer.flops_per_token(seq_len)
-        if block.channel is not None:
-            flops += block.channel.flops_per_token(seq_len)
+        flops += sum(layer.flops_per_token(seq_len) for _, layer in block.per_token_layers())
     return flops
 
 

@@ -49,8 +49,9 @@ class ModelConfig:
         learning several-fold).
     norm_eps: the RMSNorms' epsilon.
     vocab_size: token ids lie in ``[0, vocab_size)`` (a run takes it from its task).
-    memory: a ``MemoryConfig``, or None: the layers in ``memory.layers`` get the memory+ channel
-        instead of ``channel``.
+    memory: a ``MemoryConfig``, or None: the layers in ``memory.layers`` get the memory+ channel,
+        instead of ``channel`` (``memory.placement`` replace, the default) or as a residual
+        sub-layer of its own after it (beside: ``x + memory(norm(x))``, what a pretrained import uses).
     """
 
     name: str = "transformer"
@@ -93,10 +94,16 @@ class ModelConfig:
             if name not in allowed:
                 raise ValueError(f"backbone.channel has unknown channel {name!r}; allowed: {allowed}")
         per_layer = _expand_per_layer(names, self.n_layers, "backbone.channel")
-        memory = self.memory
-        for idx in memory.layers if memory is not None else []:
+        for idx in self.memory_beside_layers(beside=False):
             per_layer[idx] = "memory"
         return per_layer
+
+    def memory_beside_layers(self, beside: bool = True) -> list[int]:
+        """The memory layers placed beside the channel (``beside=False``: those replacing it)."""
+        memory = self.memory
+        if memory is None:
+            return []
+        return list(memory.layers) if (memory.placement == "beside") == beside else []
 
     def validate(self) -> None:
         """Every field's type and range, then cross-field checks, raised before any parameter is
@@ -177,27 +184,35 @@ def _expand_per_layer(names: list[str], n_layers: int, field_name: str) -> list[
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + channel(norm(x))``."""
+    """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + channel(norm(x))``, then (a memory
+    placed beside the channel) ``x + memory(norm(x))``, each sub-layer with its own RMSNorm."""
 
-    def __init__(self, d_model: int, mixer: nn.Module, channel: nn.Module | None, eps: float):
+    def __init__(self, d_model: int, mixer: nn.Module, channel: nn.Module | None, eps: float, memory: nn.Module | None = None):
         super().__init__()
         self.mixer_norm = mark_no_decay(nn.RMSNorm(d_model, eps=eps))
         self.mixer = mixer
         self.channel_norm = mark_no_decay(nn.RMSNorm(d_model, eps=eps)) if channel is not None else None
         self.channel = channel
+        self.memory_norm = mark_no_decay(nn.RMSNorm(d_model, eps=eps)) if memory is not None else None
+        self.memory = memory
+
+    def per_token_layers(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(norm, layer) of the channel and of a memory beside it, those the block has, in order."""
+        pairs = [(self.channel_norm, self.channel), (self.memory_norm, self.memory)]
+        return [(norm, layer) for norm, layer in pairs if layer is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D)."""
         x = x + self.mixer(self.mixer_norm(x))
-        if self.channel is not None:
-            x = x + self.channel(self.channel_norm(x))
+        for norm, layer in self.per_token_layers():
+            x = x + layer(norm(x))
         return x
 
     def step(self, x: torch.Tensor, cache: Any) -> torch.Tensor:
         """One token: x (B, D) -> (B, D) through the mixer's recurrent ``step`` (``cache`` updated)."""
         x = x + self.mixer.step(self.mixer_norm(x), cache)[0]
-        if self.channel is not None:
-            x = x + self.channel(self.channel_norm(x).unsqueeze(1)).squeeze(1)
+        for norm, layer in self.per_token_layers():
+            x = x + layer(norm(x).unsqueeze(1)).squeeze(1)
         return x
 
 
@@ -278,6 +293,7 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> LanguageModel:
     if memory is not None:
         shared = make_value_table(memory, config.d_model) if memory.shared else None
         channel_options["memory"] = {"config": memory, "values": shared}
+    beside = config.memory_beside_layers()
     blocks = []
     for idx, (mixer_name, channel_name) in enumerate(zip(config.layer_mixers(), config.layer_channels())):
         mixer = _build_layer(MIXERS, mixer_name, "mixer", config.d_model, idx, config.mixer.get(mixer_name, {}))
@@ -285,5 +301,8 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> LanguageModel:
         if CHANNELS[channel_name] is not None:
             options = channel_options[channel_name]
             channel = _build_layer(CHANNELS, channel_name, "channel", config.d_model, idx, options)
-        blocks.append(Block(config.d_model, mixer, channel, config.norm_eps))
+        memory_layer = None
+        if idx in beside:
+            memory_layer = _build_layer(CHANNELS, "memory", "channel", config.d_model, idx, channel_options["memory"])
+        blocks.append(Block(config.d_model, mixer, channel, config.norm_eps, memory=memory_layer))
     return LanguageModel(config, blocks)

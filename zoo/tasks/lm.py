@@ -25,7 +25,7 @@ from zoo.tasks.base import TOKEN_BYTES, GeneratedDataModule, check_int_option
 
 BYTE_VOCAB_SIZE = 256
 BYTES_PER_CORPUS_BYTE = 4 + 3 * TOKEN_BYTES + 2  # text copies, ids, inputs + targets, numpy/torch temporaries
-TOKENIZERS = ("byte", "bpe")
+TOKENIZERS = ("byte", "bpe", "pretrained")
 _SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "encodings"})
 _TOPICS = ("pydoc_data", "topics.py")
 
@@ -189,6 +189,26 @@ def token_bytes(tokenizer) -> list[bytes]:
     return table
 
 
+def load_tokenizer(path: str | Path | None):
+    """A ``tokenizers.Tokenizer`` from ``path`` (a ``tokenizer.json``, or a directory holding one);
+    ``ValueError`` naming the path when there is none."""
+    if path is None:
+        raise ValueError(
+            "task.tokenizer=pretrained reads a pretrained tokenizer.json: set init.pretrained=DIR (its directory's) "
+            "or task.tokenizer_path=PATH"
+        )
+    _require("tokenizers", "tokenizer", "pretrained", "reads a pretrained tokenizer.json with the `tokenizers` library")
+    from tokenizers import Tokenizer
+
+    file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise ValueError(f"task.tokenizer_path={str(path)!r}: no tokenizer.json there (a slow tokenizer alone is not read)")
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as err:  # tokenizers raises its own Exception type on a malformed file
+        raise ValueError(f"task.tokenizer_path={str(path)!r}: {file} is not a tokenizers file: {err}") from err
+
+
 def windows(ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (N,) -> (inputs, targets), each (N // (seq_len + 1), seq_len): consecutive windows, shifted by one."""
     rows = ids[: ids.numel() // (seq_len + 1) * (seq_len + 1)].view(-1, seq_len + 1)
@@ -205,9 +225,12 @@ class LanguageModelingDataModule(GeneratedDataModule):
     """Next-token prediction on the default stdlib corpus, a local ``path``, or a Hugging Face dataset.
 
     Args:
-        vocab_size: 256 for ``tokenizer="byte"``; the BPE vocabulary size (> 256) for ``"bpe"``.
-        tokenizer: ``"byte"`` (token = byte) or ``"bpe"`` (byte-level BPE, ``tokenizers``, trained on
-            the train split only).
+        vocab_size: 256 for ``tokenizer="byte"``; the BPE vocabulary size (> 256) for ``"bpe"``; not
+            read for ``"pretrained"`` (the tokenizer's own size).
+        tokenizer: ``"byte"`` (token = byte), ``"bpe"`` (byte-level BPE, ``tokenizers``, trained on
+            the train split only) or ``"pretrained"`` (a pretrained model's ``tokenizer.json``).
+        tokenizer_path: for ``tokenizer="pretrained"``, a ``tokenizer.json`` or the directory holding
+            it; ``memzoo-train init.pretrained=DIR`` sets it to DIR when left null.
         seq_len: tokens per example; windows hold ``seq_len + 1`` tokens.
         path: a text file or a directory (all files under it, sorted) instead of the default corpus.
         hf_dataset, hf_split, hf_text_field: a Hugging Face dataset instead (needs ``datasets`` and
@@ -218,7 +241,8 @@ class LanguageModelingDataModule(GeneratedDataModule):
         batch_size, seed, num_workers: see ``GeneratedDataModule``.
 
     After ``setup``: ``bytes_per_token[split]`` = bytes covered by the split's targets / number of
-    targets (1.0 for bytes), ``split_bytes[split]`` the split's text, and ``tokenizer`` the trained
+    targets (1.0 for bytes; for a pretrained tokenizer, whose tokens need not be byte-level, the
+    split's bytes / its tokens), ``split_bytes[split]`` the split's text, and ``tokenizer`` the trained
     ``tokenizers.Tokenizer`` (``None`` for bytes).
     """
 
@@ -226,6 +250,7 @@ class LanguageModelingDataModule(GeneratedDataModule):
         self,
         vocab_size: int = BYTE_VOCAB_SIZE,
         tokenizer: str = "byte",
+        tokenizer_path: str | None = None,
         seq_len: int = 128,
         path: str | None = None,
         hf_dataset: str | None = None,
@@ -264,6 +289,10 @@ class LanguageModelingDataModule(GeneratedDataModule):
                     "(256 byte tokens plus merges)"
                 )
             _require("tokenizers", "tokenizer", tokenizer, "trains a BPE with the `tokenizers` library")
+        self.tokenizer = None
+        if tokenizer == "pretrained":
+            self.tokenizer = load_tokenizer(tokenizer_path)
+            vocab_size = self.tokenizer.get_vocab_size()
         for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
             if not 0 < value < 1:
                 raise ValueError(f"task.{name}={value} must be in (0, 1)")
@@ -294,11 +323,11 @@ class LanguageModelingDataModule(GeneratedDataModule):
         self.corpus_report: dict[str, int] = {}
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
-        self.tokenizer = None
         self.split_bytes: dict[str, bytes] = {}
         self.bytes_per_token: dict[str, float] = {}
         self._ids: dict[str, torch.Tensor] = {}
         self._token_bytes: torch.Tensor | None = None
+        self._split_bytes_per_token: dict[str, float] = {}
 
     @property
     def max_seq_len(self) -> int:
@@ -363,7 +392,8 @@ class LanguageModelingDataModule(GeneratedDataModule):
             if self.tokenizer is None:
                 ids = torch.from_numpy(np.frombuffer(text, dtype=np.uint8).astype(np.int64))
             else:
-                ids = torch.tensor(self.tokenizer.encode(text.decode("utf-8")).ids, dtype=torch.long)
+                encoded = self.tokenizer.encode(text.decode("utf-8"), add_special_tokens=False)
+                ids = torch.tensor(encoded.ids, dtype=torch.long)
             if ids.numel() < self.seq_len + 1:
                 sizes = ", ".join(f"{s} {len(b)} bytes" for s, b in self.split_bytes.items())
                 raise ValueError(
@@ -371,6 +401,8 @@ class LanguageModelingDataModule(GeneratedDataModule):
                     f"{ids.numel()} tokens, fewer than one window of task.seq_len + 1 = {self.seq_len + 1} ({sizes})"
                 )
             split_ids[split] = ids
+            if self.tokenizer_name == "pretrained":
+                self._split_bytes_per_token[split] = len(text) / ids.numel()
         self._ids = split_ids
 
     def setup(self, stage: str | None = None) -> None:
@@ -380,7 +412,9 @@ class LanguageModelingDataModule(GeneratedDataModule):
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = windows(self._ids[split], self.seq_len)
-        if self._token_bytes is None:
+        if split in self._split_bytes_per_token:
+            self.bytes_per_token[split] = self._split_bytes_per_token[split]
+        elif self._token_bytes is None:
             self.bytes_per_token[split] = 1.0
         else:
             self.bytes_per_token[split] = float(self._token_bytes[targets].mean())

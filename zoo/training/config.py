@@ -22,6 +22,7 @@ from zoo.model.language_model import ModelConfig
 from zoo.tasks import build_datamodule
 from zoo.tasks.base import GeneratedDataModule
 from zoo.training.optim import OptimConfig
+from zoo.training.pretrained_init import InitConfig
 from zoo.training.run_checks import check_run_options, check_schedule
 from zoo.training.slices import slice_datamodules
 from zoo.training.throughput import ThroughputConfig
@@ -65,10 +66,11 @@ class CheckpointConfig:
 class RunConfig:
     """Everything one ``memzoo-train`` run reads, typed and checked (``from_hydra``).
 
-    model: the backbone and memory groups with the task's vocabulary size. optim, throughput,
-    logger, checkpoint: their groups. task: the task's options (its datamodule checks them; ``name``
-    picks the task). trainer: ``lightning.Trainer`` keyword arguments (the ones memzoo reads are
-    checked). seed, ckpt, overwrite, size_check, collective_timeout_s, test_slices: ``train.yaml``'s.
+    model: the backbone and memory groups with the task's vocabulary size (with ``init.pretrained``:
+    the imported network's, with the memory group). optim, throughput, logger, checkpoint, init:
+    their groups. task: the task's options (its datamodule checks them; ``name`` picks the task).
+    trainer: ``lightning.Trainer`` keyword arguments (the ones memzoo reads are checked). seed,
+    ckpt, overwrite, size_check, collective_timeout_s, test_slices: ``train.yaml``'s.
     """
 
     model: ModelConfig
@@ -78,6 +80,7 @@ class RunConfig:
     throughput: ThroughputConfig
     logger: LoggerConfig
     checkpoint: CheckpointConfig
+    init: InitConfig
     seed: int
     ckpt: str | None
     overwrite: bool
@@ -100,11 +103,26 @@ class RunConfig:
         logger = from_mapping(LoggerConfig, cfg.logger, "logger")
         logger.check()
         task, test_slices = plain(cfg.task), plain(cfg.test_slices)
+        memory = None if cfg.memory.name == "none" else from_mapping(MemoryConfig, cfg.memory, "memory")
+        init = from_mapping(InitConfig, cfg.init, "init")
+        init.check(memory is not None)
+        if init.pretrained is not None:
+            from zoo.pretrained.importing import import_config  # needs the hf extra only when used
+
+            path, model = import_config(init.pretrained, memory)
+            init.pretrained = str(path)  # a hub id is downloaded once, here, and read from disk after
+            if task.get("tokenizer") == "pretrained" and task.get("tokenizer_path") is None:
+                task["tokenizer_path"] = init.pretrained
         slice_datamodules(task, test_slices)  # each slice a test split the task can generate
         vocab_size = build_datamodule(task).vocab_size  # the task's options checked; nothing generated
-        memory = None if cfg.memory.name == "none" else from_mapping(MemoryConfig, cfg.memory, "memory")
-        model = from_mapping(ModelConfig, {**plain(cfg.backbone), "vocab_size": int(vocab_size), "memory": memory}, "model")
-        model.validate()
+        if init.pretrained is None:
+            model = from_mapping(ModelConfig, {**plain(cfg.backbone), "vocab_size": int(vocab_size), "memory": memory}, "model")
+            model.validate()
+        elif vocab_size > model.vocab_size:
+            raise ValueError(
+                f"task.vocab_size={vocab_size} exceeds the pretrained model's vocab_size={model.vocab_size} "
+                f"(init.pretrained={init.pretrained!r}); use task=lm task.tokenizer=pretrained, its own tokenizer"
+            )
         return cls(
             model=model,
             optim=optim,
@@ -113,6 +131,7 @@ class RunConfig:
             throughput=throughput,
             logger=logger,
             checkpoint=checkpoint,
+            init=init,
             seed=cfg.seed,
             ckpt=cfg.ckpt,
             overwrite=cfg.overwrite,

@@ -41,6 +41,9 @@ class LitLanguageModel(L.LightningModule):
         chance_bits: the bits a scored target carries at chance (a recall task's ``chance_bits``);
             when given, validation and the test split log ``{split}/knowledge_bits``
             (``zoo.training.metrics.KnowledgeBits``, summed over the split).
+        pretrained: the Hugging Face directory the run started from (``init.pretrained``), kept in the
+            checkpoint so ``memzoo-export`` finds its tokenizer and token ids; the weights are loaded
+            by ``zoo.training.pretrained_init.start_from_pretrained``, not here.
 
     Checkpoints store the configs as plain dicts (``hyper_parameters.model`` / ``.optim``: the
     dataclasses' fields), which ``torch.load(weights_only=True)`` reads and
@@ -54,6 +57,7 @@ class LitLanguageModel(L.LightningModule):
         bytes_per_token: dict[str, float] | None = None,
         test_slices: list[str] | None = None,
         chance_bits: float | None = None,
+        pretrained: str | None = None,
     ):
         super().__init__()
         self.model_config = model
@@ -67,6 +71,7 @@ class LitLanguageModel(L.LightningModule):
                 "bytes_per_token": bytes_per_token,
                 "test_slices": test_slices,
                 "chance_bits": chance_bits,
+                "pretrained": pretrained,
             },
             logger=False,
         )

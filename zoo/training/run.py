@@ -24,6 +24,7 @@ from zoo.training.checkpoint_io import AtomicCheckpointIO, DistributedCheckpoint
 from zoo.training.config import LoggerConfig, RunConfig
 from zoo.training.guards import check_same_model, check_token_ids
 from zoo.training.lit import LitLanguageModel
+from zoo.training.pretrained_init import start_from_pretrained
 from zoo.training.run_checkpoint import RunCheckpoint
 from zoo.training.run_checks import check_batches
 from zoo.training.signals import CheckpointOnSignal, StopSignals
@@ -154,7 +155,9 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
                 bytes_per_token=datamodule.bytes_per_token,
                 test_slices=list(slices),
                 chance_bits=datamodule.chance_bits,
+                pretrained=run.init.pretrained,
             )
+            start_from_pretrained(module.model, run.init, resume)
             if trainer.is_global_zero:
                 atomic_write_text(run_dir / "config.yaml", config_yaml)
             with stop.lightning_stops_as_interrupts(), collective_timeouts(trainer, run.collective_timeout_s):

@@ -1,0 +1,163 @@
+"""``from_pretrained``: a Hugging Face model directory (or hub id) -> memzoo's ``LanguageModel``
+with the same weights and the same logits, optionally with memory layers that start as an exact no-op.
+
+Supported: ``LlamaForCausalLM``, ``MambaForCausalLM``, ``Mamba2ForCausalLM`` (see ``ARCHITECTURES``).
+Weights are read from ``model.safetensors`` (or its shards) only: a checkpoint that exists only as
+pickle (``pytorch_model.bin``) is refused, never unpickled."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from zoo.core.dataclass_config import from_mapping
+from zoo.memory import MemoryConfig, memory_layers
+from zoo.model.language_model import LanguageModel, ModelConfig, build_model
+from zoo.pretrained import llama, mamba
+from zoo.pretrained.directory import TOKENIZER_FILES, WEIGHTS_FILE, read_config, safetensors_torch
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class Architecture(NamedTuple):
+    """How one Hugging Face architecture maps: its config -> ``ModelConfig``, and state dicts both ways."""
+
+    model_config: Callable[[dict[str, Any]], ModelConfig]
+    to_memzoo: Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]
+    to_hf: Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]
+
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": Architecture(llama.model_config, llama.to_memzoo, llama.to_hf),
+    "MambaForCausalLM": Architecture(mamba.mamba_config, mamba.to_memzoo, mamba.to_hf),
+    "Mamba2ForCausalLM": Architecture(mamba.mamba2_config, mamba.to_memzoo, mamba.to_hf),
+}
+
+
+def architecture_of(config: dict[str, Any], where: str) -> str:
+    """The one supported architecture a ``config.json`` names; ``ValueError`` otherwise."""
+    names = config.get("architectures") or []
+    if not isinstance(names, list) or len(names) != 1 or names[0] not in ARCHITECTURES:
+        raise ValueError(f"{where}: architectures={names!r} is not supported; memzoo imports one of {sorted(ARCHITECTURES)}")
+    return names[0]
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A local model directory, or a hub id (``org/name``) downloaded with huggingface_hub (config,
+    safetensors and tokenizer files only): the one place memzoo reaches the network, and only when
+    ``source`` is not a local directory."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    text = str(source)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/")):
+        raise ValueError(f"pretrained={text!r} is neither a model directory nor a hub id of the form org/name")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "*.safetensors", INDEX_FILE, *TOKENIZER_FILES]
+    return Path(snapshot_download(repo_id=text, allow_patterns=patterns))
+
+
+def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of ``path``'s ``model.safetensors`` (or of the shards its index names)."""
+    load_file = safetensors_torch().load_file
+    if (path / WEIGHTS_FILE).is_file():
+        return load_file(str(path / WEIGHTS_FILE), device=str(map_location))
+    if (path / INDEX_FILE).is_file():
+        shards = sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            if Path(shard).name != shard:
+                raise ValueError(f"{path / INDEX_FILE}: shard {shard!r} is not a file name inside the directory")
+            state.update(load_file(str(path / shard), device=str(map_location)))
+        return state
+    pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+    hint = ""
+    if pickled:
+        hint = f" (it has {pickled}: memzoo never unpickles weights; convert with save_pretrained(safe_serialization=True))"
+    raise ValueError(f"{path}: no {WEIGHTS_FILE} or {INDEX_FILE}{hint}")
+
+
+def with_memory(config: ModelConfig, memory: MemoryConfig | Mapping[str, Any] | None) -> ModelConfig:
+    """``config`` with ``memory`` (placement null -> beside: the imported channel stays)."""
+    if memory is None:
+        return config
+    if not isinstance(memory, MemoryConfig):
+        memory = from_mapping(MemoryConfig, memory, "memory")
+    if memory.placement is None:
+        memory = dataclasses.replace(memory, placement="beside")
+    return dataclasses.replace(config, memory=memory)
+
+
+def import_config(source: str | os.PathLike, memory: MemoryConfig | Mapping[str, Any] | None = None) -> tuple[Path, ModelConfig]:
+    """A Hugging Face model directory or hub id -> (its local directory, the ``ModelConfig`` of its
+    network with ``memory`` added as ``with_memory`` does); every check made, no weight read."""
+    path = resolve_source(source)
+    hf = read_config(path)
+    arch = ARCHITECTURES[architecture_of(hf, str(path / "config.json"))]
+    config = with_memory(arch.model_config(hf), memory)
+    config.validate()
+    return path, config
+
+
+def load_pretrained_weights(model: LanguageModel, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> None:
+    """The weights of the Hugging Face directory ``path`` into ``model`` (built from
+    ``import_config(path, ...)``): every imported tensor mapped, every model parameter filled but
+    those of its memory layers (and of an MLP a memory replaces, whose weights are dropped); each
+    memory layer's output projection then set to zero, so the memory adds exactly 0 until it trains.
+    ``ValueError`` naming the entries that do not map."""
+    path, config = Path(path), model.config
+    hf = read_config(path)
+    state = ARCHITECTURES[architecture_of(hf, str(path / "config.json"))].to_memzoo(read_safetensors(path, map_location), config)
+    replaced = tuple(f"blocks.{i}.channel." for i in config.memory_beside_layers(beside=False))
+    state = {key: value for key, value in state.items() if not key.startswith(replaced)}  # MLPs the memory replaces
+    own = model.state_dict()
+    memory_keys = {key for key in own if _in_memory_layer(key, model)}
+    unexpected = [key for key in state if key not in own or key in memory_keys]
+    missing = [key for key in own if key not in state and key not in memory_keys and not _tied_head(key, config)]
+    if unexpected or missing:
+        shown = [f"missing {k}" for k in missing[:6]] + [f"unexpected {k}" for k in unexpected[:6]]
+        raise ValueError(f"{path}: its weights do not map onto the {config.name} model of its config.json: {'; '.join(shown)}")
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(own[key].shape)}")
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for layer in memory_layers(model).values():
+            layer.w2.weight.zero_()
+            if layer.w2.bias is not None:
+                layer.w2.bias.zero_()
+
+
+def from_pretrained(
+    source: str | os.PathLike,
+    memory: MemoryConfig | Mapping[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> LanguageModel:
+    """A Hugging Face model directory or hub id -> ``LanguageModel`` (train mode) whose logits are the
+    source model's. With ``memory``, its layers get a memory layer (beside the channel unless
+    ``memory.placement=replace``) that starts as an exact no-op (``load_pretrained_weights``);
+    replacing a layer's MLP drops that MLP's weights."""
+    path, config = import_config(source, memory)
+    model = build_model(config)
+    load_pretrained_weights(model, path, map_location)
+    return model
+
+
+def _in_memory_layer(key: str, model: LanguageModel) -> bool:
+    """Whether state-dict ``key`` belongs to a memory layer or its norm (parameters the import lacks)."""
+    parts = key.split(".")
+    if parts[0] != "blocks":
+        return False
+    block = model.blocks[int(parts[1])]
+    return parts[2] in ("memory", "memory_norm") or (parts[2] == "channel" and block.channel in memory_layers(model).values())
+
+
+def _tied_head(key: str, config: ModelConfig) -> bool:
+    return key == "lm_head.weight" and config.tie_embeddings

@@ -1,0 +1,44 @@
+"""What the architecture mappings share: checking that an imported ``config.json`` asks for nothing
+memzoo would silently compute differently."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_ROPE_TYPES = (None, "default")
+
+
+def check_fields(architecture: str, hf: dict[str, Any], rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """``ValueError`` listing every field of ``hf`` whose value ``rules`` (field -> (accepts, what is
+    allowed)) rejects; a field absent from ``hf`` takes None."""
+    bad = [
+        f"{key}={hf.get(key)!r} (memzoo supports {allowed})"
+        for key, (accepts, allowed) in rules.items()
+        if not accepts(hf.get(key))
+    ]
+    if bad:
+        raise ValueError(f"{architecture} config fields that change the math and that memzoo does not map: {'; '.join(bad)}")
+
+
+def rope_theta(architecture: str, hf: dict[str, Any]) -> float:
+    """The rotary base of a ``config.json`` (``rope_parameters`` in transformers 5, ``rope_theta`` /
+    ``rope_scaling`` before); ``ValueError`` for any scaled rotary (linear, dynamic, yarn, llama3, ...)."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type")) or scaling.get("rope_type", scaling.get("type"))
+    if kind not in DEFAULT_ROPE_TYPES:
+        raise ValueError(
+            f"{architecture} config asks for rotary scaling rope_type={kind!r}; memzoo supports the default rotary only"
+        )
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def finite_limit(value: Any) -> bool:
+    """A ``time_step_limit`` that clamps nothing: (0, inf), as JSON writes it or as Python reads it."""
+    if value is None:
+        return True
+    low, high = value
+    high = float(high["__float__"]) if isinstance(high, dict) else float(high)
+    return float(low) == 0.0 and math.isinf(high)
