@@ -22,6 +22,9 @@ README_MAX_LINES = 250
 CONFIG_OF = {"memzoo-train": "train", "memzoo-eval": "eval"}
 GRID_COMMANDS = {"memzoo-grid", "memzoo-bench"}  # memzoo-bench: the grid runner's older name
 NOT_CHECKED = {"pip", ".", "source", "tensorboard"}  # set-up and viewers: nothing of memzoo's to check
+# lm-eval's own command line with memzoo's model registered: its tasks' data need the network
+# (tests/pretrained/test_lm_eval_model.py runs lm-eval on a local task instead)
+NETWORK = {"memzoo-lm-eval"}
 FLAGS_WITH_VALUE = {"--out", "--cfg", "-c"}  # memzoo-grid's output folder; Hydra's --cfg job
 # Overrides whose value only the reader can fill in: left out of the composition, and marked here
 # one by one so that none passes for a checked setting (each must still occur on some page). A ckpt=
@@ -138,7 +141,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_every_command_in_readme_and_docs_is_one_the_test_knows():
-    known = {*CONFIG_OF, *GRID_COMMANDS, *NOT_CHECKED, "python", "python3", "bash"}
+    known = {*CONFIG_OF, *GRID_COMMANDS, *NOT_CHECKED, *NETWORK, "memzoo-export", "python", "python3", "bash"}
     unknown = [(page, " ".join(argv)) for page, argv in commands() if argv[0] not in known]
     assert not unknown, f"commands this test does not check (teach it, or say why not in NOT_CHECKED): {unknown}"
     assert {argv[0] for _, argv in commands()} >= {*CONFIG_OF, "memzoo-grid"}, "no command of some entry point was found"
@@ -184,6 +187,15 @@ def test_every_memzoo_grid_command_names_a_shipped_grid_whose_cells_compose(hydr
                 pytest.fail(f"{page}: `{' '.join(argv)}`: cell {cell.key} does not compose: {err}")
         checked += 1
     assert checked >= 3, f"only {checked} memzoo-grid commands found"
+
+
+def test_every_memzoo_export_command_parses():
+    from zoo.pretrained.export import parse
+
+    lines = [argv for _, argv in commands() if argv[0] == "memzoo-export"]
+    assert lines, "no page shows memzoo-export"
+    for argv in lines:
+        parse(list(argv[1:]))  # known keys, ckpt and out given, a known format
 
 
 def test_every_placeholder_marked_occurs_on_a_page():

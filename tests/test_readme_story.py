@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.configs import TINY
 from tests.test_readme import FENCE, ROOT, split_line
 
@@ -55,21 +57,49 @@ def shortened(argv: list[str]) -> list[str]:
     return argv
 
 
+def run_story(steps: list[tuple[str, object]], cwd: Path, shorten=shortened) -> None:
+    """Each step in ``cwd``, in order: a python block as a script, a command on its tiny budget;
+    every one must exit 0 without a traceback."""
+    for kind, step in steps:
+        if kind == "python":
+            script = cwd / "example.py"
+            script.write_text(step)
+            command = [sys.executable, str(script)]
+        else:
+            command = [str(BIN / step[0]), *shorten(step)[1:]]
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        if kind == "python" and "model says" in step:
+            assert done.stdout.startswith("model says "), done.stdout
+
+
 def test_readme_runs_as_written_in_order_then_the_evaluation_example(tmp_path):
     steps = story(ROOT / "README.md") + story(ROOT / "docs" / "runs.md", only="memzoo-eval")
     kinds = [argv[0] if kind == "bash" else kind for kind, argv in steps]
     assert {"memzoo-train", "memzoo-grid", "memzoo-eval", "python"} <= set(kinds), kinds
-    for kind, step in steps:
-        if kind == "python":
-            script = tmp_path / "example.py"
-            script.write_text(step)
-            command = [sys.executable, str(script)]
-        else:
-            command = [str(BIN / step[0]), *shortened(step)[1:]]
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-        assert "Traceback" not in done.stderr, done.stderr[-3000:]
-        if kind == "python" and "generate(" in step:
-            assert done.stdout.startswith("model says "), done.stdout
+    run_story(steps, tmp_path)
     assert (tmp_path / "runs" / "myrun" / "checkpoints" / "last.ckpt").is_file()  # what the examples share
     assert (tmp_path / "grids" / "quick" / "summary.md").is_file() and not (tmp_path / "results").exists()
+
+
+# docs/pretrained.md's runs on text, shortened; its lm-eval line needs the network (a task's data)
+TINY_TEXT = [
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+]
+
+
+def test_the_pretrained_page_runs_as_written_in_order(tmp_path):
+    pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+    steps = [
+        (kind, step) for kind, step in story(ROOT / "docs" / "pretrained.md") if kind == "python" or step[0] != "memzoo-lm-eval"
+    ]
+    kinds = [argv[0] if kind == "bash" else kind for kind, argv in steps]
+    assert kinds.count("memzoo-export") == 2 and "memzoo-train" in kinds, kinds
+    run_story(steps, tmp_path, shorten=lambda argv: [*argv, *TINY_TEXT] if argv[0] == "memzoo-train" else argv)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "exported" / "tiny-llama-memory").iterdir()
+    }

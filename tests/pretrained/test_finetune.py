@@ -12,7 +12,7 @@ from helpers.hf_models import save_tiny, save_tokenizer
 
 import zoo
 from zoo.configs import model_folder
-from zoo.pretrained.export import export
+from zoo.pretrained.export import export, main
 from zoo.pretrained.importing import from_pretrained
 from zoo.tasks.lm import LanguageModelingDataModule
 from zoo.training.pretrained_init import InitConfig
@@ -130,3 +130,19 @@ def test_a_pretrained_tokenizer_needs_a_path(tmp_path):
         LanguageModelingDataModule(tokenizer="pretrained")
     with pytest.raises(ValueError, match="no tokenizer.json there"):
         LanguageModelingDataModule(tokenizer="pretrained", tokenizer_path=str(tmp_path))
+
+
+def test_memzoo_export_prints_what_it_wrote_and_refuses_bad_input_with_exit_2(finetuned, tmp_path, capsys):
+    main([f"ckpt={finetuned}", f"out={tmp_path / 'out'}"])
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'out'} (config.json, ")
+    for argv, message in [
+        ([f"ckpt={finetuned}", f"outt={tmp_path / 'x'}"], "unknown key 'outt'; did you mean 'out'?"),
+        ([f"ckpt={finetuned}"], "missing out=..."),
+        ([f"ckpt={finetuned}", f"out={tmp_path / 'x'}", "format=onnx"], "format='onnx'; allowed: ['memzoo', 'hf']"),
+        ([f"ckpt={finetuned}", f"out={tmp_path / 'out'}"], "exists and is not an empty directory"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
