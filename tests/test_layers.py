@@ -16,10 +16,11 @@ ALLOWED = {
     "tasks": {"core"},
     "memory": {"core", "checkpoint"},
     "model": {"core", "checkpoint", "mixers", "memory"},
-    "training": {"core", "checkpoint", "mixers", "tasks", "memory", "model"},
+    "pretrained": {"core", "checkpoint", "memory", "model"},  # Hugging Face import / export, lm-eval
+    "training": {"core", "checkpoint", "mixers", "tasks", "memory", "model", "pretrained"},
     "configs": {"core", "memory", "model", "training"},  # the dataclass-backed presets
     "grid": {"core", "checkpoint", "tasks", "memory", "model", "training"},
-    "": {"model"},  # zoo/__init__.py: the public API
+    "": {"model", "pretrained"},  # zoo/__init__.py: the public API
 }
 
 

@@ -84,13 +84,7 @@ def read_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = 
 
 def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
     """A ``memzoo-train`` checkpoint -> its ``LanguageModel`` in eval mode, on one process (a sharded
-    run's distributed checkpoint is read whole: the ranks' parts assembled into the full table).
-    A model directory (``config.json`` + ``model.safetensors``: ``memzoo-export``'s, or a Hugging
-    Face Llama / Mamba / Mamba-2) is read by ``zoo.pretrained.directory.load_model_dir``, without pickle."""
-    if (Path(ckpt) / "config.json").is_file():
-        from zoo.pretrained.directory import load_model_dir
-
-        return load_model_dir(ckpt, map_location)
+    run's distributed checkpoint is read whole: the ranks' parts assembled into the full table)."""
     checkpoint, config = read_checkpoint(ckpt, map_location)
     model = build_model(config)
     prefix = "model."

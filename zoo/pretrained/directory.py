@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from zoo.model.language_model import LanguageModel, build_model
+from zoo.model.loading import load_model as load_checkpoint_model
 from zoo.model.loading import one_process, stored_model_config
 
 CONFIG_FILE = "config.json"
@@ -147,3 +148,12 @@ def load_weights(model: torch.nn.Module, file: Path, map_location: str | torch.d
     if missing or unexpected:
         shown = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in unexpected]
         raise ValueError(f"{file}: its weights do not fit the model of its config.json: {'; '.join(shown[:8])}")
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LanguageModel:
+    """``zoo.load_model``: a model directory (``config.json`` + ``model.safetensors``: ``memzoo-export``'s,
+    or a Hugging Face Llama / Mamba / Mamba-2; ``load_model_dir``, no pickle) or a ``memzoo-train``
+    checkpoint, file or run directory (``zoo.model.loading.load_model``) -> its model in eval mode."""
+    if is_model_dir(path):
+        return load_model_dir(path, map_location)
+    return load_checkpoint_model(path, map_location)
