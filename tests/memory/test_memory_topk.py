@@ -51,3 +51,17 @@ def test_module_search_equals_brute_force_over_all_slots(query_norm):
     assert torch.equal(slots, ref_slots)
     torch.testing.assert_close(weights, torch.softmax(ref_scores / 0.7, -1), rtol=1e-10, atol=1e-12)
     assert slots.min() >= 0 and slots.max() < 144
+
+
+@pytest.mark.parametrize("n_keys, knn, heads", [(16, 4, 1), (32, 32, 2), (64, 8, 4)])
+def test_the_fused_search_of_both_halves_equals_the_search_half_by_half(n_keys, knn, heads, monkeypatch):
+    from zoo.memory import product_keys
+
+    gen = torch.Generator().manual_seed(n_keys)
+    q = torch.randn(300, heads, 2, 12, generator=gen)
+    keys = torch.randn(heads, 2, n_keys, 12, generator=gen)
+    monkeypatch.setattr(product_keys, "SEARCH_CHUNK_ELEMENTS", 40 * heads * 2 * n_keys)  # several token chunks
+    idx, halves = product_keys.local_search(q, keys, knn)
+    want_idx, want_halves = product_keys.search_pairs(q, keys[:, 0], keys[:, 1], knn)  # the path it replaced
+    assert torch.equal(idx, want_idx)
+    torch.testing.assert_close(halves, want_halves, rtol=1e-6, atol=1e-6)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from zoo.memory.workspace import Workspace
+
 
 def _evaluate(closure):
     """Run an optimizer closure (forward + backward) with autograd on; None when there is none."""
@@ -43,25 +45,40 @@ def row_adam_update_(
     beta2: float,
     eps: float,
     step: int,
+    workspace: Workspace | None = None,
 ) -> None:
     """Lazy Adam on ``rows`` only, in place: param (N, d) any float dtype, exp_avg (N, d) float32+,
     exp_avg_sq (N, d) or (N,) (one second moment per row, updated with the row's mean g^2), rows (U,)
     unique, grad (U, d). Arithmetic in the moments' dtype; param is written back in its own dtype.
-    Each chunk reads and writes every state row once (gather, update in place, copy back)."""
+
+    Per chunk of rows: the moments' rows gathered into ``workspace`` buffers (reused step after step:
+    a fresh multi-MB temporary costs more in page faults than the arithmetic), updated in place and
+    copied back; a parameter in the moments' dtype gets its step added in place (``index_add_``: one
+    pass, no gather), another is gathered, updated and copied back in its own dtype."""
     bias1, bias2 = 1 - beta1**step, 1 - beta2**step
     rowwise = exp_avg_sq.dim() == 1
-    chunk = max(1, ROW_CHUNK_ELEMENTS // max(1, param[0].numel()))
+    work = exp_avg.dtype
+    width = param[0].numel()
+    chunk = max(1, ROW_CHUNK_ELEMENTS // max(1, width))
+    workspace = workspace or Workspace()
     for idx, g in zip(rows.split(chunk), grad.split(chunk)):
-        g = g.to(exp_avg.dtype)
-        m = exp_avg.index_select(0, idx).lerp_(g, 1 - beta1)
-        g_sq = g.square().mean(1) if rowwise else g.square()
-        v = exp_avg_sq.index_select(0, idx).mul_(beta2).add_(g_sq, alpha=1 - beta2)
+        n = idx.shape[0]
+        g = g.to(work)
+        v_cols, v_shape = (1, (n,)) if rowwise else (width, (n, width))
+        m = torch.index_select(exp_avg, 0, idx, out=workspace.take(n, width, work)).lerp_(g, 1 - beta1)
+        v = torch.index_select(exp_avg_sq, 0, idx, out=workspace.take(n, v_cols, work).view(v_shape))
+        g_sq = torch.mul(g, g, out=workspace.take(n, width, work))
+        v.mul_(beta2).add_(g_sq.mean(1) if rowwise else g_sq, alpha=1 - beta2)
         exp_avg.index_copy_(0, idx, m)
         exp_avg_sq.index_copy_(0, idx, v)
-        denom = v.div_(bias2).sqrt_().add_(eps)
-        p = param.index_select(0, idx).to(m.dtype)
-        p.addcdiv_(m, denom.unsqueeze(1) if rowwise else denom, value=-lr / bias1)
-        param.index_copy_(0, idx, p.to(param.dtype))
+        denom = (torch.div(v, bias2) if rowwise else torch.div(v, bias2, out=g_sq)).sqrt_().add_(eps)
+        # the step (-lr / b1) * m / denom, in m's buffer (m is stored already): AdamW's addcdiv, same rounding
+        update = m.mul_(-lr / bias1).div_(denom.unsqueeze(1) if rowwise else denom)
+        if param.dtype == work:
+            param.index_add_(0, idx, update)
+        else:
+            param.index_copy_(0, idx, param.index_select(0, idx).to(work).add_(update).to(param.dtype))
+        del m, v, g_sq, denom, update  # the buffers go back to the workspace for the next chunk
 
 
 class RowAdam(torch.optim.Optimizer):
@@ -82,6 +99,7 @@ class RowAdam(torch.optim.Optimizer):
         if second_moment not in SECOND_MOMENTS:
             raise ValueError(f"second_moment={second_moment!r}; allowed: {list(SECOND_MOMENTS)}")
         super().__init__(params, defaults={"lr": lr, "betas": betas, "eps": eps, "second_moment": second_moment})
+        self._workspaces: dict[torch.Tensor, Workspace] = {}  # the CPU update's temporaries, per table (not state)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -102,7 +120,9 @@ class RowAdam(torch.optim.Optimizer):
                     v_shape = param.shape[:1] if group["second_moment"] == "row" else param.shape
                     state["exp_avg_sq"] = torch.zeros(v_shape, dtype=work, device=param.device)
                 state["step"] += 1
-                row_update(param, state["exp_avg"])(
+                update = row_update(param, state["exp_avg"])
+                options = {"workspace": self._workspaces.setdefault(param, Workspace())} if update is row_adam_update_ else {}
+                update(
                     param,
                     state["exp_avg"],
                     state["exp_avg_sq"],
@@ -113,6 +133,7 @@ class RowAdam(torch.optim.Optimizer):
                     beta2,
                     group["eps"],
                     state["step"],
+                    **options,
                 )
         return loss
 

@@ -91,9 +91,17 @@ def search_pairs(
     return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
 
 
+@torch.no_grad()
 def local_search(q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Search over every slot on this process: q (T, H, 2, d), keys (H, 2, n, d) -> ``search_pairs``."""
-    return search_pairs(q, keys[:, 0], keys[:, 1], knn)
+    """Search over every slot on this process: q (T, H, 2, d), keys (H, 2, n, d) -> (sub-key indices,
+    half scores), each (T, H, 2, knn), as ``search_pairs`` gives them. Both halves are scored by one
+    batched matmul and ranked by one top-k (the halves have the same n here), in token chunks."""
+    chunk = max(1, SEARCH_CHUNK_ELEMENTS // (q.shape[1] * 2 * keys.shape[2]))
+    found = []
+    for part in q.split(chunk):
+        top, idx = torch.einsum("thsd,hsnd->thsn", part, keys).topk(knn, dim=-1)  # (t, H, 2, knn) each
+        found.append(best_pairs(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], knn))
+    return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
 
 
 class _SelectedScores(torch.autograd.Function):

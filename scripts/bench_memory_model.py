@@ -1,0 +1,217 @@
+"""Whole-model training step: a memory model against the same model with its MLP, side by side in one
+process, and where the memory model's time goes (torch.profiler, by aten op).
+
+Each comparison builds two ``LanguageModel``s that differ only in layer 1's channel: the SwiGLU MLP,
+or a product-key memory+ layer (rows-only Adam on its values). A training step is what
+``memzoo-train`` runs: forward, cross-entropy over every position, backward, gradient-norm clipping
+at 1.0, the optimizer step (AdamW + RowAdam), zero_grad. The two models' steps are timed in
+alternating rounds at the same thread count; the median step of each, after warm-up, gives the
+ratio ``memory step / MLP step``. FLOPs per token (``zoo.model.flops``) are listed beside: the memory
+layer is never more FLOPs than the MLP here.
+
+Shapes (the issue's): d_model 64, 2 layers, memory at layer 1 with one head, k_dim 64, top-32 and
+layer-normed queries (the capacity grid's memory), N = 2^10, 2^13, 2^16 slots, and the default
+``memory=pkm`` (4 heads, top-8, 2^10 slots); batch 16 x 40 tokens (the facts task's capacity-grid
+length); Transformer and Mamba-2.
+
+    python scripts/bench_memory_model.py                       # one thread, writes results/bench_memory_model.{json,md}
+    python scripts/bench_memory_model.py --threads 2 --out /tmp/two_threads.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zoo.core.io import write_bench_results
+from zoo.memory import MemoryConfig
+from zoo.model.flops import forward_flops_per_token
+from zoo.model.language_model import LanguageModel, build_model
+from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
+
+BACKBONES = {"transformer": "A", "mamba2": "S"}
+CAPACITY_MEMORY = {"heads": 1, "knn": 32, "k_dim": 64, "query_norm": "layernorm"}
+MEMORIES = {  # name -> MemoryConfig fields (layers=[1] added)
+    "capacity 2^10": {**CAPACITY_MEMORY, "n_keys": 32},
+    "capacity 2^13": {**CAPACITY_MEMORY, "n_keys": 91},  # 91^2 = 8281 ~ 2^13 (n_keys is an integer)
+    "capacity 2^16": {**CAPACITY_MEMORY, "n_keys": 256},
+    "memory=pkm (2^10)": {},
+}
+PROFILE_ROWS = 14
+
+
+def make_model(backbone: str, d_model: int, vocab: int, memory: dict | None) -> LanguageModel:
+    """The 2-layer ``backbone`` model with MLP channels, or with layer 1's MLP replaced by ``memory``."""
+    config = {"name": backbone, "d_model": d_model, "n_layers": 2, "pattern": BACKBONES[backbone], "vocab_size": vocab}
+    if backbone == "mamba2":
+        config["mixer"] = {"mamba2": {"chunk_size": 16}}
+    if memory is not None:
+        config["memory"] = MemoryConfig(**memory, layers=[1])
+    return build_model(config)
+
+
+class TrainStep:
+    """One training step of ``model`` on a fixed batch, as memzoo-train takes it."""
+
+    def __init__(self, model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor):
+        self.model, self.inputs, self.targets = model, inputs, targets
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(param_groups(model, lr=1e-3, weight_decay=0.1))
+
+    def __call__(self) -> None:
+        logits = self.model(self.inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1), self.targets.flatten())
+        loss.backward()
+        clip_grad_norm(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def alternating_medians(steps: dict[str, TrainStep], rounds: int, per_round: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each step function, timed in ``rounds`` alternating rounds of
+    ``per_round`` steps each (after ``warmup`` untimed steps each), so drifts of the machine hit all alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def profile(step: TrainStep, steps: int) -> list[dict]:
+    """The aten ops of ``steps`` training steps by self CPU time: name, calls, ms per step, share."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [
+        {
+            "op": e.key,
+            "calls_per_step": round(e.count / steps, 1),
+            "ms_per_step": round(e.self_cpu_time_total / steps / 1e3, 3),
+            "share": round(e.self_cpu_time_total / total, 3),
+        }
+        for e in events[:PROFILE_ROWS]
+    ]
+
+
+def compare(backbone: str, memory_name: str, args) -> dict:
+    """One row: the MLP model and the memory model of ``backbone`` timed side by side."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=gen)
+    targets = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=gen)
+    models = {
+        "mlp": make_model(backbone, args.d_model, args.vocab, None),
+        "memory": make_model(backbone, args.d_model, args.vocab, MEMORIES[memory_name]),
+    }
+    steps = {name: TrainStep(model, inputs, targets) for name, model in models.items()}
+    seconds = alternating_medians(steps, args.rounds, args.steps, args.warmup)
+    flops = {name: forward_flops_per_token(model, args.seq_len) for name, model in models.items()}
+    row = {
+        "backbone": backbone,
+        "memory": memory_name,
+        "n_slots": models["memory"].config.memory.n_slots,
+        "mlp_ms": round(seconds["mlp"] * 1e3, 3),
+        "memory_ms": round(seconds["memory"] * 1e3, 3),
+        "ratio": round(seconds["memory"] / seconds["mlp"], 3),
+        "mlp_flops_per_token": flops["mlp"],
+        "memory_flops_per_token": flops["memory"],
+    }
+    if args.profile and memory_name == args.profile:
+        row["profile_memory"] = profile(steps["memory"], args.profile_steps)
+        row["profile_mlp"] = profile(steps["mlp"], args.profile_steps)
+    return row
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"{result['machine']}, torch {result['torch']}, {result['threads']} thread(s); batch {result['batch']} x "
+        f"{result['seq_len']} tokens, d_model {result['d_model']}, 2 layers, memory at layer 1; median step of "
+        f"{result['rounds']} x {result['steps']} alternating steps after {result['warmup']} warm-up",
+        "",
+        "| backbone | memory | N slots | MLP model ms | memory model ms | memory / MLP | kFLOP/token MLP | kFLOP/token memory |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['backbone']} | {r['memory']} | {r['n_slots']} | {r['mlp_ms']:.2f} | {r['memory_ms']:.2f} | "
+            f"{r['ratio']:.3f} | {r['mlp_flops_per_token'] / 1e3:.1f} | {r['memory_flops_per_token'] / 1e3:.1f} |"
+        )
+    for r in result["rows"]:
+        for model in ("memory", "mlp"):
+            table = r.get(f"profile_{model}")
+            if not table:
+                continue
+            lines += [
+                "",
+                f"Profile: {r['backbone']} {'+ ' + r['memory'] if model == 'memory' else 'with its MLP'}, "
+                f"ops by self CPU time per step (torch.profiler; the profiler's own overhead included)",
+                "",
+                "| op | calls / step | ms / step | share |",
+                "| --- | ---: | ---: | ---: |",
+                *(f"| `{p['op']}` | {p['calls_per_step']:g} | {p['ms_per_step']:.3f} | {p['share']:.1%} |" for p in table),
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=40)
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=256)
+    parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES), default=["transformer", "mamba2"])
+    parser.add_argument("--memories", nargs="+", choices=list(MEMORIES), default=list(MEMORIES))
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (each model in each)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--profile", choices=list(MEMORIES), default="capacity 2^16", help="the memory whose steps are profiled")
+    parser.add_argument("--profile-steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("results/bench_memory_model.json"))
+    args = parser.parse_args(argv)
+    for name in ("threads", "batch", "seq_len", "d_model", "vocab", "rounds", "steps", "profile_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    torch.set_num_threads(args.threads)
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "d_model": args.d_model,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rows": [],
+    }
+    for backbone in args.backbones:
+        for memory in args.memories:
+            result["rows"].append(compare(backbone, memory, args))
+            r = result["rows"][-1]
+            print(f"{backbone} {memory}: MLP {r['mlp_ms']:.2f} ms, memory {r['memory_ms']:.2f} ms, x{r['ratio']:.3f}", flush=True)
+    write_bench_results(args.out, result, markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
