@@ -96,3 +96,16 @@ def test_pickled_weights_are_refused_not_loaded(tmp_path):
 def test_a_path_that_is_neither_a_directory_nor_a_hub_id_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="neither a model directory nor a hub id"):
         from_pretrained(tmp_path / "missing" / "deeper")
+
+
+def test_an_unchanged_import_of_each_architecture_re_exports_to_a_directory_transformers_loads(hf_model, tmp_path):
+    import transformers
+
+    from zoo.pretrained.export import export
+
+    kind, directory, reference = hf_model
+    out = export(directory, tmp_path / "hf", format="hf")
+    reloaded = getattr(transformers, type(reference).__name__).from_pretrained(out).eval()
+    tokens = _tokens()
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, reference(tokens).logits)

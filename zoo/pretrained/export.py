@@ -2,8 +2,9 @@
 
 ``format=memzoo`` (default): ``config.json`` (the ``ModelConfig``) + ``model.safetensors`` + the
 tokenizer files of the pretrained model the run started from; ``zoo.load_model(DIR)`` reads it.
-``format=hf``: the directory transformers itself loads (``LlamaForCausalLM.from_pretrained``), for
-a model that is a Llama (an unchanged import, or a memzoo Transformer of the same shape)."""
+``format=hf``: the directory transformers itself loads (``LlamaForCausalLM`` / ``MambaForCausalLM`` /
+``Mamba2ForCausalLM``), for a model that is one of them (an unchanged import, or a memzoo model of the
+same shape: no memory)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import torch
 from zoo.core.command_line import usage_errors
 from zoo.model.language_model import LanguageModel, build_model
 from zoo.model.loading import MODEL_PREFIX, read_checkpoint
-from zoo.pretrained import llama
 from zoo.pretrained.directory import (
     CONFIG_FILE,
+    MEMZOO_TYPE,
     WEIGHTS_FILE,
     is_model_dir,
     load_model_dir,
@@ -30,6 +31,7 @@ from zoo.pretrained.directory import (
     safetensors_torch,
     save_model_dir,
 )
+from zoo.pretrained.importing import ARCHITECTURES
 
 FORMATS = ("memzoo", "hf")
 TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -59,19 +61,26 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, format: str = "memzo
     if format == "memzoo":
         token_ids = {key: source_config[key] for key in TOKEN_ID_FIELDS if key in source_config}
         return save_model_dir(model, out, tokenizer_dir=source, extra_config=token_ids)
-    return save_hf_llama(model, out, source_config, tokenizer_dir=source)
+    return save_hf(model, out, source_config, tokenizer_dir=source)
 
 
-def save_hf_llama(model: LanguageModel, out: str | os.PathLike, source_config: dict[str, Any], tokenizer_dir=None) -> Path:
-    """``model`` as a Hugging Face Llama directory (``config.json`` over ``source_config``,
-    ``model.safetensors`` in Llama's names); ``ValueError`` saying why when it is no Llama."""
-    why = llama.expressible(model.config)
-    if why is not None:
+def save_hf(model: LanguageModel, out: str | os.PathLike, source_config: dict[str, Any], tokenizer_dir=None) -> Path:
+    """``model`` as the Hugging Face directory of the architecture it is (``config.json`` over
+    ``source_config``, ``model.safetensors`` in that architecture's names); ``ValueError`` saying why
+    when it is none of them."""
+    reasons = {}
+    for name, arch in ARCHITECTURES.items():
+        why = arch.expressible(model)
+        if why is None:
+            break
+        reasons[name] = why
+    else:
+        shown = "; ".join(f"not {name}: {why}" for name, why in reasons.items())
         raise ValueError(
-            f"format=hf writes Llama models, and this {model.config.name} model is not one: {why}; use format=memzoo"
+            f"format=hf writes {sorted(ARCHITECTURES)}, and this {model.config.name} model is none ({shown}); use format=memzoo"
         )
-    state = {key: value.detach().contiguous() for key, value in llama.to_hf(model.state_dict(), model.config).items()}
-    config = llama.hf_config(model.config, {k: v for k, v in source_config.items() if k not in ("memzoo",)})
+    state = {key: value.detach().contiguous() for key, value in arch.to_hf(model.state_dict(), model.config).items()}
+    config = arch.hf_config(model, {k: v for k, v in source_config.items() if k != MEMZOO_TYPE})
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -26,17 +26,24 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 class Architecture(NamedTuple):
-    """How one Hugging Face architecture maps: its config -> ``ModelConfig``, and state dicts both ways."""
+    """How one Hugging Face architecture maps: its config -> ``ModelConfig``, state dicts both ways,
+    and back (``expressible``: why a model has no counterpart, or None; ``hf_config``: its config.json)."""
 
     model_config: Callable[[dict[str, Any]], ModelConfig]
     to_memzoo: Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]
     to_hf: Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]
+    expressible: Callable[[LanguageModel], str | None]
+    hf_config: Callable[[LanguageModel, dict[str, Any]], dict[str, Any]]
 
 
 ARCHITECTURES = {
-    "LlamaForCausalLM": Architecture(llama.model_config, llama.to_memzoo, llama.to_hf),
-    "MambaForCausalLM": Architecture(mamba.mamba_config, mamba.to_memzoo, mamba.to_hf),
-    "Mamba2ForCausalLM": Architecture(mamba.mamba2_config, mamba.to_memzoo, mamba.to_hf),
+    "LlamaForCausalLM": Architecture(llama.model_config, llama.to_memzoo, llama.to_hf, llama.expressible, llama.hf_config),
+    "MambaForCausalLM": Architecture(
+        mamba.mamba_config, mamba.to_memzoo, mamba.to_hf, mamba.mamba_expressible, mamba.mamba_hf_config
+    ),
+    "Mamba2ForCausalLM": Architecture(
+        mamba.mamba2_config, mamba.to_memzoo, mamba.to_hf, mamba.mamba2_expressible, mamba.mamba2_hf_config
+    ),
 }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from zoo.model.language_model import ModelConfig
+from zoo.model.language_model import LanguageModel, ModelConfig
 from zoo.pretrained.mapping import check_fields, rope_theta
 
 ARCHITECTURE = "LlamaForCausalLM"
@@ -109,9 +109,10 @@ def to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torc
     return out
 
 
-def hf_config(config: ModelConfig, source: dict[str, Any]) -> dict[str, Any]:
-    """``config`` as a Llama ``config.json``, over ``source`` (the imported model's, for the fields
-    memzoo does not model: token ids, max_position_embeddings, ...)."""
+def hf_config(model: LanguageModel, source: dict[str, Any]) -> dict[str, Any]:
+    """``model`` (a Llama-shaped stack) as a Llama ``config.json``, over ``source`` (the imported
+    model's, for the fields memzoo does not model: token ids, max_position_embeddings, ...)."""
+    config = model.config
     attention = config.mixer["attention"]
     return {
         **source,
@@ -135,8 +136,9 @@ def hf_config(config: ModelConfig, source: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def expressible(config: ModelConfig) -> str | None:
-    """Why ``config`` has no Llama counterpart, or None when it has one."""
+def expressible(model: LanguageModel) -> str | None:
+    """Why ``model`` has no ``LlamaForCausalLM`` counterpart, or None when it has one."""
+    config = model.config
     if config.memory is not None:
         return "it has memory layers"
     if config.layer_mixers() != ["attention"] * config.n_layers:

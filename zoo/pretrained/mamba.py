@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from zoo.model.language_model import ModelConfig
+from zoo.model.language_model import LanguageModel, ModelConfig
 from zoo.pretrained.mapping import check_fields, finite_limit
 
 SILU = {"hidden_act": (lambda v: v in (None, "silu"), "silu")}
@@ -80,27 +80,29 @@ def _ssm_config(name: str, letter: str, hf: dict[str, Any], options: dict[str, A
     )
 
 
-# (Hugging Face pattern, memzoo replacement); applied in order, the first that matches wins
-_TO_MEMZOO = [
-    (r"^backbone\.embeddings\.", "embedding."),
-    (r"^backbone\.norm_f\.", "norm."),
-    (r"^backbone\.layers\.(\d+)\.norm\.", r"blocks.\1.mixer_norm."),
-    (r"^backbone\.layers\.(\d+)\.mixer\.", r"blocks.\1.mixer."),
-    (r"^lm_head\.", "lm_head."),
-]
-_TO_HF = [
-    (r"^embedding\.", "backbone.embeddings."),
-    (r"^norm\.", "backbone.norm_f."),
-    (r"^blocks\.(\d+)\.mixer_norm\.", r"backbone.layers.\1.norm."),
-    (r"^blocks\.(\d+)\.mixer\.", r"backbone.layers.\1.mixer."),
-    (r"^lm_head\.", "lm_head."),
+# (Hugging Face prefix, memzoo prefix), ``{}`` standing for a layer index; the first that matches wins
+PREFIXES = [
+    ("backbone.embeddings.", "embedding."),
+    ("backbone.norm_f.", "norm."),
+    ("backbone.layers.{}.norm.", "blocks.{}.mixer_norm."),
+    ("backbone.layers.{}.mixer.", "blocks.{}.mixer."),
+    ("lm_head.", "lm_head."),
 ]
 
 
-def _rename(state: dict[str, torch.Tensor], rules: list[tuple[str, str]], tied: bool) -> dict[str, torch.Tensor]:
+def _rules(source: int) -> list[tuple[str, str]]:
+    """``PREFIXES`` as (regex, replacement) from side ``source`` (0: Hugging Face, 1: memzoo) to the other."""
+    rules = []
+    for pair in PREFIXES:
+        frm, to = pair[source], pair[1 - source]
+        rules.append(("^" + re.escape(frm).replace(r"\{\}", r"(\d+)"), to.replace("{}", r"\1")))
+    return rules
+
+
+def _rename(state: dict[str, torch.Tensor], source: int, tied: bool) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
-        for pattern, replacement in rules:
+        for pattern, replacement in _rules(source):
             if re.match(pattern, key):
                 out[re.sub(pattern, replacement, key)] = value
                 break
@@ -111,9 +113,76 @@ def _rename(state: dict[str, torch.Tensor], rules: list[tuple[str, str]], tied: 
 
 def to_memzoo(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """Hugging Face Mamba / Mamba-2 state dict -> memzoo's (a tied head is the embedding)."""
-    return _rename(state, _TO_MEMZOO, config.tie_embeddings)
+    return _rename(state, 0, config.tie_embeddings)
 
 
 def to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """memzoo state dict of a Mamba / Mamba-2 model -> Hugging Face names."""
-    return _rename(state, _TO_HF, config.tie_embeddings)
+    return _rename(state, 1, config.tie_embeddings)
+
+
+def _ssm_only(model: LanguageModel, mixer: str) -> str | None:
+    """Why ``model`` is not a plain stack of ``mixer`` blocks without channels, or None."""
+    config = model.config
+    if config.memory is not None:
+        return "it has memory layers"
+    if config.layer_mixers() != [mixer] * config.n_layers:
+        return f"its layers are {config.layer_mixers()}, not all {mixer}"
+    if config.layer_channels() != ["none"] * config.n_layers:
+        return f"its channels are {config.layer_channels()}, not all none"
+    return None
+
+
+def mamba_expressible(model: LanguageModel) -> str | None:
+    """Why ``model`` has no ``MambaForCausalLM`` counterpart, or None when it has one."""
+    return _ssm_only(model, "mamba")
+
+
+def mamba2_expressible(model: LanguageModel) -> str | None:
+    """Why ``model`` has no ``Mamba2ForCausalLM`` counterpart, or None (one RMSNorm epsilon for the
+    blocks and the mixers' gated norm, as transformers has)."""
+    why = _ssm_only(model, "mamba2")
+    if why is None and model.blocks[0].mixer.norm.eps != model.config.norm_eps:
+        return f"its mixers' rmsnorm_eps {model.blocks[0].mixer.norm.eps} differs from norm_eps {model.config.norm_eps}"
+    return why
+
+
+def _common(model: LanguageModel, source: dict[str, Any], architecture: str, model_type: str) -> dict[str, Any]:
+    mixer, config = model.blocks[0].mixer, model.config
+    return {
+        **source,
+        "architectures": [architecture],
+        "model_type": model_type,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "state_size": mixer.d_state,
+        "conv_kernel": mixer.d_conv,
+        "expand": mixer.d_inner // config.d_model,
+        "use_bias": mixer.in_proj.bias is not None,
+        "use_conv_bias": mixer.conv1d.bias is not None,
+        "layer_norm_epsilon": config.norm_eps,
+        "hidden_act": "silu",
+        "tie_word_embeddings": config.tie_embeddings,
+        "vocab_size": config.vocab_size,
+    }
+
+
+def mamba_hf_config(model: LanguageModel, source: dict[str, Any]) -> dict[str, Any]:
+    """``model`` (a Mamba stack) as a ``MambaForCausalLM`` ``config.json``, over ``source``'s other fields."""
+    mixer = model.blocks[0].mixer
+    config = _common(model, source, "MambaForCausalLM", "mamba")
+    return {**config, "intermediate_size": mixer.d_inner, "time_step_rank": mixer.dt_rank}
+
+
+def mamba2_hf_config(model: LanguageModel, source: dict[str, Any]) -> dict[str, Any]:
+    """``model`` (a Mamba-2 stack) as a ``Mamba2ForCausalLM`` ``config.json``, over ``source``'s other
+    fields (its ``time_step_limit``, when it has one, is the no-clamp default memzoo imports)."""
+    mixer = model.blocks[0].mixer
+    config = _common(model, source, "Mamba2ForCausalLM", "mamba2")
+    return {
+        **config,
+        "num_heads": mixer.nheads,
+        "head_dim": mixer.headdim,
+        "n_groups": mixer.ngroups,
+        "chunk_size": mixer.chunk_size,
+    }
