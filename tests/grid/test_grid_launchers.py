@@ -29,7 +29,10 @@ TINY = [
     "+trainer.limit_val_batches=1",
     "+trainer.limit_test_batches=1",
 ]
-PAIR = {"name": "pair", "studies": {"mqar": {"base": TINY, "axes": {"memory": ["none", "pkm"]}}}}
+# cells of some seconds each, so that one worker starting late (a loaded machine) cannot hide their overlap
+LONGER = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
+LONGER += ["trainer.max_steps=200", "trainer.val_check_interval=200"]
+PAIR = {"name": "pair", "studies": {"mqar": {"base": LONGER, "axes": {"memory": ["none", "pkm"]}}}}
 
 
 def write(tmp_path: Path, grid: dict) -> Path:

@@ -109,3 +109,9 @@ def test_an_unchanged_import_of_each_architecture_re_exports_to_a_directory_tran
     tokens = _tokens()
     with torch.no_grad():
         assert torch.equal(reloaded(tokens).logits, reference(tokens).logits)
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in tests: the hub client refuses at once
+    with pytest.raises(ValueError, match="'no-such-org/no-such-model' is not a local directory, and fetching it"):
+        from_pretrained("no-such-org/no-such-model")

@@ -68,7 +68,13 @@ def resolve_source(source: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["config.json", "*.safetensors", INDEX_FILE, *TOKENIZER_FILES]
-    return Path(snapshot_download(repo_id=text, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(repo_id=text, allow_patterns=patterns))
+    except Exception as err:  # the hub client raises many kinds (offline, not found, gated, HTTP): one message
+        raise ValueError(
+            f"pretrained={text!r} is not a local directory, and fetching it as a hub id failed "
+            f"({type(err).__name__}: {err}); pass a model directory"
+        ) from err
 
 
 def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
