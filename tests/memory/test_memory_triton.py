@@ -233,6 +233,6 @@ def test_row_adam_through_the_triton_kernel_equals_the_pytorch_update(monkeypatc
         grad = torch.randn(7, 6, device=DEVICE)
         for t, opt, update in zip(tables, optimizers, updates):
             t.grad = torch.sparse_coo_tensor(rows[None], grad, t.shape, is_coalesced=True)
-            monkeypatch.setattr(optim, "row_update", lambda param, exp_avg, update=update: update)
+            monkeypatch.setattr(optim, "row_update", lambda param, exp_avg, workspace, update=update: update)
             opt.step()
     torch.testing.assert_close(tables[1].detach(), tables[0].detach(), rtol=1e-5, atol=1e-6)

@@ -4,6 +4,8 @@ groups tagged ``sparse=True``, behind one optimizer)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from zoo.memory.workspace import Workspace
@@ -120,9 +122,7 @@ class RowAdam(torch.optim.Optimizer):
                     v_shape = param.shape[:1] if group["second_moment"] == "row" else param.shape
                     state["exp_avg_sq"] = torch.zeros(v_shape, dtype=work, device=param.device)
                 state["step"] += 1
-                update = row_update(param, state["exp_avg"])
-                options = {"workspace": self._workspaces.setdefault(param, Workspace())} if update is row_adam_update_ else {}
-                update(
+                row_update(param, state["exp_avg"], self._workspaces.setdefault(param, Workspace()))(
                     param,
                     state["exp_avg"],
                     state["exp_avg_sq"],
@@ -133,21 +133,20 @@ class RowAdam(torch.optim.Optimizer):
                     beta2,
                     group["eps"],
                     state["step"],
-                    **options,
                 )
         return loss
 
 
-def row_update(param: torch.Tensor, exp_avg: torch.Tensor):
+def row_update(param: torch.Tensor, exp_avg: torch.Tensor, workspace: Workspace):
     """The rows-only Adam update for ``param``: memzoo's fused Triton kernel for a CUDA float32 /
     bfloat16 / float16 table with float32 moments when Triton loads, else ``row_adam_update_``
-    (the reference; same arithmetic)."""
+    (the reference; same arithmetic) with its temporaries in ``workspace``."""
     if param.is_cuda and param.dtype in (torch.float32, torch.bfloat16, torch.float16) and exp_avg.dtype == torch.float32:
         from zoo.memory import triton_ops  # lazily: the optimizer does not need the memory package otherwise
 
         if triton_ops.available():
             return triton_ops.row_adam_
-    return row_adam_update_
+    return functools.partial(row_adam_update_, workspace=workspace)
 
 
 class DenseSparseAdam(torch.optim.Optimizer):

@@ -82,13 +82,13 @@ def search_pairs(
     Tokens go in chunks so the (chunk, H, n) scores stay small enough for the allocator to reuse.
     """
     k1 = min(knn, keys_first.shape[1])
-    chunk = max(1, SEARCH_CHUNK_ELEMENTS // (q.shape[1] * (keys_first.shape[1] + keys_second.shape[1])))
-    found = []
-    for part in q.split(chunk):
+
+    def search(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         top1, idx1 = torch.einsum("thd,hnd->thn", part[:, :, 0], keys_first).topk(k1, dim=-1)
         top2, idx2 = torch.einsum("thd,hnd->thn", part[:, :, 1], keys_second).topk(knn, dim=-1)
-        found.append(best_pairs(top1, idx1 + first_offset, top2, idx2, knn))
-    return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
+        return best_pairs(top1, idx1 + first_offset, top2, idx2, knn)
+
+    return _in_token_chunks(q, keys_first.shape[1] + keys_second.shape[1], search)
 
 
 @torch.no_grad()
@@ -96,11 +96,20 @@ def local_search(q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.T
     """Search over every slot on this process: q (T, H, 2, d), keys (H, 2, n, d) -> (sub-key indices,
     half scores), each (T, H, 2, knn), as ``search_pairs`` gives them. Both halves are scored by one
     batched matmul and ranked by one top-k (the halves have the same n here), in token chunks."""
-    chunk = max(1, SEARCH_CHUNK_ELEMENTS // (q.shape[1] * 2 * keys.shape[2]))
-    found = []
-    for part in q.split(chunk):
+
+    def search(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         top, idx = torch.einsum("thsd,hsnd->thsn", part, keys).topk(knn, dim=-1)  # (t, H, 2, knn) each
-        found.append(best_pairs(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], knn))
+        return best_pairs(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], knn)
+
+    return _in_token_chunks(q, 2 * keys.shape[2], search)
+
+
+def _in_token_chunks(q: torch.Tensor, keys_per_head: int, search) -> tuple[torch.Tensor, torch.Tensor]:
+    """``search`` over chunks of q's tokens, q (T, H, 2, d), each chunk scoring at most
+    ``SEARCH_CHUNK_ELEMENTS`` (tokens x H x ``keys_per_head``) so the scores stay small enough for the
+    allocator to reuse; its (indices, half scores) concatenated over the chunks."""
+    chunk = max(1, SEARCH_CHUNK_ELEMENTS // (q.shape[1] * keys_per_head))
+    found = [search(part) for part in q.split(chunk)]
     return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
 
 

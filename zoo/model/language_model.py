@@ -94,16 +94,16 @@ class ModelConfig:
             if name not in allowed:
                 raise ValueError(f"backbone.channel has unknown channel {name!r}; allowed: {allowed}")
         per_layer = _expand_per_layer(names, self.n_layers, "backbone.channel")
-        for idx in self.memory_beside_layers(beside=False):
+        for idx in self.placed_memory_layers("replace"):
             per_layer[idx] = "memory"
         return per_layer
 
-    def memory_beside_layers(self, beside: bool = True) -> list[int]:
-        """The memory layers placed beside the channel (``beside=False``: those replacing it)."""
+    def placed_memory_layers(self, placement: str) -> list[int]:
+        """The memory layers with ``placement`` (``replace`` or ``beside``; a null placement replaces)."""
         memory = self.memory
-        if memory is None:
+        if memory is None or (memory.placement or "replace") != placement:
             return []
-        return list(memory.layers) if (memory.placement == "beside") == beside else []
+        return list(memory.layers)
 
     def validate(self) -> None:
         """Every field's type and range, then cross-field checks, raised before any parameter is
@@ -293,7 +293,7 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> LanguageModel:
     if memory is not None:
         shared = make_value_table(memory, config.d_model) if memory.shared else None
         channel_options["memory"] = {"config": memory, "values": shared}
-    beside = config.memory_beside_layers()
+    beside = config.placed_memory_layers("beside")
     blocks = []
     for idx, (mixer_name, channel_name) in enumerate(zip(config.layer_mixers(), config.layer_channels())):
         mixer = _build_layer(MIXERS, mixer_name, "mixer", config.d_model, idx, config.mixer.get(mixer_name, {}))

@@ -85,9 +85,11 @@ def read_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = 
 def load_model(ckpt: str | Path, map_location: str | torch.device = "cpu") -> LanguageModel:
     """A ``memzoo-train`` checkpoint -> its ``LanguageModel`` in eval mode, on one process (a sharded
     run's distributed checkpoint is read whole: the ranks' parts assembled into the full table)."""
-    checkpoint, config = read_checkpoint(ckpt, map_location)
+    return model_from_checkpoint(*read_checkpoint(ckpt, map_location))
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], config: ModelConfig) -> LanguageModel:
+    """A checkpoint read by ``read_checkpoint`` and its model config -> the model with its weights, in eval mode."""
     model = build_model(config)
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
+    model.load_state_dict({k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)})
     return model.eval()

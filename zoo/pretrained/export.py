@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from zoo.core.command_line import usage_errors
-from zoo.model.language_model import LanguageModel, build_model
-from zoo.model.loading import MODEL_PREFIX, read_checkpoint
+from zoo.model.language_model import LanguageModel
+from zoo.model.loading import model_from_checkpoint, read_checkpoint
 from zoo.pretrained.directory import (
     CONFIG_FILE,
     MEMZOO_TYPE,
@@ -44,11 +44,9 @@ def read_trained(ckpt: str | os.PathLike) -> tuple[LanguageModel, Path | None]:
     if is_model_dir(ckpt):
         return load_model_dir(ckpt), Path(ckpt)
     checkpoint, config = read_checkpoint(ckpt)
-    model = build_model(config)
-    model.load_state_dict({k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)})
     pretrained = checkpoint["hyper_parameters"].get("pretrained")
     source = Path(pretrained) if pretrained and Path(pretrained).is_dir() else None
-    return model.eval(), source
+    return model_from_checkpoint(checkpoint, config), source
 
 
 def export(ckpt: str | os.PathLike, out: str | os.PathLike, format: str = "memzoo") -> Path:

@@ -128,10 +128,10 @@ def load_pretrained_weights(model: LanguageModel, path: str | os.PathLike, map_l
     path, config = Path(path), model.config
     hf = read_config(path)
     state = ARCHITECTURES[architecture_of(hf, str(path / "config.json"))].to_memzoo(read_safetensors(path, map_location), config)
-    replaced = tuple(f"blocks.{i}.channel." for i in config.memory_beside_layers(beside=False))
+    replaced = tuple(f"blocks.{i}.channel." for i in config.placed_memory_layers("replace"))
     state = {key: value for key, value in state.items() if not key.startswith(replaced)}  # MLPs the memory replaces
     own = model.state_dict()
-    memory_keys = {key for key in own if _in_memory_layer(key, model)}
+    memory_keys = {key for key in own if key.startswith(_memory_prefixes(model))}
     unexpected = [key for key in state if key not in own or key in memory_keys]
     missing = [key for key in own if key not in state and key not in memory_keys and not _tied_head(key, config)]
     if unexpected or missing:
@@ -163,13 +163,12 @@ def from_pretrained(
     return model
 
 
-def _in_memory_layer(key: str, model: LanguageModel) -> bool:
-    """Whether state-dict ``key`` belongs to a memory layer or its norm (parameters the import lacks)."""
-    parts = key.split(".")
-    if parts[0] != "blocks":
-        return False
-    block = model.blocks[int(parts[1])]
-    return parts[2] in ("memory", "memory_norm") or (parts[2] == "channel" and block.channel in memory_layers(model).values())
+def _memory_prefixes(model: LanguageModel) -> tuple[str, ...]:
+    """State-dict prefixes of the parameters the import lacks: every memory layer's (a channel it
+    replaces, or a sub-layer beside it) and the norm in front of a memory beside the channel."""
+    memories = {id(layer) for layer in memory_layers(model).values()}
+    prefixes = [f"{name}." for name, module in model.named_modules() if id(module) in memories]
+    return (*prefixes, *(f"blocks.{i}.memory_norm." for i, block in enumerate(model.blocks) if block.memory_norm is not None))
 
 
 def _tied_head(key: str, config: ModelConfig) -> bool:

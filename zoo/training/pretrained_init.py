@@ -40,21 +40,22 @@ class InitConfig:
 
 def memory_parameters(model: nn.Module) -> set[int]:
     """ids of the parameters of ``model``'s memory layers and of the norms in front of them."""
-    ids = {id(p) for layer in memory_layers(model).values() for p in layer.parameters()}
+    layers = memory_layers(model).values()
+    ids = {id(p) for layer in layers for p in layer.parameters()}
+    memories = {id(layer) for layer in layers}
     for block in getattr(model, "blocks", []):
         for norm, layer in block.per_token_layers():
-            if id(layer) in {id(m) for m in memory_layers(model).values()}:
+            if id(layer) in memories:
                 ids.update(id(p) for p in norm.parameters())
     return ids
 
 
-def train_only_memory(model: nn.Module) -> int:
-    """Freeze every parameter of ``model`` outside its memory layers (``requires_grad=False``: the
-    optimizer never sees them); returns the number of parameters left to train."""
+def train_only_memory(model: nn.Module) -> None:
+    """Freeze every parameter of ``model`` outside its memory layers and their norms
+    (``requires_grad=False``: the optimizer never sees them)."""
     keep = memory_parameters(model)
     for param in model.parameters():
         param.requires_grad_(id(param) in keep)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def start_from_pretrained(model: nn.Module, init: InitConfig, resume: Path | None) -> None:
