@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from zoo.memory import cpu_kernels
 from zoo.memory.workspace import Workspace
 
 
@@ -139,13 +140,16 @@ class RowAdam(torch.optim.Optimizer):
 
 def row_update(param: torch.Tensor, exp_avg: torch.Tensor, workspace: Workspace):
     """The rows-only Adam update for ``param``: memzoo's fused Triton kernel for a CUDA float32 /
-    bfloat16 / float16 table with float32 moments when Triton loads, else ``row_adam_update_``
+    bfloat16 / float16 table with float32 moments when Triton loads, memzoo's C++ kernel for a CPU
+    float32 / float64 table with moments of its dtype (``cpu_kernels``), else ``row_adam_update_``
     (the reference; same arithmetic) with its temporaries in ``workspace``."""
     if param.is_cuda and param.dtype in (torch.float32, torch.bfloat16, torch.float16) and exp_avg.dtype == torch.float32:
         from zoo.memory import triton_ops  # lazily: the optimizer does not need the memory package otherwise
 
         if triton_ops.available():
             return triton_ops.row_adam_
+    if exp_avg.dtype == param.dtype and cpu_kernels.enabled(param):
+        return cpu_kernels.ops().row_adam
     return functools.partial(row_adam_update_, workspace=workspace)
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.core.tags import mark_no_reinit, tag_optim
+from zoo.memory import cpu_kernels
 from zoo.memory.bags import bag_read, sum_rows_by_slot, work_dtype
 from zoo.memory.config import MemoryConfig
 
@@ -81,12 +82,11 @@ def search_pairs(
     are shifted by ``first_offset`` (the position of ``keys_first`` in the full first-half key set).
     Tokens go in chunks so the (chunk, H, n) scores stay small enough for the allocator to reuse.
     """
-    k1 = min(knn, keys_first.shape[1])
 
     def search(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        top1, idx1 = torch.einsum("thd,hnd->thn", part[:, :, 0], keys_first).topk(k1, dim=-1)
-        top2, idx2 = torch.einsum("thd,hnd->thn", part[:, :, 1], keys_second).topk(knn, dim=-1)
-        return best_pairs(top1, idx1 + first_offset, top2, idx2, knn)
+        scores1 = torch.einsum("thd,hnd->thn", part[:, :, 0], keys_first)
+        scores2 = torch.einsum("thd,hnd->thn", part[:, :, 1], keys_second)
+        return rank_pairs(scores1, scores2, knn, first_offset)
 
     return _in_token_chunks(q, keys_first.shape[1] + keys_second.shape[1], search)
 
@@ -98,10 +98,29 @@ def local_search(q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.T
     batched matmul and ranked by one top-k (the halves have the same n here), in token chunks."""
 
     def search(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        top, idx = torch.einsum("thsd,hsnd->thsn", part, keys).topk(knn, dim=-1)  # (t, H, 2, knn) each
+        scores = torch.einsum("thsd,hsnd->thsn", part, keys)  # (t, H, 2, n)
+        if cpu_kernels.enabled(scores):
+            return rank_pairs(scores[:, :, 0], scores[:, :, 1], knn)
+        top, idx = scores.topk(knn, dim=-1)  # (t, H, 2, knn) each
         return best_pairs(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], knn)
 
     return _in_token_chunks(q, 2 * keys.shape[2], search)
+
+
+def rank_pairs(
+    scores1: torch.Tensor, scores2: torch.Tensor, knn: int, first_offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-key scores of both halves, scores1 (t, H, n1) and scores2 (t, H, n2) -> the ``knn`` best
+    pairs as ``best_pairs`` gives them, (sub-key indices, half scores) (t, H, 2, knn), first-half
+    indices shifted by ``first_offset``: one pass of memzoo's CPU kernel per (token, head) where it
+    serves, else each half's top-k and ``best_pairs``."""
+    if cpu_kernels.enabled(scores1, scores2):
+        t, heads = scores1.shape[:2]
+        idx, halves = cpu_kernels.ops().pair_topk(scores1.flatten(0, 1), scores2.flatten(0, 1), knn, first_offset)
+        return idx.view(t, heads, 2, knn), halves.view(t, heads, 2, knn)
+    top1, idx1 = scores1.topk(min(knn, scores1.shape[-1]), dim=-1)
+    top2, idx2 = scores2.topk(knn, dim=-1)
+    return best_pairs(top1, idx1 + first_offset, top2, idx2, knn)
 
 
 def _in_token_chunks(q: torch.Tensor, keys_per_head: int, search) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +129,8 @@ def _in_token_chunks(q: torch.Tensor, keys_per_head: int, search) -> tuple[torch
     allocator to reuse; its (indices, half scores) concatenated over the chunks."""
     chunk = max(1, SEARCH_CHUNK_ELEMENTS // (q.shape[1] * keys_per_head))
     found = [search(part) for part in q.split(chunk)]
+    if len(found) == 1:
+        return found[0]
     return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
 
 
@@ -122,22 +143,27 @@ class _SelectedScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, keys, idx, selected):
-        heads, halves, n_keys, dim = keys.shape
-        offset = torch.arange(heads * halves, device=idx.device).view(1, heads, halves, 1) * n_keys
-        flat_idx = (idx + offset).flatten(0, 2)  # (T*H*2, k) rows of keys.view(H*2*n, d)
-        ctx.save_for_backward(q, keys, flat_idx)
+        ctx.save_for_backward(q, keys, idx)
         return selected.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        q, keys, flat_idx = ctx.saved_tensors
-        grad_rows = grad.flatten(0, 2)  # (T*H*2, k)
+        q, keys, idx = ctx.saved_tensors
+        heads, halves, n_keys, dim = keys.shape
+        rows = grad.flatten(0, 2)  # (T*H*2, k): row t*H*2 + h*2 + s scores keys[h, s]
+        if cpu_kernels.enabled(q, keys, rows):
+            grad_q, grad_keys = cpu_kernels.ops().selected_scores_backward(
+                q.reshape(-1, dim), keys.reshape(-1, dim), idx.flatten(0, 2), rows, n_keys
+            )
+            return grad_q.view_as(q), grad_keys.view_as(keys), None, None
+        offset = torch.arange(heads * halves, device=idx.device).view(1, heads, halves, 1) * n_keys
+        flat_idx = (idx + offset).flatten(0, 2)  # (T*H*2, k) rows of keys.view(H*2*n, d)
         grad_q = grad_keys = None
         if ctx.needs_input_grad[0]:
-            grad_q = bag_read(flat_idx, grad_rows, keys.reshape(-1, keys.shape[-1])).view_as(q)
+            grad_q = bag_read(flat_idx, rows, keys.reshape(-1, dim)).view_as(q)
         if ctx.needs_input_grad[1]:
-            unique, rows = sum_rows_by_slot(flat_idx, grad_rows, q.reshape(-1, q.shape[-1]))
-            grad_keys = torch.zeros_like(keys).view(-1, keys.shape[-1]).index_copy_(0, unique, rows).view_as(keys)
+            unique, summed = sum_rows_by_slot(flat_idx, rows, q.reshape(-1, dim))
+            grad_keys = torch.zeros_like(keys).view(-1, dim).index_copy_(0, unique, summed).view_as(keys)
         return grad_q, grad_keys, None, None
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from zoo.core.tags import mark_no_reinit, tag_optim
+from zoo.memory import cpu_kernels
 from zoo.memory.bags import bag_read, bag_weight_grad, sorted_reads, sum_rows_by_slot, work_dtype
 from zoo.memory.workspace import Workspace
 
@@ -58,6 +59,8 @@ class _RowSparseRead(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         table, slots, weights = ctx.saved_tensors
+        if cpu_kernels.enabled(table, weights, grad_out):
+            return _cpu_backward(table, slots, weights, grad_out, ctx.workspace)
         kernels = fast_kernels(table)
         reads = sorted_reads(slots)  # (order, unique, offsets, counts): both gradients walk the reads by slot
         grad_table = grad_weights = None
@@ -80,6 +83,15 @@ class _RowSparseRead(torch.autograd.Function):
                 unique.unsqueeze(0), rows.to(table.dtype), table.shape, is_coalesced=True, check_invariants=False
             )
         return grad_table, None, grad_weights, None
+
+
+def _cpu_backward(table, slots, weights, grad_out, workspace):
+    """``_RowSparseRead``'s gradients (table, None, weights, None) from memzoo's CPU kernel: the
+    weights' gradient and the rows of each slot read, summed in one pass (in ``workspace``'s memory)."""
+    out = workspace.take(slots.numel(), table.shape[1], table.dtype) if workspace is not None else None
+    grad_weights, unique, rows = cpu_kernels.ops().bag_backward(table, slots, weights, grad_out, out)
+    grad_table = torch.sparse_coo_tensor(unique.unsqueeze(0), rows, table.shape, is_coalesced=True, check_invariants=False)
+    return grad_table, None, grad_weights, None
 
 
 class ValueTable(nn.Module):

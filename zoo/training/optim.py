@@ -13,7 +13,7 @@ from torch import nn
 
 from zoo.core.tags import optim_tags, shard_of
 from zoo.core.value_checks import check_int, check_real, is_real
-from zoo.memory import VALUE_GROUP
+from zoo.memory import VALUE_GROUP, cpu_kernels
 from zoo.memory.optim import DenseSparseAdam, coalesced
 
 
@@ -158,6 +158,15 @@ def build_optimizer(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95)
     return torch.optim.AdamW(groups, betas=betas, eps=eps)
 
 
+def _squared_norm(grad: torch.Tensor) -> torch.Tensor:
+    """||grad||^2 as a float64 scalar, accumulated in float64: by memzoo's CPU kernel where it serves
+    (float32 elements widened one by one), else by ``vector_norm``, which first copies the gradient to
+    float64 (for a memory table's gradient rows, several ms per step on a CPU)."""
+    if cpu_kernels.enabled(grad):
+        return cpu_kernels.ops().squared_norm(grad)
+    return torch.linalg.vector_norm(grad, dtype=torch.float64) ** 2
+
+
 @torch.no_grad()
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` that also takes sparse gradients (coalesced in place, so duplicate rows
@@ -175,9 +184,9 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
         group = shard.group if shard is not None else group
     if not grads and not sharded:
         return torch.tensor(0.0)
-    total_sq = sum((torch.linalg.vector_norm(g, dtype=torch.float64) ** 2 for g in grads), torch.tensor(0.0, dtype=torch.float64))
+    total_sq = sum((_squared_norm(g) for g in grads), torch.tensor(0.0, dtype=torch.float64))
     if sharded:
-        sharded_sq = sum(torch.linalg.vector_norm(g, dtype=torch.float64) ** 2 for g in sharded)
+        sharded_sq = sum(_squared_norm(g) for g in sharded)
         dist.all_reduce(sharded_sq, group=group)
         total_sq = total_sq + sharded_sq
     total = total_sq.sqrt()

@@ -1,0 +1,234 @@
+"""memzoo's C++ CPU kernels (zoo/memory/csrc/memory_cpu.cpp) against the PyTorch path they replace,
+which stays the reference (``MEMZOO_CPU_KERNELS=0``): the pair search picks the same slots with the
+same scores, the backward passes and rows-only Adam give the same numbers to float tolerance, and
+a whole memory layer and a training step agree, in float32, float64 and under bf16 autocast."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from helpers.row_adam_reference import row_adam_reference_
+
+from zoo.memory import MemoryConfig, cpu_kernels
+from zoo.memory.bags import bag_weight_grad, sorted_reads, sum_rows_by_slot
+from zoo.memory.layer import MemoryPlus
+from zoo.memory.product_keys import best_pairs
+from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
+
+pytestmark = pytest.mark.skipif(
+    not cpu_kernels.enabled(torch.zeros(1)), reason="memzoo's CPU kernels did not build here (no C++ compiler?)"
+)
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+def reference_pairs(scores1, scores2, knn, offset):
+    top1, idx1 = scores1.topk(min(knn, scores1.shape[-1]), dim=-1)
+    top2, idx2 = scores2.topk(knn, dim=-1)
+    return best_pairs(top1, idx1 + offset, top2, idx2, knn)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "n1, n2, knn, offset",
+    [(256, 256, 32, 0), (32, 32, 32, 0), (91, 91, 32, 0), (32, 32, 8, 0), (700, 1000, 16, 5), (5, 7, 4, 2), (64, 64, 1, 0)],
+)
+def test_pair_search_picks_the_reference_slots_with_the_same_scores(dtype, n1, n2, knn, offset):
+    gen = torch.Generator().manual_seed(n1 * n2 + knn)
+    scores1, scores2 = torch.randn(200, n1, generator=gen, dtype=dtype), torch.randn(200, n2, generator=gen, dtype=dtype)
+    idx, halves = cpu_kernels.ops().pair_topk(scores1, scores2, knn, offset)
+    ref_idx, ref_halves = reference_pairs(scores1, scores2, knn, offset)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(halves, ref_halves)
+
+
+def test_pair_search_with_tied_scores_keeps_the_best_sums_in_index_order():
+    """Integer-valued scores tie everywhere, where torch's top-k may pick any of the equal ones: the
+    chosen sums are still the best ones (the reference's), each pair is read at its own scores, and
+    no pair is chosen twice."""
+    gen = torch.Generator().manual_seed(0)
+    scores1, scores2 = (torch.randint(0, 4, (100, 64), generator=gen).float() for _ in range(2))
+    idx, halves = cpu_kernels.ops().pair_topk(scores1, scores2, 16, 0)
+    _, ref_halves = reference_pairs(scores1, scores2, 16, 0)
+    assert torch.equal(halves.sum(1), ref_halves.sum(1))
+    assert torch.equal(scores1.gather(1, idx[:, 0]), halves[:, 0]) and torch.equal(scores2.gather(1, idx[:, 1]), halves[:, 1])
+    slots = idx[:, 0] * 64 + idx[:, 1]
+    assert all(len(set(row.tolist())) == 16 for row in slots)
+
+
+def test_pair_search_refuses_nan_scores():
+    scores = torch.randn(4, 64)
+    scores[2, 7] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN"):
+        cpu_kernels.ops().pair_topk(scores, torch.randn(4, 64), 8, 0)
+
+
+def test_pair_search_refuses_more_pairs_than_there_are():
+    with pytest.raises(RuntimeError, match="knn=50"):
+        cpu_kernels.ops().pair_topk(torch.randn(3, 5), torch.randn(3, 7), 50, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bag_backward_equals_the_reference(dtype):
+    """Weights' gradient and the summed rows per slot, with repeated slots and negative ones (reads
+    another shard serves), into a given buffer."""
+    gen = torch.Generator().manual_seed(1)
+    table = torch.randn(300, 24, generator=gen, dtype=dtype)
+    slots = torch.randint(-20, 300, (50, 16), generator=gen)
+    weights = torch.rand(50, 16, generator=gen, dtype=dtype).masked_fill(slots < 0, 0.0)
+    grad_out = torch.randn(50, 24, generator=gen, dtype=dtype)
+    buffer = torch.full((slots.numel(), 24), float("nan"), dtype=dtype)
+    grad_weights, unique, rows = cpu_kernels.ops().bag_backward(table, slots, weights, grad_out, buffer)
+    reads = sorted_reads(slots)
+    ref_unique, ref_rows = sum_rows_by_slot(slots, weights, grad_out, reads)
+    assert torch.equal(unique, ref_unique)
+    torch.testing.assert_close(rows, ref_rows, **TOL[dtype])
+    assert rows.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(grad_weights, bag_weight_grad(slots, table, grad_out, reads), **TOL[dtype])
+    assert torch.all(grad_weights[slots < 0] == 0)
+
+
+def test_bag_backward_refuses_a_slot_past_the_table():
+    slots = torch.tensor([[0, 10]])
+    with pytest.raises(RuntimeError, match="slot 10 outside the table's 10 rows"):
+        cpu_kernels.ops().bag_backward(torch.randn(10, 4), slots, torch.rand(1, 2), torch.randn(1, 4), None)
+
+
+@pytest.mark.parametrize("rowwise", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_adam_equals_the_reference_over_steps(rowwise, dtype):
+    gen = torch.Generator().manual_seed(2)
+    param = torch.randn(500, 40, generator=gen, dtype=dtype)
+    states = [(torch.zeros_like(param), torch.zeros(500 if rowwise else (500, 40), dtype=dtype)) for _ in range(2)]
+    ref_param = param.clone()
+    for step in range(1, 6):
+        rows = torch.randperm(500, generator=gen)[:120].sort().values
+        grad = torch.randn(120, 40, generator=gen, dtype=dtype)
+        cpu_kernels.ops().row_adam(param, *states[0], rows, grad, 1e-2, 0.9, 0.95, 1e-8, step)
+        row_adam_reference_(ref_param, *states[1], rows, grad, 1e-2, 0.9, 0.95, 1e-8, step)
+        torch.testing.assert_close(param, ref_param, **TOL[dtype])
+        for mine, ref in zip(states[0], states[1]):
+            torch.testing.assert_close(mine, ref, **TOL[dtype])
+
+
+def test_row_adam_refuses_rows_past_the_table():
+    param = torch.zeros(4, 2)
+    with pytest.raises(RuntimeError, match="row 4 outside"):
+        moments = torch.zeros(4, 2), torch.zeros(4, 2)
+        cpu_kernels.ops().row_adam(param, *moments, torch.tensor([4]), torch.ones(1, 2), 0.1, 0.9, 0.99, 1e-8, 1)
+
+
+def layer_outputs_and_grads(layer, x, autocast):
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = layer(x)
+    (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    grads = {name: p.grad.to_dense() if p.grad.is_sparse else p.grad for name, p in layer.named_parameters()}
+    return out.detach(), x.grad, grads
+
+
+def twin(config, dtype):
+    """The same layer each call (a deepcopy would drop the parameters' optimizer tags)."""
+    torch.manual_seed(0)
+    return MemoryPlus(32, 0, config).to(dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype, autocast, config",
+    [
+        (torch.float32, False, dict(heads=1, knn=32, k_dim=64, n_keys=64, query_norm="layernorm")),
+        (torch.float32, False, dict(heads=2, knn=8, k_dim=32, n_keys=24, second_moment="row")),
+        (torch.float64, False, dict(heads=2, knn=8, k_dim=32, n_keys=24)),
+        (torch.float32, True, dict(heads=4, knn=8, k_dim=32, n_keys=32)),
+    ],
+    ids=["capacity-float32", "two-heads-float32", "float64", "bf16-autocast"],
+)
+def test_memory_layer_with_kernels_equals_the_pytorch_path(monkeypatch, dtype, autocast, config):
+    """Same slots, so the same outputs bit for bit; gradients to float tolerance; then optimizer
+    steps (clipped, AdamW + RowAdam) keep the two layers' parameters together."""
+    layer, reference = (twin(MemoryConfig(**config, layers=[0]), dtype) for _ in range(2))
+    x = torch.randn(3, 20, 32, dtype=dtype)
+    out, grad_x, grads = layer_outputs_and_grads(layer, x, autocast)
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
+    ref_out, ref_grad_x, ref_grads = layer_outputs_and_grads(reference, x, autocast)
+    monkeypatch.delenv(cpu_kernels.KERNELS_ENV)
+    assert torch.equal(out, ref_out)
+    tol = TOL[dtype] if not autocast else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_x, ref_grad_x, **tol)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], **tol, msg=name)
+
+    optimizers = [build_optimizer(param_groups(m, lr=1e-2, weight_decay=0.1)) for m in (layer, reference)]
+    for step in range(3):
+        for use_kernels, model, opt in zip((True, False), (layer, reference), optimizers):
+            monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "1" if use_kernels else "0")
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(x + step).float().square().mean()
+            loss.backward()
+            clip_grad_norm(list(model.parameters()), 1.0)
+            opt.step()
+    for (name, p), q in zip(layer.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, **tol, msg=name)
+
+
+def test_kernels_off_by_environment(monkeypatch):
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
+    assert not cpu_kernels.enabled(torch.zeros(1))
+
+
+def test_kernels_serve_only_float32_and_float64_cpu_tensors():
+    assert cpu_kernels.enabled(torch.zeros(1, dtype=torch.float64))
+    assert not cpu_kernels.enabled(torch.zeros(1, dtype=torch.bfloat16))
+    assert not cpu_kernels.enabled(torch.zeros(1), torch.zeros(1, dtype=torch.float64))
+
+
+def test_a_failed_build_warns_once_and_the_memory_runs_its_pytorch_path(monkeypatch):
+    """Without a compiler (the build raises) the layer still trains, on the PyTorch path."""
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    cpu_kernels._built.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="did not build .*no C\\+\\+ compiler found"):
+            assert not cpu_kernels.enabled(torch.zeros(1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the failure is remembered: no second warning
+            layer = MemoryPlus(16, 0, MemoryConfig(heads=1, knn=4, k_dim=16, n_keys=8, layers=[0]))
+            layer(torch.randn(2, 5, 16)).sum().backward()
+        assert layer.values.weight.grad is not None
+    finally:
+        cpu_kernels._built.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (20000, 64), (5, 16384 + 3)])
+def test_squared_norm_equals_an_exact_sum(dtype, shape):
+    """Accumulated in float64 over fixed blocks: math.fsum of the squares (exact, then rounded once)
+    to float64 tolerance, also for float32 input."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    exact = math.fsum(v * v for v in x.double().flatten().tolist())
+    total = cpu_kernels.ops().squared_norm(x)
+    assert total.dtype == torch.float64 and total.dim() == 0
+    assert total.item() == pytest.approx(exact, rel=1e-13)
+
+
+def test_clipping_with_kernels_scales_the_gradients_as_the_pytorch_path(monkeypatch):
+    """A dense and a sparse (row) gradient clipped together: the same norm and the same scaled gradients."""
+    gen = torch.Generator().manual_seed(4)
+    clipped = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv(cpu_kernels.KERNELS_ENV, flag)
+        dense, table = torch.nn.Parameter(torch.zeros(300, 70)), torch.nn.Parameter(torch.zeros(1000, 64))
+        gen.manual_seed(4)
+        dense.grad = torch.randn(300, 70, generator=gen)
+        rows = torch.randperm(1000, generator=gen)[:400].sort().values
+        grad_rows = torch.randn(400, 64, generator=gen)
+        table.grad = torch.sparse_coo_tensor(rows[None], grad_rows, table.shape, check_invariants=True).coalesce()
+        total = clip_grad_norm([dense, table], 1.0)
+        clipped.append((total, dense.grad, table.grad.to_dense()))
+    for mine, ref in zip(*clipped):
+        assert torch.equal(mine, ref)
