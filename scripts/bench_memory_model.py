@@ -21,6 +21,7 @@ length); Transformer and Mamba-2.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from zoo.core.io import write_bench_results
 from zoo.memory import MemoryConfig
+from zoo.memory.layer import MemoryPlus
 from zoo.model.flops import forward_flops_per_token
 from zoo.model.language_model import LanguageModel, build_model
 from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
@@ -43,6 +45,18 @@ MEMORIES = {  # name -> MemoryConfig fields (layers=[1] added)
     "memory=pkm (2^10)": {},
 }
 PROFILE_ROWS = 14
+CLIP = "clip_grad_norm"
+# the memory layer's forward stages, as profiler ranges put around its parts (``label_memory_stages``)
+FORWARD = {
+    "memory forward": "memory layer forward, all of it",
+    "query": "forward: query projection",
+    "search": "forward: sub-key scores, both halves' top-k and their pair combination",
+    "read": "forward: weighted gather of the value rows",
+}
+BACKWARD = {  # autograd nodes of the memory layer's own functions
+    "_SelectedScoresBackward": "backward: selected sub-key scores (to the query and the sub-keys)",
+    "_RowSparseReadBackward": "backward: value read (weights' gradient, summed rows per slot)",
+}
 
 
 def make_model(backbone: str, d_model: int, vocab: int, memory: dict | None) -> LanguageModel:
@@ -67,7 +81,8 @@ class TrainStep:
         logits = self.model(self.inputs)
         loss = F.cross_entropy(logits.flatten(0, 1), self.targets.flatten())
         loss.backward()
-        clip_grad_norm(self.params, 1.0)
+        with torch.profiler.record_function(CLIP):
+            clip_grad_norm(self.params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -111,6 +126,58 @@ def profile(step: TrainStep, steps: int) -> list[dict]:
     ]
 
 
+def _in_range(name: str, fn):
+    """``fn`` run inside a profiler range called ``name``."""
+
+    @functools.wraps(fn)
+    def ranged(*args, **kwargs):
+        with torch.profiler.record_function(name):
+            return fn(*args, **kwargs)
+
+    return ranged
+
+
+def label_memory_stages(model: LanguageModel) -> None:
+    """Put profiler ranges (``FORWARD``'s names) around each memory layer's forward and its parts:
+    the query projection, the search, the value read. The layer's code is unchanged: its modules'
+    bound methods are wrapped on these instances only."""
+    for layer in model.modules():
+        if isinstance(layer, MemoryPlus):
+            layer.forward = _in_range("memory forward", layer.forward)
+            layer.keys.query.forward = _in_range("query", layer.keys.query.forward)
+            layer.keys.search = _in_range("search", layer.keys.search)
+            layer.values.read = _in_range("read", layer.values.read)
+
+
+def stage_profile(step: TrainStep, steps: int) -> list[dict]:
+    """Where a memory model's training step goes, by stage (ms per step, inclusive of what each
+    stage calls): the memory layer's forward and its parts, the backward of its two own functions,
+    the whole backward, clipping, both optimizers, and the step itself."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    label_memory_stages(step.model)
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            with torch.profiler.record_function("step"):
+                step()
+    node = "autograd::engine::evaluate_function: "  # one range per autograd node run (its own, unprefixed, sits inside)
+    totals = {event.key: event.cpu_time_total / steps / 1e3 for event in prof.key_averages()}
+    backward = sum(ms for key, ms in totals.items() if key.startswith(node))
+    stages = {label: totals.get(key, 0.0) for key, label in FORWARD.items()}
+    stages["forward: the rest (normalisation, softmax weights, usage counts, W1, silu, product, W2)"] = totals.get(
+        "memory forward", 0.0
+    ) - sum(totals.get(key, 0.0) for key in ("query", "search", "read"))
+    stages.update({label: totals.get(node + key, 0.0) for key, label in BACKWARD.items()})
+    stages["backward of the whole model (every autograd node)"] = backward
+    stages["gradient clipping (norm over all, sparse rows coalesced)"] = totals.get(CLIP, 0.0)
+    stages["optimizer: AdamW on the dense parameters"] = totals.get("Optimizer.step#AdamW.step", 0.0)
+    stages["optimizer: rows-only Adam on the value rows"] = totals.get("Optimizer.step#RowAdam.step", 0.0)
+    stages["the whole training step"] = totals.get("step", 0.0)
+    return [{"stage": label, "ms_per_step": round(ms, 3)} for label, ms in stages.items()]
+
+
 def compare(backbone: str, memory_name: str, args) -> dict:
     """One row: the MLP model and the memory model of ``backbone`` timed side by side."""
     torch.manual_seed(0)
@@ -137,6 +204,7 @@ def compare(backbone: str, memory_name: str, args) -> dict:
     if args.profile and memory_name == args.profile:
         row["profile_memory"] = profile(steps["memory"], args.profile_steps)
         row["profile_mlp"] = profile(steps["mlp"], args.profile_steps)
+        row["stages_memory"] = stage_profile(steps["memory"], args.profile_steps)
     return row
 
 
@@ -155,6 +223,16 @@ def markdown(result: dict) -> str:
             f"{r['ratio']:.3f} | {r['mlp_flops_per_token'] / 1e3:.1f} | {r['memory_flops_per_token'] / 1e3:.1f} |"
         )
     for r in result["rows"]:
+        if r.get("stages_memory"):
+            lines += [
+                "",
+                f"Stages: {r['backbone']} + {r['memory']}, ms per step inclusive of what each stage calls "
+                "(torch.profiler ranges; the profiler's own overhead included)",
+                "",
+                "| stage | ms / step |",
+                "| --- | ---: |",
+                *(f"| {s['stage']} | {s['ms_per_step']:.3f} |" for s in r["stages_memory"]),
+            ]
         for model in ("memory", "mlp"):
             table = r.get(f"profile_{model}")
             if not table:
