@@ -232,3 +232,19 @@ def test_clipping_with_kernels_scales_the_gradients_as_the_pytorch_path(monkeypa
         clipped.append((total, dense.grad, table.grad.to_dense()))
     for mine, ref in zip(*clipped):
         assert torch.equal(mine, ref)
+
+
+def test_clipping_dense_gradients_never_asks_for_the_kernels(monkeypatch):
+    """A model without memory has only dense gradients: clipping them keeps ``vector_norm`` (the
+    numbers of before, bit for bit) and never builds memzoo's kernels."""
+
+    def no_build(*tensors):
+        raise AssertionError("clipping dense gradients asked for the CPU kernels")
+
+    monkeypatch.setattr(cpu_kernels, "enabled", no_build)
+    param = torch.nn.Parameter(torch.zeros(50, 8))
+    param.grad = torch.randn(50, 8, generator=torch.Generator().manual_seed(5))
+    grad, norm = param.grad.clone(), torch.linalg.vector_norm(param.grad, dtype=torch.float64)
+    total = clip_grad_norm([param], 1.0)
+    torch.testing.assert_close(total, norm.float())
+    torch.testing.assert_close(param.grad, grad * (1.0 / (norm + 1e-6)).float())

@@ -158,11 +158,12 @@ def build_optimizer(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95)
     return torch.optim.AdamW(groups, betas=betas, eps=eps)
 
 
-def _squared_norm(grad: torch.Tensor) -> torch.Tensor:
-    """||grad||^2 as a float64 scalar, accumulated in float64: by memzoo's CPU kernel where it serves
-    (float32 elements widened one by one), else by ``vector_norm``, which first copies the gradient to
-    float64 (for a memory table's gradient rows, several ms per step on a CPU)."""
-    if cpu_kernels.enabled(grad):
+def _squared_norm(grad: torch.Tensor, rows: bool) -> torch.Tensor:
+    """||grad||^2 as a float64 scalar, accumulated in float64. ``rows``: the values of a sparse row
+    gradient (a memory table's), whose norm memzoo's CPU kernel takes in place where it serves;
+    ``vector_norm`` first copies the gradient to float64 (several ms per step for a large table's
+    rows). Dense gradients keep ``vector_norm``, so a model without memory never builds the kernels."""
+    if rows and cpu_kernels.enabled(grad):
         return cpu_kernels.ops().squared_norm(grad)
     return torch.linalg.vector_norm(grad, dtype=torch.float64) ** 2
 
@@ -172,21 +173,23 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
     """``clip_grad_norm_`` that also takes sparse gradients (coalesced in place, so duplicate rows
     count once as their sum) and sharded parameters (their squared norms are summed over ranks, so
     every rank clips by the norm of the whole gradient). Returns the total 2-norm before clipping."""
-    grads, sharded, group = [], [], None
+    grads, sharded, squares, sharded_squares, group = [], [], [], [], None
     for param in params:
         if param.grad is None:
             continue
-        if param.grad.is_sparse:
+        rows = param.grad.is_sparse
+        if rows:
             param.grad = coalesced(param.grad)
-        grad = param.grad._values() if param.grad.is_sparse else param.grad
+        grad = param.grad._values() if rows else param.grad
         shard = shard_of(param)
         (grads if shard is None else sharded).append(grad)
+        (squares if shard is None else sharded_squares).append(_squared_norm(grad, rows))
         group = shard.group if shard is not None else group
     if not grads and not sharded:
         return torch.tensor(0.0)
-    total_sq = sum((_squared_norm(g) for g in grads), torch.tensor(0.0, dtype=torch.float64))
+    total_sq = sum(squares, torch.tensor(0.0, dtype=torch.float64))
     if sharded:
-        sharded_sq = sum(_squared_norm(g) for g in sharded)
+        sharded_sq = sum(sharded_squares)
         dist.all_reduce(sharded_sq, group=group)
         total_sq = total_sq + sharded_sq
     total = total_sq.sqrt()
