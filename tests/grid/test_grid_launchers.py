@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from zoo.grid.devices import claim
@@ -59,9 +60,23 @@ def results(root: Path) -> dict[str, dict[str, str]]:
     return {r["cell"]: r for r in csv.DictReader((root / "results.csv").open())}
 
 
+def worker_threads(n_jobs: int) -> int:
+    """torch's thread count in a joblib (loky) worker of ``n_jobs``: loky divides the cores among them."""
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=n_jobs)(delayed(torch.get_num_threads)() for _ in range(n_jobs))[0]
+
+
 def test_joblib_trains_two_cells_at_once_and_writes_the_files_and_metrics_of_the_serial_run(tmp_path):
+    """The serial run at the workers' thread count: torch's CPU sums (matmul, reductions) split by
+    threads, and a tiny memory model's 200 steps carry that last-bit difference into its loss."""
     grid = write(tmp_path, PAIR)
-    main([str(grid), "--out", str(tmp_path / "serial")])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(worker_threads(2))
+    try:
+        main([str(grid), "--out", str(tmp_path / "serial")])
+    finally:
+        torch.set_num_threads(threads)
     main([str(grid), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "--out", str(tmp_path / "joblib")])
     serial, parallel = tmp_path / "serial" / "pair", tmp_path / "joblib" / "pair"
     assert files(parallel) == files(serial)

@@ -4,6 +4,9 @@ same scores, the backward passes and rows-only Adam give the same numbers to flo
 a whole memory layer and a training step agree, in float32, float64 and under bf16 autocast."""
 
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -248,3 +251,69 @@ def test_clipping_dense_gradients_never_asks_for_the_kernels(monkeypatch):
     total = clip_grad_norm([param], 1.0)
     torch.testing.assert_close(total, norm.float())
     torch.testing.assert_close(param.grad, grad * (1.0 / (norm + 1e-6)).float())
+
+
+def test_a_bad_kernels_setting_is_refused_naming_it(monkeypatch):
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "yes")
+    with pytest.raises(ValueError, match="MEMZOO_CPU_KERNELS='yes'; allowed: 1 .*, baseline .*, 0 "):
+        cpu_kernels.enabled(torch.zeros(1))
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Each op splits rows (or key / table rows) between threads so that every output element is
+    summed in one fixed order: one thread and two give the same bits."""
+    gen = torch.Generator().manual_seed(6)
+    scores1, scores2 = torch.randn(300, 256, generator=gen), torch.randn(300, 256, generator=gen)
+    q, keys = torch.randn(300, 32, generator=gen), torch.randn(4 * 64, 32, generator=gen)
+    idx, grad = torch.randint(0, 64, (300, 16), generator=gen), torch.randn(300, 16, generator=gen)
+    table, slots = torch.randn(500, 24, generator=gen), torch.randint(0, 500, (300, 16), generator=gen)
+    weights, grad_out = torch.rand(300, 16, generator=gen), torch.randn(300, 24, generator=gen)
+    rows, row_grad = torch.randperm(500, generator=gen)[:200].sort().values, torch.randn(200, 24, generator=gen)
+    norm_input = torch.randn(100_000, generator=gen)
+
+    def run_all():
+        param, moments = table.clone(), (torch.zeros_like(table), torch.zeros_like(table))
+        cpu_kernels.ops().row_adam(param, *moments, rows, row_grad, 1e-2, 0.9, 0.95, 1e-8, 1)
+        return [
+            *cpu_kernels.ops().pair_topk(scores1, scores2, 32, 0),
+            *cpu_kernels.ops().selected_scores_backward(q, keys, idx, grad, 64),
+            *cpu_kernels.ops().bag_backward(table, slots, weights, grad_out, None),
+            param,
+            *moments,
+            cpu_kernels.ops().squared_norm(norm_input),
+        ]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = run_all()
+        torch.set_num_threads(2)
+        double = run_all()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(single, double))
+
+
+BASELINE_CHECK = """
+import torch
+from zoo.memory import cpu_kernels
+from zoo.memory.product_keys import best_pairs
+assert cpu_kernels._instruction_set()[0] == "baseline" and cpu_kernels.enabled(torch.zeros(1))
+gen = torch.Generator().manual_seed(7)
+for n1, n2, knn in [(256, 256, 32), (91, 91, 32), (5, 7, 4)]:
+    s1, s2 = torch.randn(100, n1, generator=gen), torch.randn(100, n2, generator=gen)
+    idx, halves = cpu_kernels.ops().pair_topk(s1, s2, knn, 0)
+    top1, i1 = s1.topk(min(knn, n1), dim=-1)
+    top2, i2 = s2.topk(min(knn, n2), dim=-1)
+    ref_idx, ref_halves = best_pairs(top1, i1, top2, i2, knn)
+    assert torch.equal(idx, ref_idx) and torch.equal(halves, ref_halves), (n1, n2, knn)
+print("baseline ok")
+"""
+
+
+def test_the_baseline_build_picks_the_reference_slots():
+    """The build a CPU without AVX2 gets (scalar compaction instead of AVX2 bit masks), compiled and
+    run in its own process (one build per process): the same slots and scores as the reference."""
+    env = {**os.environ, cpu_kernels.KERNELS_ENV: "baseline"}
+    done = subprocess.run([sys.executable, "-c", BASELINE_CHECK], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "baseline ok" in done.stdout, done.stderr[-3000:]

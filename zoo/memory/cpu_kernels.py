@@ -7,7 +7,8 @@ They are compiled by ``torch.utils.cpp_extension`` on first use (about 20 s, onc
 torch version; cached in torch's extensions folder, ``TORCH_EXTENSIONS_DIR``) and used for float32
 and float64 CPU tensors. Without a C++ compiler the build fails with one warning and the memory
 layer runs its PyTorch path: the same numbers up to summation order. ``MEMZOO_CPU_KERNELS=0`` turns
-them off (no build is attempted).
+them off (no build is attempted); ``MEMZOO_CPU_KERNELS=baseline`` builds them without AVX2 (what a
+CPU without it gets). Each op's result does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from pathlib import Path
 import torch
 
 KERNELS_ENV = "MEMZOO_CPU_KERNELS"
+SETTINGS = {  # MEMZOO_CPU_KERNELS's values (read at each call; the build is chosen once per process)
+    "1": "default: built for this CPU's vector instructions",
+    "baseline": "built without AVX2, as for a CPU that lacks it",
+    "0": "off: the PyTorch path",
+}
 SOURCE = Path(__file__).parent / "csrc" / "memory_cpu.cpp"
 _DTYPES = (torch.float32, torch.float64)
 
@@ -30,11 +36,20 @@ BASE_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno"]
 log = logging.getLogger(__name__)
 
 
+def _setting() -> str:
+    """``MEMZOO_CPU_KERNELS``, checked: one of ``SETTINGS``."""
+    value = os.environ.get(KERNELS_ENV, "1")
+    if value not in SETTINGS:
+        raise ValueError(f"{KERNELS_ENV}={value!r}; allowed: " + ", ".join(f"{k} ({v})" for k, v in SETTINGS.items()))
+    return value
+
+
 def _instruction_set() -> tuple[str, list[str]]:
-    """The vector instructions to build for: AVX2 + FMA where torch found them on this CPU, else the
-    x86-64 / aarch64 baseline. The name is part of the build's name, so a build folder shared by
-    machines of different CPUs (a cluster's home) never hands one the other's instructions."""
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+    """The vector instructions to build for: AVX2 + FMA where torch found them on this CPU (unless
+    ``MEMZOO_CPU_KERNELS=baseline``), else the x86-64 / aarch64 baseline. The name is part of the
+    build's name, so a build folder shared by machines of different CPUs (a cluster's home) never
+    hands one the other's instructions."""
+    if _setting() != "baseline" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         return "avx2", ["-mavx2", "-mfma"]
     return "baseline", []
 
@@ -84,8 +99,9 @@ def _built() -> bool:
 
 def enabled(*tensors: torch.Tensor) -> bool:
     """Whether the kernels serve these tensors: all float32 or all float64 on the CPU, the kernels on
-    (``MEMZOO_CPU_KERNELS`` is not ``0``) and built."""
-    if os.environ.get(KERNELS_ENV, "1") == "0":
+    (``MEMZOO_CPU_KERNELS`` is not ``0``) and built. A value of ``MEMZOO_CPU_KERNELS`` outside
+    ``SETTINGS`` is a ValueError naming it."""
+    if _setting() == "0":
         return False
     dtype = tensors[0].dtype
     if dtype not in _DTYPES or any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
