@@ -173,7 +173,7 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
     """``clip_grad_norm_`` that also takes sparse gradients (coalesced in place, so duplicate rows
     count once as their sum) and sharded parameters (their squared norms are summed over ranks, so
     every rank clips by the norm of the whole gradient). Returns the total 2-norm before clipping."""
-    grads, sharded, squares, sharded_squares, group = [], [], [], [], None
+    grads, sharded, group = [], [], None  # (gradient, whether it holds sparse rows)
     for param in params:
         if param.grad is None:
             continue
@@ -182,18 +182,17 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
             param.grad = coalesced(param.grad)
         grad = param.grad._values() if rows else param.grad
         shard = shard_of(param)
-        (grads if shard is None else sharded).append(grad)
-        (squares if shard is None else sharded_squares).append(_squared_norm(grad, rows))
+        (grads if shard is None else sharded).append((grad, rows))
         group = shard.group if shard is not None else group
     if not grads and not sharded:
         return torch.tensor(0.0)
-    total_sq = sum(squares, torch.tensor(0.0, dtype=torch.float64))
+    total_sq = sum((_squared_norm(g, rows) for g, rows in grads), torch.tensor(0.0, dtype=torch.float64))
     if sharded:
-        sharded_sq = sum(sharded_squares)
+        sharded_sq = sum(_squared_norm(g, rows) for g, rows in sharded)
         dist.all_reduce(sharded_sq, group=group)
         total_sq = total_sq + sharded_sq
     total = total_sq.sqrt()
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads + sharded:
+    for g, _ in grads + sharded:
         g.mul_(scale.to(g.dtype))
-    return total.to((grads + sharded)[0].dtype)
+    return total.to((grads + sharded)[0][0].dtype)
