@@ -72,15 +72,21 @@ def test_pair_search_refuses_more_pairs_than_there_are():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_bag_backward_equals_the_reference(dtype):
+@pytest.mark.parametrize(
+    "n_slots, width, per_bag",
+    [(300, 24, 16), (5000, 64, 13)],
+    ids=["one-radix-pass-runtime-width", "two-radix-passes-unrolled-width-ragged-bag"],
+)
+def test_bag_backward_equals_the_reference(dtype, n_slots, width, per_bag):
     """Weights' gradient and the summed rows per slot, with repeated slots and negative ones (reads
-    another shard serves), into a given buffer."""
+    another shard serves), into a given buffer: a width the kernel unrolls (64) and one it does not,
+    slots sorted in one radix pass (< 2^11) and two, bags of a multiple of four reads and not."""
     gen = torch.Generator().manual_seed(1)
-    table = torch.randn(300, 24, generator=gen, dtype=dtype)
-    slots = torch.randint(-20, 300, (50, 16), generator=gen)
-    weights = torch.rand(50, 16, generator=gen, dtype=dtype).masked_fill(slots < 0, 0.0)
-    grad_out = torch.randn(50, 24, generator=gen, dtype=dtype)
-    buffer = torch.full((slots.numel(), 24), float("nan"), dtype=dtype)
+    table = torch.randn(n_slots, width, generator=gen, dtype=dtype)
+    slots = torch.randint(-20, n_slots, (50, per_bag), generator=gen)
+    weights = torch.rand(50, per_bag, generator=gen, dtype=dtype).masked_fill(slots < 0, 0.0)
+    grad_out = torch.randn(50, width, generator=gen, dtype=dtype)
+    buffer = torch.full((slots.numel(), width), float("nan"), dtype=dtype)
     grad_weights, unique, rows = cpu_kernels.ops().bag_backward(table, slots, weights, grad_out, buffer)
     reads = sorted_reads(slots)
     ref_unique, ref_rows = sum_rows_by_slot(slots, weights, grad_out, reads)
@@ -143,8 +149,9 @@ def twin(config, dtype):
         (torch.float32, False, dict(heads=2, knn=8, k_dim=32, n_keys=24, second_moment="row")),
         (torch.float64, False, dict(heads=2, knn=8, k_dim=32, n_keys=24)),
         (torch.float32, True, dict(heads=4, knn=8, k_dim=32, n_keys=32)),
+        (torch.float32, False, dict(heads=1, knn=8, k_dim=24, n_keys=16)),
     ],
-    ids=["capacity-float32", "two-heads-float32", "float64", "bf16-autocast"],
+    ids=["capacity-float32", "two-heads-float32", "float64", "bf16-autocast", "width-not-unrolled"],
 )
 def test_memory_layer_with_kernels_equals_the_pytorch_path(monkeypatch, dtype, autocast, config):
     """Same slots, so the same outputs bit for bit; gradients to float tolerance; then optimizer

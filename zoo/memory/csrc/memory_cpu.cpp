@@ -68,6 +68,39 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t d) {
   return sum;
 }
 
+// Calls f with the row width d: a compile-time constant for the common widths (each vector loop over
+// a row is then unrolled into registers), else the runtime value.
+template <typename F>
+inline void with_width(int64_t d, F&& f) {
+  switch (d) {
+    case 16: return f(std::integral_constant<int64_t, 16>{});
+    case 32: return f(std::integral_constant<int64_t, 32>{});
+    case 64: return f(std::integral_constant<int64_t, 64>{});
+    case 128: return f(std::integral_constant<int64_t, 128>{});
+    case 256: return f(std::integral_constant<int64_t, 256>{});
+    default: return f(d);
+  }
+}
+
+// out[j] = rows[j] . x for four rows at once (four independent sums: a single one would wait on
+// each vector add's latency).
+template <typename T>
+inline void dot4(const T* __restrict r0, const T* __restrict r1, const T* __restrict r2, const T* __restrict r3,
+                 const T* __restrict x, int64_t d, T* out) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t c = 0; c < d; ++c) {
+    s0 += r0[c] * x[c];
+    s1 += r1[c] * x[c];
+    s2 += r2[c] * x[c];
+    s3 += r3[c] * x[c];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
 // One row of lazy Adam (see row_adam), with its own second moment per column (v: d values) or one
 // per row (v: 1 value, updated with the row's mean g^2).
 template <typename T>
@@ -300,65 +333,75 @@ std::tuple<at::Tensor, at::Tensor> selected_scores_backward(const at::Tensor& q_
     const scalar_t* pg = grad.data_ptr<scalar_t>();
     scalar_t* gq = grad_q.data_ptr<scalar_t>();
     scalar_t* gk = grad_keys.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* block = pk + (r % blocks) * n * d;
-        for (int64_t j = 0; j < k; ++j) scaled_into(gq + r * d, pg[r * k + j], block + pi[r * k + j] * d, d, j == 0);
-      }
-    });
-    at::parallel_for(0, n_keys, 64, [&](int64_t lo, int64_t hi) {
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t base = (r % blocks) * n;
-        if (base + n <= lo || base >= hi) continue;  // none of this row's keys is this thread's
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t key = base + pi[r * k + j];
-          if (key >= lo && key < hi) scaled_into(gk + key * d, pg[r * k + j], pq + r * d, d, false);
+    with_width(d, [&](auto width) {
+      const int64_t w = width;
+      at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t* block = pk + (r % blocks) * n * w;
+          for (int64_t j = 0; j < k; ++j) scaled_into(gq + r * w, pg[r * k + j], block + pi[r * k + j] * w, w, j == 0);
         }
-      }
+      });
+      at::parallel_for(0, n_keys, 64, [&](int64_t lo, int64_t hi) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t base = (r % blocks) * n;
+          if (base + n <= lo || base >= hi) continue;  // none of this row's keys is this thread's
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t key = base + pi[r * k + j];
+            if (key >= lo && key < hi) scaled_into(gk + key * w, pg[r * k + j], pq + r * w, w, false);
+          }
+        }
+      });
     });
   });
   return {grad_q, grad_keys};
 }
 
-// Reads (flat positions into slots, m < 2^31) of the non-negative slots, grouped by slot ascending,
-// each slot's reads in increasing position (a stable LSD radix sort, 8 bits a pass): returns the
-// reads in that order and fills unique / offsets (offsets.size() == unique.size() + 1).
-std::vector<int32_t> reads_by_slot(const int64_t* slots, int64_t m, std::vector<int64_t>& unique,
-                                   std::vector<int64_t>& offsets) {
-  std::vector<int32_t> order, keys;
-  order.reserve(m);
-  keys.reserve(m);
-  int32_t top = 0;
+constexpr int kRadixBits = 11;  // slot bits sorted per pass: 2^11 counts (16 KiB) stay in L1
+
+// The reads of the non-negative slots (flat positions i < m < 2^31 into slots, each slot < n_slots,
+// else an error naming it) grouped by slot ascending, each slot's reads in increasing position: a
+// stable LSD radix sort of (slot << 32 | position) on the slot's bits, kRadixBits a pass (one pass
+// up to 2^11 slots, two up to 2^22), every pass's counts taken in one read. Returns the sorted
+// (slot << 32 | position) keys and fills unique / offsets (offsets.size() == unique.size() + 1).
+std::vector<uint64_t> reads_by_slot(const int64_t* slots, int64_t m, int64_t n_slots, std::vector<int64_t>& unique,
+                                    std::vector<int64_t>& offsets) {
+  std::vector<uint64_t> keyed(m);
+  int64_t n = 0;
   for (int64_t i = 0; i < m; ++i) {
-    if (slots[i] < 0) continue;
-    order.push_back(static_cast<int32_t>(i));
-    keys.push_back(static_cast<int32_t>(slots[i]));
-    top = std::max(top, keys.back());
+    const int64_t slot = slots[i];
+    TORCH_CHECK(slot < n_slots, "slot ", slot, " outside the table's ", n_slots, " rows");
+    keyed[n] = (static_cast<uint64_t>(slot) << 32) | static_cast<uint64_t>(i);
+    n += slot >= 0;  // a negative slot's entry is overwritten by the next read
   }
-  const int64_t n = static_cast<int64_t>(order.size());
-  std::vector<int32_t> order_tmp(n), keys_tmp(n);
-  for (int shift = 0; shift == 0 || (shift < 31 && (top >> shift) > 0); shift += 8) {
-    int64_t count[257] = {0};
-    for (int64_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & 255) + 1];
-    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t dst = count[(keys[i] >> shift) & 255]++;
-      keys_tmp[dst] = keys[i];
-      order_tmp[dst] = order[i];
-    }
-    keys.swap(keys_tmp);
-    order.swap(order_tmp);
+  keyed.resize(n);
+  int bits = 1;
+  while (bits < 31 && (int64_t(1) << bits) < n_slots) ++bits;
+  const int passes = (bits + kRadixBits - 1) / kRadixBits;
+  constexpr int64_t buckets = int64_t(1) << kRadixBits;
+  std::vector<int64_t> counts(passes * buckets, 0);
+  for (const uint64_t key : keyed) {
+    for (int p = 0; p < passes; ++p) ++counts[p * buckets + ((key >> (32 + kRadixBits * p)) & (buckets - 1))];
+  }
+  std::vector<uint64_t> scratch(n);
+  for (int p = 0; p < passes; ++p) {
+    int64_t* count = counts.data() + p * buckets;
+    if (std::count(count, count + buckets, n) == 1) continue;  // one digit for every read: already in order
+    int64_t total = 0;
+    for (int64_t b = 0; b < buckets; ++b) total += std::exchange(count[b], total);
+    for (const uint64_t key : keyed) scratch[count[(key >> (32 + kRadixBits * p)) & (buckets - 1)]++] = key;
+    keyed.swap(scratch);
   }
   unique.clear();
   offsets.clear();
   for (int64_t i = 0; i < n; ++i) {
-    if (i == 0 || keys[i] != keys[i - 1]) {
-      unique.push_back(keys[i]);
+    const int64_t slot = static_cast<int64_t>(keyed[i] >> 32);
+    if (i == 0 || slot != unique.back()) {
+      unique.push_back(slot);
       offsets.push_back(i);
     }
   }
   offsets.push_back(n);
-  return order;
+  return keyed;
 }
 
 // Backward of out[b] = sum_r weights[b, r] * table[slots[b, r]] (negative slots read nothing):
@@ -382,11 +425,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bag_backward(const at::Tensor& ta
   const int64_t bags = slots.size(0), per_bag = slots.size(1), d = table.size(1), n_slots = table.size(0);
   const int64_t* ps = slots.data_ptr<int64_t>();
   TORCH_CHECK(bags * per_bag < (int64_t(1) << 31) && n_slots < (int64_t(1) << 31), "at most 2^31 reads and slots");
-  for (int64_t i = 0; i < bags * per_bag; ++i) {
-    TORCH_CHECK(ps[i] < n_slots, "slot ", ps[i], " outside the table's ", n_slots, " rows");
-  }
   std::vector<int64_t> unique_v, offsets;
-  const std::vector<int32_t> order = reads_by_slot(ps, bags * per_bag, unique_v, offsets);
+  const std::vector<uint64_t> order = reads_by_slot(ps, bags * per_bag, n_slots, unique_v, offsets);
   const int64_t n_unique = static_cast<int64_t>(unique_v.size());
   auto grad_weights = at::empty_like(weights);
   auto unique = at::empty({n_unique}, slots.options());
@@ -400,7 +440,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bag_backward(const at::Tensor& ta
   } else {
     rows = at::empty({n_unique, d}, table.options());
   }
-  const int32_t reads_per_bag = static_cast<int32_t>(per_bag);  // 32-bit division: a third of 64-bit's cost
+  const uint32_t reads_per_bag = static_cast<uint32_t>(per_bag);  // 32-bit division: a third of 64-bit's cost
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "bag_backward", [&] {
     const scalar_t* pt = table.data_ptr<scalar_t>();
     const int64_t stride = table.stride(0);
@@ -408,25 +448,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bag_backward(const at::Tensor& ta
     const scalar_t* pg = grad.data_ptr<scalar_t>();
     scalar_t* gw = grad_weights.data_ptr<scalar_t>();
     scalar_t* pr = rows.data_ptr<scalar_t>();
-    at::parallel_for(0, bags, kRowGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* __restrict g = pg + b * d;
-        for (int64_t r = 0; r < per_bag; ++r) {
-          if (r + kPrefetchRows < per_bag && ps[b * per_bag + r + kPrefetchRows] >= 0) {
-            prefetch_row(pt + ps[b * per_bag + r + kPrefetchRows] * stride, d, false);
+    with_width(d, [&](auto width) {
+      const int64_t w = width;
+      // the weights' gradient: bag b's rows . grad_out[b], four rows at a time, rows fetched ahead
+      at::parallel_for(0, bags, kRowGrain, [&](int64_t begin, int64_t end) {
+        const int64_t last = end * per_bag;
+        const scalar_t* row[4];
+        for (int64_t b = begin; b < end; ++b) {
+          for (int64_t r = 0; r < per_bag; r += 4) {
+            const int64_t i = b * per_bag + r, count = std::min<int64_t>(4, per_bag - r);
+            for (int64_t j = 0; j < 4; ++j) {
+              const int64_t ahead = i + j + 4 * kPrefetchRows / 2;
+              if (j < count && ahead < last && ps[ahead] >= 0) prefetch_row(pt + ps[ahead] * stride, w, false);
+              row[j] = pt + (j < count ? std::max<int64_t>(ps[i + j], 0) : 0) * stride;  // a negative slot reads row 0
+            }
+            scalar_t out[4];
+            dot4(row[0], row[1], row[2], row[3], pg + b * w, w, out);
+            for (int64_t j = 0; j < count; ++j) gw[i + j] = ps[i + j] >= 0 ? out[j] : scalar_t(0);
           }
-          const int64_t slot = ps[b * per_bag + r];
-          gw[b * per_bag + r] = slot >= 0 ? dot(pt + slot * stride, g, d) : scalar_t(0);
         }
-      }
-    });
-    at::parallel_for(0, n_unique, kRowGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end; ++u) {
-        for (int64_t i = offsets[u]; i < offsets[u + 1]; ++i) {
-          const int32_t read = order[i];
-          scaled_into(pr + u * d, pw[read], pg + static_cast<int64_t>(read / reads_per_bag) * d, d, i == offsets[u]);
+      });
+      // each slot's rows: its reads' weight * grad_out[bag], summed in read order
+      at::parallel_for(0, n_unique, kRowGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          for (int64_t i = offsets[u]; i < offsets[u + 1]; ++i) {
+            const uint32_t read = static_cast<uint32_t>(order[i]);
+            scaled_into(pr + u * w, pw[read], pg + static_cast<int64_t>(read / reads_per_bag) * w, w, i == offsets[u]);
+          }
         }
-      }
+      });
     });
   });
   return {grad_weights, unique, rows};
