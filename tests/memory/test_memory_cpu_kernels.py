@@ -59,6 +59,31 @@ def test_pair_search_with_tied_scores_keeps_the_best_sums_in_index_order():
     assert all(len(set(row.tolist())) == 16 for row in slots)
 
 
+def stable_pairs(scores1, scores2, knn):
+    """The documented order, by stable sorts: each half's best knn (ties in index order), then the
+    pairs of sorted positions (a, b) with (a + 1)(b + 1) <= knn, a-major, and the knn best sums
+    among them (ties in that order)."""
+    v1, i1 = scores1.sort(dim=-1, descending=True, stable=True)
+    v2, i2 = scores2.sort(dim=-1, descending=True, stable=True)
+    pairs = [(a, b) for a in range(knn) for b in range(knn) if (a + 1) * (b + 1) <= knn]
+    first, second = torch.tensor([a for a, _ in pairs]), torch.tensor([b for _, b in pairs])
+    pick = (v1[:, first] + v2[:, second]).sort(dim=-1, descending=True, stable=True).indices[:, :knn]
+    a, b = first[pick], second[pick]
+    return torch.stack([i1.gather(1, a), i2.gather(1, b)], 1), torch.stack([v1.gather(1, a), v2.gather(1, b)], 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pair_search_breaks_ties_in_index_order(dtype):
+    """Scores from {0, 1, 2, 3} tie within and across every vector of eight: the kernel picks
+    exactly the stable order's slots."""
+    gen = torch.Generator().manual_seed(3)
+    scores1, scores2 = (torch.randint(0, 4, (100, 64), generator=gen).to(dtype) for _ in range(2))
+    idx, halves = cpu_kernels.ops().pair_topk(scores1, scores2, 16, 0)
+    ref_idx, ref_halves = stable_pairs(scores1, scores2, 16)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(halves, ref_halves)
+
+
 def test_pair_search_refuses_nan_scores():
     scores = torch.randn(4, 64)
     scores[2, 7] = float("nan")

@@ -131,26 +131,53 @@ inline void adam_row(T* __restrict p, T* __restrict m, T* __restrict v, const T*
 template <typename T>
 using Count = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
 
-// Positions i < n with x[i] >= floor, ascending, into kept (n slots); returns their count. With
-// AVX2, eight comparisons give one bit mask and only the set bits are visited: a branch per element
-// would be mispredicted about as often as the scores cross the floor.
+#ifdef __AVX2__
+// kLanePacks.lanes[mask]: the lanes of mask's set bits, lowest first (then zeros): a permutation
+// that moves those lanes of a vector to its front.
+struct LanePacks {
+  alignas(32) int32_t lanes[256][8] = {};
+  LanePacks() {
+    for (int mask = 0; mask < 256; ++mask) {
+      for (int lane = 0, count = 0; lane < 8; ++lane) {
+        if (mask & (1 << lane)) lanes[mask][count++] = lane;
+      }
+    }
+  }
+};
+const LanePacks kLanePacks;
+
+// -1 in the lanes where `*other predicate v` holds, else 0 (predicate: an _mm256_cmp_ps immediate).
+template <int predicate>
+inline __m256i lanes_where(const float* other, __m256 v) {
+  return _mm256_castps_si256(_mm256_cmp_ps(_mm256_broadcast_ss(other), v, predicate));
+}
+#endif
+
+// Positions i < n with x[i] >= floor, ascending, into kept (n slots) and their values into
+// kept_vals (n slots); returns their count. With AVX2, eight at a time: the comparison's bit mask
+// picks a permutation that packs the kept lanes to the front, stored whole, the count moved by
+// their number (no branch: one per element would be mispredicted about as often as the scores
+// cross the floor).
 template <typename T>
-int64_t compact_at_least(const T* x, int64_t n, T floor, int32_t* kept) {
+int64_t compact_at_least(const T* x, int64_t n, T floor, int32_t* kept, T* kept_vals) {
   int64_t count = 0, i = 0;
 #ifdef __AVX2__
   if constexpr (std::is_same_v<T, float>) {
     const __m256 level = _mm256_set1_ps(floor);
-    for (; i + 8 <= n; i += 8) {
-      unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), level, _CMP_GE_OQ)));
-      while (mask) {
-        kept[count++] = static_cast<int32_t>(i + __builtin_ctz(mask));
-        mask &= mask - 1;
-      }
+    for (; i + 8 <= n; i += 8) {  // the stores reach kept[count + 7] <= kept[i + 7]: inside
+      const __m256 v = _mm256_loadu_ps(x + i);
+      const int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, level, _CMP_GE_OQ));
+      const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLanePacks.lanes[mask]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(kept + count),
+                          _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int32_t>(i))));
+      _mm256_storeu_ps(kept_vals + count, _mm256_permutevar8x32_ps(v, lanes));
+      count += __builtin_popcount(static_cast<unsigned>(mask));
     }
   }
 #endif
   for (; i < n; ++i) {
     kept[count] = static_cast<int32_t>(i);
+    kept_vals[count] = x[i];
     count += x[i] >= floor;
   }
   return count;
@@ -158,14 +185,40 @@ int64_t compact_at_least(const T* x, int64_t n, T floor, int32_t* kept) {
 
 // Of x[0..n) the k largest among those >= floor (at least k are), descending, into vals / idx;
 // equal values in index order. Those values are gathered (padded with -inf to whole vectors) and
-// each one's rank is counted against all of them in one vectorised pass; it lands at that rank.
-// kept: n slots; kept_vals: n + 8 values.
+// each one's rank is counted against all of them in vectorised passes: >= before it, > from it
+// on; it lands at that rank. kept: n slots; kept_vals: n + 8 values.
 template <typename T>
 void top_ranked(const T* x, int64_t n, int64_t k, T floor, int32_t* kept, T* kept_vals, T* vals, int64_t* idx) {
-  const int64_t count = compact_at_least(x, n, floor, kept);
+  const int64_t count = compact_at_least(x, n, floor, kept, kept_vals);
   const int64_t padded = (count + 7) / 8 * 8;
-  for (int64_t s = 0; s < count; ++s) kept_vals[s] = x[kept[s]];
   for (int64_t s = count; s < padded; ++s) kept_vals[s] = -std::numeric_limits<T>::infinity();
+#ifdef __AVX2__
+  if constexpr (std::is_same_v<T, float>) {  // eight candidates ranked at once, against one broadcast value at a time
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t c = 0; c < count; c += 8) {
+      const __m256 v = _mm256_loadu_ps(kept_vals + c);
+      const __m256i position = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(c)), lane);
+      __m256i rank = _mm256_setzero_si256();  // minus the count of values ranked before each candidate
+      for (int64_t t = 0; t < c; ++t) rank = _mm256_add_epi32(rank, lanes_where<_CMP_GE_OQ>(kept_vals + t, v));  // earlier: ties too
+      for (int64_t t = c; t < c + 8; ++t) {  // the candidates themselves: a tie counts where t is earlier
+        const __m256i earlier = _mm256_cmpgt_epi32(position, _mm256_set1_epi32(static_cast<int32_t>(t)));
+        const __m256i tied = _mm256_and_si256(lanes_where<_CMP_EQ_OQ>(kept_vals + t, v), earlier);
+        rank = _mm256_add_epi32(rank, _mm256_or_si256(lanes_where<_CMP_GT_OQ>(kept_vals + t, v), tied));
+      }
+      for (int64_t t = c + 8; t < count; ++t) rank = _mm256_add_epi32(rank, lanes_where<_CMP_GT_OQ>(kept_vals + t, v));  // later
+      rank = _mm256_sub_epi32(_mm256_setzero_si256(), rank);
+      alignas(32) int32_t ranks[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(ranks), rank);
+      for (int64_t j = 0; j < 8 && c + j < count; ++j) {
+        if (ranks[j] < k) {
+          vals[ranks[j]] = kept_vals[c + j];
+          idx[ranks[j]] = kept[c + j];
+        }
+      }
+    }
+    return;
+  }
+#endif
   for (Count<T> s = 0; s < count; ++s) {
     const T v = kept_vals[s];
     Count<T> rank = 0;
