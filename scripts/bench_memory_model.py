@@ -6,8 +6,9 @@ or a product-key memory+ layer (rows-only Adam on its values). A training step i
 ``memzoo-train`` runs: forward, cross-entropy over every position, backward, gradient-norm clipping
 at 1.0, the optimizer step (AdamW + RowAdam), zero_grad. The two models' steps are timed in
 alternating rounds at the same thread count; the median step of each, after warm-up, gives the
-ratio ``memory step / MLP step``. FLOPs per token (``zoo.model.flops``) are listed beside: the memory
-layer is never more FLOPs than the MLP here.
+ratio ``memory step / MLP step``, and each round's ratio of medians (steps timed seconds apart) gives
+a paired one, its median and range over the rounds showing how much the machine moved. FLOPs per
+token (``zoo.model.flops``) are listed beside: the memory layer is never more FLOPs than the MLP here.
 
 Shapes (the issue's): d_model 64, 2 layers, memory at layer 1 with one head, k_dim 64, top-32 and
 layer-normed queries (the capacity grid's memory), N = 2^10, 2^13, 2^16 slots, and the default
@@ -87,20 +88,33 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def alternating_medians(steps: dict[str, TrainStep], rounds: int, per_round: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step of each step function, timed in ``rounds`` alternating rounds of
-    ``per_round`` steps each (after ``warmup`` untimed steps each), so drifts of the machine hit all alike."""
+def alternating_rounds(steps: dict[str, TrainStep], rounds: int, per_round: int, warmup: int) -> dict[str, list]:
+    """Seconds per step of each step function, timed in ``rounds`` alternating rounds of ``per_round``
+    steps each (after ``warmup`` untimed steps each), so drifts of the machine hit all alike: for each
+    name, one list of ``per_round`` times per round."""
     for step in steps.values():
         for _ in range(warmup):
             step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict[str, list[list[float]]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            times[name].append([])
             for _ in range(per_round):
                 start = time.perf_counter()
                 step()
-                times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+                times[name][-1].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def round_ratios(times: dict[str, list], numerator: str, denominator: str) -> list[float]:
+    """Per alternating round, the median step of ``numerator`` over that of ``denominator``: a ratio
+    of steps timed seconds apart, which a slow spell of a shared machine moves less than the ratio
+    of the whole run's medians."""
+    return sorted(median(a) / median(b) for a, b in zip(times[numerator], times[denominator]))
 
 
 def profile(step: TrainStep, steps: int) -> list[dict]:
@@ -189,7 +203,9 @@ def compare(backbone: str, memory_name: str, args) -> dict:
         "memory": make_model(backbone, args.d_model, args.vocab, MEMORIES[memory_name]),
     }
     steps = {name: TrainStep(model, inputs, targets) for name, model in models.items()}
-    seconds = alternating_medians(steps, args.rounds, args.steps, args.warmup)
+    times = alternating_rounds(steps, args.rounds, args.steps, args.warmup)
+    seconds = {name: median([t for one_round in rounds for t in one_round]) for name, rounds in times.items()}
+    paired = round_ratios(times, "memory", "mlp")
     flops = {name: forward_flops_per_token(model, args.seq_len) for name, model in models.items()}
     row = {
         "backbone": backbone,
@@ -198,6 +214,9 @@ def compare(backbone: str, memory_name: str, args) -> dict:
         "mlp_ms": round(seconds["mlp"] * 1e3, 3),
         "memory_ms": round(seconds["memory"] * 1e3, 3),
         "ratio": round(seconds["memory"] / seconds["mlp"], 3),
+        "round_ratio_median": round(median(paired), 3),
+        "round_ratio_min": round(paired[0], 3),
+        "round_ratio_max": round(paired[-1], 3),
         "mlp_flops_per_token": flops["mlp"],
         "memory_flops_per_token": flops["memory"],
     }
@@ -214,13 +233,18 @@ def markdown(result: dict) -> str:
         f"{result['seq_len']} tokens, d_model {result['d_model']}, 2 layers, memory at layer 1; median step of "
         f"{result['rounds']} x {result['steps']} alternating steps after {result['warmup']} warm-up",
         "",
-        "| backbone | memory | N slots | MLP model ms | memory model ms | memory / MLP | kFLOP/token MLP | kFLOP/token memory |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "memory / MLP: the ratio of the two medians; per round: the median over rounds of each round's ratio "
+        "of medians (steps timed seconds apart), and the least and greatest round",
+        "",
+        "| backbone | memory | N slots | MLP model ms | memory model ms | memory / MLP | per round: median (min-max) "
+        "| kFLOP/token MLP | kFLOP/token memory |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['backbone']} | {r['memory']} | {r['n_slots']} | {r['mlp_ms']:.2f} | {r['memory_ms']:.2f} | "
-            f"{r['ratio']:.3f} | {r['mlp_flops_per_token'] / 1e3:.1f} | {r['memory_flops_per_token'] / 1e3:.1f} |"
+            f"{r['ratio']:.3f} | {r['round_ratio_median']:.3f} ({r['round_ratio_min']:.3f}-{r['round_ratio_max']:.3f}) | "
+            f"{r['mlp_flops_per_token'] / 1e3:.1f} | {r['memory_flops_per_token'] / 1e3:.1f} |"
         )
     for r in result["rows"]:
         if r.get("stages_memory"):
@@ -285,7 +309,11 @@ def main(argv=None) -> dict:
         for memory in args.memories:
             result["rows"].append(compare(backbone, memory, args))
             r = result["rows"][-1]
-            print(f"{backbone} {memory}: MLP {r['mlp_ms']:.2f} ms, memory {r['memory_ms']:.2f} ms, x{r['ratio']:.3f}", flush=True)
+            print(
+                f"{backbone} {memory}: MLP {r['mlp_ms']:.2f} ms, memory {r['memory_ms']:.2f} ms, x{r['ratio']:.3f} "
+                f"(per round x{r['round_ratio_median']:.3f}, {r['round_ratio_min']:.3f}-{r['round_ratio_max']:.3f})",
+                flush=True,
+            )
     write_bench_results(args.out, result, markdown(result))
     print(markdown(result))
     return result

@@ -14,7 +14,7 @@ SCRIPT = str(ROOT / "scripts" / "bench_memory_model.py")
 
 def test_bench_memory_model_writes_a_row_per_backbone_and_memory_and_the_profile(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
-    argv = ["bench_memory_model.py", "--batch", "2", "--seq-len", "8", "--d-model", "16", "--rounds", "1", "--steps", "1"]
+    argv = ["bench_memory_model.py", "--batch", "2", "--seq-len", "8", "--d-model", "16", "--rounds", "2", "--steps", "1"]
     argv += ["--warmup", "0", "--memories", "capacity 2^10", "memory=pkm (2^10)", "--profile", "capacity 2^10"]
     argv += ["--profile-steps", "1", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -23,8 +23,9 @@ def test_bench_memory_model_writes_a_row_per_backbone_and_memory_and_the_profile
     rows = {(r["backbone"], r["memory"]): r for r in result["rows"]}
     assert set(rows) == {(b, m) for b in ("transformer", "mamba2") for m in ("capacity 2^10", "memory=pkm (2^10)")}
     for row in rows.values():
-        assert row["n_slots"] == 1024 and row["ratio"] == pytest.approx(row["memory_ms"] / row["mlp_ms"], abs=2e-3)
+        assert row["n_slots"] == 1024 and row["ratio"] == pytest.approx(row["memory_ms"] / row["mlp_ms"], rel=1e-3, abs=2e-3)
         assert 0 < row["memory_flops_per_token"] and 0 < row["mlp_flops_per_token"]
+        assert 0 < row["round_ratio_min"] <= row["round_ratio_median"] <= row["round_ratio_max"]
     profiled = rows[("transformer", "capacity 2^10")]
     for model in ("memory", "mlp"):  # ops by self time, largest first (which ops lead is noise at toy sizes)
         ops = profiled[f"profile_{model}"]
