@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.core.io import write_bench_results
+from zoo.core.timing import median
 from zoo.memory import MemoryConfig
 from zoo.memory.layer import MemoryPlus
 from zoo.model.flops import forward_flops_per_token
@@ -104,10 +105,6 @@ def alternating_rounds(steps: dict[str, TrainStep], rounds: int, per_round: int,
                 step()
                 times[name][-1].append(time.perf_counter() - start)
     return times
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def round_ratios(times: dict[str, list], numerator: str, denominator: str) -> list[float]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from zoo.core.io import write_bench_results
+from zoo.core.timing import median
 from zoo.mixers.scan import selective_scan, selective_scan_sequential
 from zoo.mixers.scan_chunked import selective_scan_chunked
 
@@ -91,7 +92,7 @@ def time_passes(impls: dict, inputs: dict, pass_name: str, reps: int, warmup: in
             outs[name] = run_pass(scan, inputs, pass_name)
             if rep >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: (sorted(t)[len(t) // 2], outs[name]) for name, t in times.items()}
+    return {name: (median(t), outs[name]) for name, t in times.items()}
 
 
 def max_abs_err(out, ref) -> tuple[float, dict]:

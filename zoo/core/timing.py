@@ -7,6 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def median(values: list[float]) -> float:
+    """The middle of ``values`` (the upper one of the two middles for an even count)."""
+    return sorted(values)[len(values) // 2]
+
+
 def median_seconds(step: Callable[[], None], steps: int, warmup: int) -> float:
     """Median wall time of ``step()`` over ``steps`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
@@ -16,7 +21,7 @@ def median_seconds(step: Callable[[], None], steps: int, warmup: int) -> float:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return median(times)
 
 
 def _status_bytes(field: str) -> int:
