@@ -185,8 +185,8 @@ int64_t compact_at_least(const T* x, int64_t n, T floor, int32_t* kept, T* kept_
 
 // Of x[0..n) the k largest among those >= floor (at least k are), descending, into vals / idx;
 // equal values in index order. Those values are gathered (padded with -inf to whole vectors) and
-// each one's rank is counted against all of them in vectorised passes: >= before it, > from it
-// on; it lands at that rank. kept: n slots; kept_vals: n + 8 values.
+// each one's rank is counted against all of them, vectorised (those above it, and those equal to it
+// at an earlier position); it lands at that rank. kept: n slots; kept_vals: n + 8 values.
 template <typename T>
 void top_ranked(const T* x, int64_t n, int64_t k, T floor, int32_t* kept, T* kept_vals, T* vals, int64_t* idx) {
   const int64_t count = compact_at_least(x, n, floor, kept, kept_vals);
@@ -511,7 +511,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bag_backward(const at::Tensor& ta
           for (int64_t r = 0; r < per_bag; r += 4) {
             const int64_t i = b * per_bag + r, count = std::min<int64_t>(4, per_bag - r);
             for (int64_t j = 0; j < 4; ++j) {
-              const int64_t ahead = i + j + 4 * kPrefetchRows / 2;
+              const int64_t ahead = i + j + 2 * kPrefetchRows;  // rows go four at a time: fetch further ahead
               if (j < count && ahead < last && ps[ahead] >= 0) prefetch_row(pt + ps[ahead] * stride, w, false);
               row[j] = pt + (j < count ? std::max<int64_t>(ps[i + j], 0) : 0) * stride;  // a negative slot reads row 0
             }
