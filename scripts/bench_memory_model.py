@@ -51,13 +51,12 @@ CLIP = "clip_grad_norm"
 # the memory layer's forward stages, as profiler ranges put around its parts (``label_memory_stages``)
 FORWARD = {
     "memory forward": "memory layer forward, all of it",
-    "query": "forward: query projection",
-    "search": "forward: sub-key scores, both halves' top-k and their pair combination",
-    "read": "forward: weighted gather of the value rows",
+    "queries": "forward: query projection, query and sub-key normalisation",
 }
+READ = "forward: sub-key scores, pair search, softmax weights, weighted sum of the value rows (fused)"
+REST = "forward: the rest (W1, silu, product, W2, usage counts)"
 BACKWARD = {  # autograd nodes of the memory layer's own functions
-    "_SelectedScoresBackward": "backward: selected sub-key scores (to the query and the sub-keys)",
-    "_RowSparseReadBackward": "backward: value read (weights' gradient, summed rows per slot)",
+    "_ProductKeyReadBackward": "backward: the fused read (rows per slot, weights, selected sub-key scores)",
 }
 
 
@@ -149,20 +148,19 @@ def _in_range(name: str, fn):
 
 
 def label_memory_stages(model: LanguageModel) -> None:
-    """Put profiler ranges (``FORWARD``'s names) around each memory layer's forward and its parts:
-    the query projection, the search, the value read. The layer's code is unchanged: its modules'
-    bound methods are wrapped on these instances only."""
+    """Put profiler ranges around each memory layer's forward (``"memory forward"``), its read
+    (``"read"``: queries, search, weights and value rows) and its queries (``FORWARD``'s names). The
+    layer's code is unchanged: its modules' bound methods are wrapped on these instances only."""
     for layer in model.modules():
         if isinstance(layer, MemoryPlus):
             layer.forward = _in_range("memory forward", layer.forward)
-            layer.keys.query.forward = _in_range("query", layer.keys.query.forward)
-            layer.keys.search = _in_range("search", layer.keys.search)
-            layer.values.read = _in_range("read", layer.values.read)
+            layer.read = _in_range("read", layer.read)
+            layer.keys.queries = _in_range("queries", layer.keys.queries)
 
 
 def stage_profile(step: TrainStep, steps: int) -> list[dict]:
     """Where a memory model's training step goes, by stage (ms per step, inclusive of what each
-    stage calls): the memory layer's forward and its parts, the backward of its two own functions,
+    stage calls): the memory layer's forward and its parts, the backward of its fused read,
     the whole backward, clipping, both optimizers, and the step itself."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -177,9 +175,8 @@ def stage_profile(step: TrainStep, steps: int) -> list[dict]:
     totals = {event.key: event.cpu_time_total / steps / 1e3 for event in prof.key_averages()}
     backward = sum(ms for key, ms in totals.items() if key.startswith(node))
     stages = {label: totals.get(key, 0.0) for key, label in FORWARD.items()}
-    stages["forward: the rest (normalisation, softmax weights, usage counts, W1, silu, product, W2)"] = totals.get(
-        "memory forward", 0.0
-    ) - sum(totals.get(key, 0.0) for key in ("query", "search", "read"))
+    stages[READ] = totals.get("read", 0.0) - totals.get("queries", 0.0)
+    stages[REST] = totals.get("memory forward", 0.0) - totals.get("read", 0.0)
     stages.update({label: totals.get(node + key, 0.0) for key, label in BACKWARD.items()})
     stages["backward of the whole model (every autograd node)"] = backward
     stages["gradient clipping (norm over all, sparse rows coalesced)"] = totals.get(CLIP, 0.0)

@@ -154,8 +154,10 @@ def test_row_adam_refuses_rows_past_the_table():
 
 def layer_outputs_and_grads(layer, x, autocast):
     x = x.clone().requires_grad_(True)
+    layer.usage.start()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = layer(x)
+    layer.usage.stop()
     (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     grads = {name: p.grad.to_dense() if p.grad.is_sparse else p.grad for name, p in layer.named_parameters()}
     return out.detach(), x.grad, grads
@@ -179,16 +181,18 @@ def twin(config, dtype):
     ids=["capacity-float32", "two-heads-float32", "float64", "bf16-autocast", "width-not-unrolled"],
 )
 def test_memory_layer_with_kernels_equals_the_pytorch_path(monkeypatch, dtype, autocast, config):
-    """Same slots, so the same outputs bit for bit; gradients to float tolerance; then optimizer
-    steps (clipped, AdamW + RowAdam) keep the two layers' parameters together."""
+    """Same slots read as often; outputs and gradients to float tolerance (the kernels' fused read,
+    ``fused_read``, sums in its own order); then optimizer steps (clipped, AdamW + RowAdam) keep the
+    two layers' parameters together."""
     layer, reference = (twin(MemoryConfig(**config, layers=[0]), dtype) for _ in range(2))
     x = torch.randn(3, 20, 32, dtype=dtype)
     out, grad_x, grads = layer_outputs_and_grads(layer, x, autocast)
     monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
     ref_out, ref_grad_x, ref_grads = layer_outputs_and_grads(reference, x, autocast)
     monkeypatch.delenv(cpu_kernels.KERNELS_ENV)
-    assert torch.equal(out, ref_out)
+    assert torch.equal(layer.usage.counts, reference.usage.counts)
     tol = TOL[dtype] if not autocast else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, ref_out, **tol)
     torch.testing.assert_close(grad_x, ref_grad_x, **tol)
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], **tol, msg=name)
@@ -203,8 +207,11 @@ def test_memory_layer_with_kernels_equals_the_pytorch_path(monkeypatch, dtype, a
             loss.backward()
             clip_grad_norm(list(model.parameters()), 1.0)
             opt.step()
+    # Adam divides by sqrt(v): a gradient element near 0 turns its float32 rounding into a step that
+    # can differ by a fraction of lr (1e-2), so the parameters agree to lr * 1e-3 in absolute terms
+    step_tol = dict(tol, atol=max(tol["atol"], 1e-5)) if dtype == torch.float32 else tol
     for (name, p), q in zip(layer.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p, q, **tol, msg=name)
+        torch.testing.assert_close(p, q, **step_tol, msg=name)
 
 
 def test_kernels_off_by_environment(monkeypatch):

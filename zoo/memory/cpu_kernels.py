@@ -1,7 +1,9 @@
 """memzoo's C++ kernels for the memory layer on CPU (``csrc/memory_cpu.cpp``): the pair search, the
 selected sub-key scores' backward, the value read's backward and rows-only Adam, each one pass over
-its data where the PyTorch path (the reference, kept beside each call) runs a chain of small ops; and
-the float64-accumulated squared norm that gradient clipping takes of a memory table's gradient rows.
+its data where the PyTorch path (the reference, kept beside each call) runs a chain of small ops;
+the memory read fused from the sub-key scores to the weighted value rows, and its backward, which
+put the others together (``fused_read``); and the float64-accumulated squared norm that gradient
+clipping takes of a memory table's gradient rows.
 
 They are compiled by ``torch.utils.cpp_extension`` on first use (about 20 s, once per machine and
 torch version; cached in torch's extensions folder, ``TORCH_EXTENSIONS_DIR``) and used for float32

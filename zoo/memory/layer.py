@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.core.tags import linear, mark_residual_projection, parameter_count
+from zoo.memory import fused_read
 from zoo.memory.config import MemoryConfig
 from zoo.memory.product_keys import ProductKeys
 from zoo.memory.usage import UsageTracker
@@ -59,10 +60,16 @@ class MemoryPlus(nn.Module):
         self.usage = UsageTracker()
 
     def read(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (T, D) -> mem(x): (T, v_dim)."""
-        slots, weights = self.keys(x)  # (T, H, k) each
+        """x: (T, D) -> mem(x): (T, v_dim). On CPU with memzoo's kernels, the search, the weights and
+        the read of this process's whole table go as one autograd step (``fused_read``)."""
+        q, keys = self.keys.queries(x)
+        if fused_read.serves(self.keys, self.values, q, keys):
+            out, slots, weights = fused_read.product_key_read(q, keys, self.values, self.config)
+        else:
+            slots, weights = self.keys.select(q, keys)  # (T, H, k) each
+            out = self.values.read(slots.flatten(1), weights.flatten(1))
         self.usage.update(slots, weights, self.config.n_slots)
-        return self.values.read(slots.flatten(1), weights.flatten(1))
+        return out
 
     def active_parameters(self) -> int:
         """Parameters one token uses: query, sub-keys (each scored once), W1, W2, the gate, and the

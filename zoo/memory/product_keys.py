@@ -123,15 +123,15 @@ def rank_pairs(
     return best_pairs(top1, idx1 + first_offset, top2, idx2, knn)
 
 
-def _in_token_chunks(q: torch.Tensor, keys_per_head: int, search) -> tuple[torch.Tensor, torch.Tensor]:
+def _in_token_chunks(q: torch.Tensor, keys_per_head: int, search) -> tuple[torch.Tensor, ...]:
     """``search`` over chunks of q's tokens, q (T, H, 2, d), each chunk scoring at most
     ``SEARCH_CHUNK_ELEMENTS`` (tokens x H x ``keys_per_head``) so the scores stay small enough for the
-    allocator to reuse; its (indices, half scores) concatenated over the chunks."""
+    allocator to reuse; its tensors (each with the chunk's tokens first) concatenated over the chunks."""
     chunk = max(1, SEARCH_CHUNK_ELEMENTS // (q.shape[1] * keys_per_head))
     found = [search(part) for part in q.split(chunk)]
     if len(found) == 1:
         return found[0]
-    return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
+    return tuple(torch.cat(parts) for parts in zip(*found))
 
 
 class _SelectedScores(torch.autograd.Function):
@@ -196,21 +196,32 @@ class ProductKeys(nn.Module):
         if self.query.bias is not None:
             nn.init.zeros_(self.query.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn) in at least float32).
-
-        Only the query projection follows autocast; normalisation, the search, the selected scores and
-        the softmax run in at least float32 (bf16 scores would tie and reorder near-equal slots).
-        The search (``self.search``: this process's slots, or a sharded search) runs without
-        autograd; gradients reach the query and the sub-keys through the selected pairs only.
-        """
+    def queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (T, D) -> (query halves (T, H, 2, k_dim/2), sub-keys (H, 2, n_keys, k_dim/2)), both
+        normalised (``query_norm``) in at least float32: only the query projection follows autocast
+        (bf16 scores would tie and reorder near-equal slots)."""
         cfg = self.config
         q = self.query(x)
         work = work_dtype(self.sub_keys)
         with torch.autocast(device_type=x.device.type, enabled=False):
             q = normalise(q.to(work).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
-            keys = normalise(self.sub_keys.to(work), cfg.query_norm)  # (H, 2, n_keys, k_dim/2)
+            keys = normalise(self.sub_keys.to(work), cfg.query_norm)
+        return q, keys
+
+    def select(self, q: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``queries``' (q, keys) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn)).
+
+        The search (``self.search``: this process's slots, or a sharded search) runs without
+        autograd; gradients reach the query and the sub-keys through the selected pairs only.
+        """
+        cfg = self.config
+        with torch.autocast(device_type=q.device.type, enabled=False):
             idx, halves = self.search(q.detach(), keys.detach(), cfg.knn)  # (T, H, 2, knn) each
             halves = _SelectedScores.apply(q, keys, idx, halves)
             weights = torch.softmax(halves.sum(2) / cfg.temperature, dim=-1)
         return idx[:, :, 0] * cfg.n_keys + idx[:, :, 1], weights
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn) in at least float32):
+        ``select(*queries(x))``."""
+        return self.select(*self.queries(x))

@@ -79,9 +79,7 @@ class _RowSparseRead(torch.autograd.Function):
                 reuse = ctx.workspace is not None and grad_out.device.type == "cpu"  # CUDA's allocator caches already
                 out = ctx.workspace.take(len(unique), grad_out.shape[1], grad_out.dtype) if reuse else None
                 unique, rows = sum_rows_by_slot(slots, weights, grad_out, reads, out)
-            grad_table = torch.sparse_coo_tensor(
-                unique.unsqueeze(0), rows.to(table.dtype), table.shape, is_coalesced=True, check_invariants=False
-            )
+            grad_table = row_gradient(unique, rows.to(table.dtype), table.shape)
         return grad_table, None, grad_weights, None
 
 
@@ -90,8 +88,13 @@ def _cpu_backward(table, slots, weights, grad_out, workspace):
     weights' gradient and the rows of each slot read, summed in one pass (in ``workspace``'s memory)."""
     out = workspace.take(slots.numel(), table.shape[1], table.dtype) if workspace is not None else None
     grad_weights, unique, rows = cpu_kernels.ops().bag_backward(table, slots, weights, grad_out, out)
-    grad_table = torch.sparse_coo_tensor(unique.unsqueeze(0), rows, table.shape, is_coalesced=True, check_invariants=False)
-    return grad_table, None, grad_weights, None
+    return row_gradient(unique, rows, table.shape), None, grad_weights, None
+
+
+def row_gradient(unique: torch.Tensor, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A table's gradient (``shape``) that holds only the rows read: unique (U,) ascending slots and
+    their rows (U, d), as a coalesced sparse tensor (the order is not checked again)."""
+    return torch.sparse_coo_tensor(unique.unsqueeze(0), rows, shape, is_coalesced=True, check_invariants=False)
 
 
 class ValueTable(nn.Module):

@@ -1,5 +1,6 @@
 // memzoo's CPU kernels for the product-key memory: the pair search, the selected sub-key scores'
-// backward, the value read's backward, rows-only Adam, and the squared norm gradient clipping takes. Each replaces a chain of small PyTorch
+// backward, the value read's backward, the fused read (search, weights, value rows) and its backward,
+// rows-only Adam, and the squared norm gradient clipping takes. Each replaces a chain of small PyTorch
 // ops (zoo/memory/*.py keeps that chain as the reference) with one pass over its data.
 // Built on first use by torch.utils.cpp_extension (zoo/memory/cpu_kernels.py); float32 and float64.
 
@@ -535,6 +536,112 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bag_backward(const at::Tensor& ta
   return {grad_weights, unique, rows};
 }
 
+// Scores of both halves, scores (T, H, 2, n), -> the memory read of each token: each head's knn best
+// slots (pair_topk), softmax weights over their (half1 + half2) / temperature, and the sum over heads
+// and slots, in that order, of weight * table row. table (N, v), N = n * n ->
+// (out (T, v), slots (T, H, knn) = i * n + j, weights (T, H, knn), idx (T, H, 2, knn): the sub-key
+// indices i and j). What the PyTorch path computes with a top-k, a softmax and an embedding bag.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> product_read(const at::Tensor& scores, const at::Tensor& table,
+                                                                        int64_t knn, double temperature) {
+  check_cpu_float(scores, "scores");
+  check_cpu_float(table, "table");
+  TORCH_CHECK(scores.dim() == 4 && scores.size(2) == 2, "scores must be (T, H, 2, n), got ", scores.sizes());
+  TORCH_CHECK(table.scalar_type() == scores.scalar_type(), "table and scores must share a dtype");
+  const int64_t tokens = scores.size(0), heads = scores.size(1), n = scores.size(3), d = table.size(1);
+  TORCH_CHECK(table.dim() == 2 && table.stride(1) == 1 && table.size(0) == n * n,
+              "table must be (n^2, v) = (", n * n, ", v) with contiguous rows, got ", table.sizes());
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature), "temperature must be > 0 and finite, got ", temperature);
+  auto half = [&](int64_t s) {
+    auto h = scores.select(2, s).reshape({tokens * heads, n});
+    return h.stride(1) == 1 ? h : h.contiguous();
+  };
+  auto [idx, halves] = pair_topk(half(0), half(1), knn, 0);  // (T * H, 2, knn) each
+  auto out = at::empty({tokens, d}, table.options());
+  auto slots = at::empty({tokens, heads, knn}, idx.options());
+  auto weights = at::empty({tokens, heads, knn}, table.options());
+  const int64_t reads = heads * knn;
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "product_read", [&] {
+    using T = scalar_t;
+    const T* pt = table.data_ptr<T>();
+    const int64_t stride = table.stride(0);
+    const int64_t* pi = idx.data_ptr<int64_t>();
+    const T* ph = halves.data_ptr<T>();
+    int64_t* ps = slots.data_ptr<int64_t>();
+    T* pw = weights.data_ptr<T>();
+    T* po = out.data_ptr<T>();
+    const T temp = static_cast<T>(temperature);
+    with_width(d, [&](auto width) {
+      const int64_t w = width;
+      at::parallel_for(0, tokens, kRowGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          for (int64_t h = 0; h < heads; ++h) {  // slots and softmax weights of (t, h)
+            const int64_t r = t * heads + h;
+            const int64_t* i1 = pi + r * 2 * knn;
+            const T* h1 = ph + r * 2 * knn;
+            int64_t* slot = ps + r * knn;
+            T* weight = pw + r * knn;
+            T top = -std::numeric_limits<T>::infinity();
+            for (int64_t j = 0; j < knn; ++j) {
+              slot[j] = i1[j] * n + i1[knn + j];
+              prefetch_row(pt + slot[j] * stride, w, false);
+              weight[j] = (h1[j] + h1[knn + j]) / temp;
+              top = std::max(top, weight[j]);
+            }
+            T total = 0;
+            for (int64_t j = 0; j < knn; ++j) total += (weight[j] = std::exp(weight[j] - top));
+            for (int64_t j = 0; j < knn; ++j) weight[j] /= total;
+          }
+          const int64_t* slot = ps + t * reads;
+          const T* weight = pw + t * reads;
+          for (int64_t j = 0; j < reads; ++j) scaled_into(po + t * w, weight[j], pt + slot[j] * stride, w, j == 0);
+        }
+      });
+    });
+  });
+  return {out, slots, weights, idx.view({tokens, heads, 2, knn})};
+}
+
+// Backward of product_read: q (T, H, 2, d) and keys (H, 2, n, d) the scores' factors
+// (scores[t, h, s, c] = q[t, h, s] . keys[h, s, c]), table, idx, slots and weights as product_read
+// gave them, grad_out (T, v) -> (grad_q, grad_keys, and the table's gradient rows as bag_backward
+// gives them: unique slots (U,), rows (U, v), in rows_out's memory when given). Only the selected
+// sub-keys' scores carry a gradient (the search itself has none).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> product_read_backward(
+    const at::Tensor& q, const at::Tensor& keys, const at::Tensor& table, const at::Tensor& idx, const at::Tensor& slots,
+    const at::Tensor& weights_in, const at::Tensor& grad_out, double temperature, const c10::optional<at::Tensor>& rows_out) {
+  TORCH_CHECK(q.dim() == 4 && keys.dim() == 4 && q.size(2) == 2 && keys.size(1) == 2 && q.size(1) == keys.size(0),
+              "q (T, H, 2, d) and keys (H, 2, n, d) expected, got ", q.sizes(), " and ", keys.sizes());
+  TORCH_CHECK(idx.dim() == 4 && slots.dim() == 3 && weights_in.sizes() == slots.sizes() && idx.size(0) == q.size(0) &&
+                  slots.size(0) == q.size(0) && idx.size(3) == slots.size(2),
+              "idx (T, H, 2, knn), slots and weights (T, H, knn) expected, got ", idx.sizes(), ", ", slots.sizes(),
+              " and ", weights_in.sizes());
+  const int64_t tokens = q.size(0), heads = q.size(1), knn = slots.size(2), n = keys.size(2), dim = q.size(3);
+  auto [grad_weights, unique, rows] =
+      bag_backward(table, slots.reshape({tokens, heads * knn}), weights_in.reshape({tokens, heads * knn}), grad_out, rows_out);
+  auto weights = weights_in.contiguous();
+  auto grad_halves = at::empty({tokens, heads, 2, knn}, weights.options());  // both halves: the score's gradient
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "product_read_backward", [&] {
+    using T = scalar_t;
+    const T* pw = weights.data_ptr<T>();
+    const T* pg = grad_weights.data_ptr<T>();
+    T* out = grad_halves.data_ptr<T>();
+    const T temp = static_cast<T>(temperature);
+    at::parallel_for(0, tokens * heads, kRowGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {  // softmax backward, w * (g - sum w g), then the division's
+        const T* w = pw + r * knn;
+        const T* g = pg + r * knn;
+        T mean = 0;
+        for (int64_t j = 0; j < knn; ++j) mean += w[j] * g[j];
+        for (int64_t j = 0; j < knn; ++j) out[r * 2 * knn + j] = out[r * 2 * knn + knn + j] = w[j] * (g[j] - mean) / temp;
+      }
+    });
+  });
+  auto [grad_q, grad_keys] = selected_scores_backward(q.reshape({tokens * heads * 2, dim}), keys.reshape({heads * 2 * n, dim}),
+                                                      idx.reshape({tokens * heads * 2, knn}),
+                                                      grad_halves.view({tokens * heads * 2, knn}), n);
+  return {grad_q.view(q.sizes()), grad_keys.view(keys.sizes()), unique, rows};
+}
+
 // Lazy Adam on the given rows, in place (AdamW's update without weight decay, in its order of
 // operations): m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2 (a row's mean g^2 when
 // exp_avg_sq is (N,)); p += (-lr / (1 - beta1^t)) m / (sqrt(v / (1 - beta2^t)) + eps).
@@ -629,4 +736,9 @@ TORCH_LIBRARY(memzoo_cpu, m) {
         "float beta1, float beta2, float eps, int step) -> ()",
         &row_adam);
   m.def("squared_norm(Tensor x) -> Tensor", &squared_norm);
+  m.def("product_read(Tensor scores, Tensor table, int knn, float temperature) -> (Tensor, Tensor, Tensor, Tensor)",
+        &product_read);
+  m.def("product_read_backward(Tensor q, Tensor keys, Tensor table, Tensor idx, Tensor slots, Tensor weights, "
+        "Tensor grad_out, float temperature, Tensor? rows_out) -> (Tensor, Tensor, Tensor, Tensor)",
+        &product_read_backward);
 }

@@ -1,0 +1,64 @@
+"""The memory read as one autograd step on CPU: sub-key scores -> pair search -> softmax weights ->
+weighted value rows, and back, in two calls of memzoo's CPU kernels (``product_read`` and its
+backward) where the composed path (``ProductKeys.select`` + ``ValueTable.read``, the reference)
+runs two autograd functions and a dozen small ops. Same numbers up to summation order."""
+
+from __future__ import annotations
+
+import torch
+
+from zoo.memory import cpu_kernels
+from zoo.memory.config import MemoryConfig
+from zoo.memory.product_keys import ProductKeys, _in_token_chunks, local_search
+from zoo.memory.values import ValueTable, row_gradient
+
+
+def serves(keys: ProductKeys, values, q: torch.Tensor, sub_keys: torch.Tensor) -> bool:
+    """Whether the fused read serves this layer: this process's whole table (no sharded search or
+    values) with rows-only gradients, and the kernels serving the queries', sub-keys' and table's
+    dtype (float32 or float64 alike, on the CPU)."""
+    return (
+        keys.search is local_search
+        and isinstance(values, ValueTable)
+        and values.sparse
+        and cpu_kernels.enabled(q, sub_keys, values.weight)
+    )
+
+
+def product_key_read(
+    q: torch.Tensor, sub_keys: torch.Tensor, values: ValueTable, config: MemoryConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (T, H, 2, d) and sub_keys (H, 2, n_keys, d) as ``ProductKeys.queries`` gives them ->
+    (mem(x) (T, v_dim), slot indices (T, H, knn), softmax weights (T, H, knn)), the last two without
+    gradient (they are what usage statistics count)."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return _ProductKeyRead.apply(q, sub_keys, values.weight, config.knn, config.temperature, values.workspace)
+
+
+class _ProductKeyRead(torch.autograd.Function):
+    """``mem = sum_{h, j} softmax_j((s1 + s2) / temperature) * table[slot]`` over each head's knn best
+    pairs of sub-key scores; gradients to the query halves, the selected sub-keys and the table rows
+    read (a coalesced sparse gradient, its rows in the table's ``workspace``)."""
+
+    @staticmethod
+    def forward(ctx, q, sub_keys, table, knn, temperature, workspace):
+        def read(part: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            scores = torch.einsum("thsd,hsnd->thsn", part, sub_keys)  # (t, H, 2, n)
+            return cpu_kernels.ops().product_read(scores, table, knn, temperature)
+
+        with torch.no_grad():
+            out, slots, weights, idx = _in_token_chunks(q, 2 * sub_keys.shape[2], read)
+        ctx.save_for_backward(q, sub_keys, table, idx, slots, weights)
+        ctx.temperature, ctx.workspace = temperature, workspace
+        ctx.mark_non_differentiable(slots, weights)
+        ctx.set_materialize_grads(False)  # no zero gradients made for slots and weights
+        return out, slots, weights
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_slots, _grad_weights):
+        q, sub_keys, table, idx, slots, weights = ctx.saved_tensors
+        rows_out = ctx.workspace.take(slots.numel(), table.shape[1], table.dtype)
+        grad_q, grad_keys, unique, rows = cpu_kernels.ops().product_read_backward(
+            q, sub_keys, table, idx, slots, weights, grad_out, ctx.temperature, rows_out
+        )
+        return grad_q, grad_keys, row_gradient(unique, rows, table.shape), None, None, None
