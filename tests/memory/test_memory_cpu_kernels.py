@@ -309,8 +309,15 @@ def test_results_do_not_depend_on_the_thread_count():
     weights, grad_out = torch.rand(300, 16, generator=gen), torch.randn(300, 24, generator=gen)
     rows, row_grad = torch.randperm(500, generator=gen)[:200].sort().values, torch.randn(200, 24, generator=gen)
     norm_input = torch.randn(100_000, generator=gen)
+    read_q, read_keys = torch.randn(300, 2, 2, 16, generator=gen), torch.randn(2, 2, 24, 16, generator=gen)
+    read_table, read_grad = torch.randn(24 * 24, 40, generator=gen), torch.randn(300, 40, generator=gen)
 
     def run_all():
+        scores = torch.einsum("thsd,hsnd->thsn", read_q, read_keys)
+        read = cpu_kernels.ops().product_read(scores, read_table, 8, 0.5)
+        read_back = cpu_kernels.ops().product_read_backward(
+            read_q, read_keys, read_table, read[3], read[1], read[2], read_grad, 0.5, None
+        )
         param, moments = table.clone(), (torch.zeros_like(table), torch.zeros_like(table))
         cpu_kernels.ops().row_adam(param, *moments, rows, row_grad, 1e-2, 0.9, 0.95, 1e-8, 1)
         return [
@@ -320,6 +327,8 @@ def test_results_do_not_depend_on_the_thread_count():
             param,
             *moments,
             cpu_kernels.ops().squared_norm(norm_input),
+            *read,
+            *read_back,
         ]
 
     threads = torch.get_num_threads()
