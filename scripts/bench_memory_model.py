@@ -51,12 +51,12 @@ CLIP = "clip_grad_norm"
 # the memory layer's forward stages, as profiler ranges put around its parts (``label_memory_stages``)
 FORWARD = {
     "memory forward": "memory layer forward, all of it",
-    "queries": "forward: query projection, query and sub-key normalisation",
+    "query": "forward: query projection",
 }
-READ = "forward: sub-key scores, pair search, softmax weights, weighted sum of the value rows (fused)"
+READ = "forward: query and sub-key normalisation, sub-key scores, pair search, softmax weights, value rows (fused)"
 REST = "forward: the rest (W1, silu, product, W2, usage counts)"
 BACKWARD = {  # autograd nodes of the memory layer's own functions
-    "_ProductKeyReadBackward": "backward: the fused read (rows per slot, weights, selected sub-key scores)",
+    "_ProductKeyReadBackward": "backward: the fused read (rows per slot, weights, selected sub-key scores, normalisation)",
 }
 
 
@@ -149,13 +149,13 @@ def _in_range(name: str, fn):
 
 def label_memory_stages(model: LanguageModel) -> None:
     """Put profiler ranges around each memory layer's forward (``"memory forward"``), its read
-    (``"read"``: queries, search, weights and value rows) and its queries (``FORWARD``'s names). The
+    (``"read"``: the query, search, weights and value rows) and its query projection (``FORWARD``'s names). The
     layer's code is unchanged: its modules' bound methods are wrapped on these instances only."""
     for layer in model.modules():
         if isinstance(layer, MemoryPlus):
             layer.forward = _in_range("memory forward", layer.forward)
             layer.read = _in_range("read", layer.read)
-            layer.keys.queries = _in_range("queries", layer.keys.queries)
+            layer.keys.projected = _in_range("query", layer.keys.projected)
 
 
 def stage_profile(step: TrainStep, steps: int) -> list[dict]:
@@ -175,7 +175,7 @@ def stage_profile(step: TrainStep, steps: int) -> list[dict]:
     totals = {event.key: event.cpu_time_total / steps / 1e3 for event in prof.key_averages()}
     backward = sum(ms for key, ms in totals.items() if key.startswith(node))
     stages = {label: totals.get(key, 0.0) for key, label in FORWARD.items()}
-    stages[READ] = totals.get("read", 0.0) - totals.get("queries", 0.0)
+    stages[READ] = totals.get("read", 0.0) - totals.get("query", 0.0)
     stages[REST] = totals.get("memory forward", 0.0) - totals.get("read", 0.0)
     stages.update({label: totals.get(node + key, 0.0) for key, label in BACKWARD.items()})
     stages["backward of the whole model (every autograd node)"] = backward

@@ -1,11 +1,13 @@
-"""The fused memory read (``zoo.memory.fused_read``: one autograd step, two C++ kernel calls) against
-the composed read it replaces, ``ProductKeys.select`` + ``ValueTable.read`` (two autograd functions
-and the ops between them, also on memzoo's kernels): same slots and weights, same output, same
-gradients to the query, the sub-keys and the table's rows, in float64, float32 and under bf16
-autocast; and the layers it must leave to the composed read."""
+"""The fused memory read (``zoo.memory.fused_read``: one autograd step, a few C++ kernel calls)
+against the composed read it replaces, ``ProductKeys.normalised`` + ``select`` + ``ValueTable.read``
+(torch's layer / RMS norm, two autograd functions and the ops between them, also on memzoo's
+kernels): same slots and weights, same output, same gradients to the query, the sub-keys and the
+table's rows, with each query normalisation, in float64, float32 and under bf16 autocast; and the
+layers it must leave to the composed read."""
 
 import pytest
 import torch
+from helpers.scaled_close import assert_close_scaled as assert_close
 
 from zoo.memory import MemoryConfig, cpu_kernels, fused_read, product_keys
 from zoo.memory.layer import MemoryPlus
@@ -13,20 +15,11 @@ from zoo.memory.layer import MemoryPlus
 pytestmark = pytest.mark.skipif(
     not cpu_kernels.enabled(torch.zeros(1)), reason="memzoo's CPU kernels did not build here (no C++ compiler?)"
 )
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
 CONFIGS = {
     "capacity": dict(heads=1, knn=32, k_dim=64, n_keys=32, query_norm="layernorm"),
-    "pkm": dict(),  # 4 heads, top-8
-    "temperature": dict(heads=2, knn=5, k_dim=24, n_keys=16, temperature=0.3),
+    "pkm": dict(),  # 4 heads, top-8, no query normalisation
+    "temperature": dict(heads=2, knn=5, k_dim=24, n_keys=16, temperature=0.3, query_norm="rmsnorm"),
 }
-
-
-def assert_close(mine: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, **kwargs) -> None:
-    """To ``TOL[dtype]``, the absolute part scaled by the reference's largest entry: a gradient summed
-    over many reads (a sub-key's, up to ~70 here) carries rounding of its size, not of 1."""
-    tol = TOL[dtype]
-    scale = max(1.0, float(ref.abs().max()))
-    torch.testing.assert_close(mine, ref, rtol=tol["rtol"], atol=tol["atol"] * scale, **kwargs)
 
 
 def layer_of(config: dict, dtype: torch.dtype) -> MemoryPlus:
@@ -41,12 +34,12 @@ def read_and_grads(layer: MemoryPlus, x: torch.Tensor, fused: bool, autocast: bo
     """(mem(x), slots, weights, x's gradient, {parameter: gradient}) of the read alone, fused or composed."""
     x = x.clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        q, keys = layer.keys.queries(x)
+        q, keys = layer.keys.projected(x)
         if fused:
             assert fused_read.serves(layer.keys, layer.values, q, keys)
             out, slots, weights = fused_read.product_key_read(q, keys, layer.values, layer.config)
         else:
-            slots, weights = layer.keys.select(q, keys)
+            slots, weights = layer.keys.select(*layer.keys.normalised(q, keys))
             out = layer.values.read(slots.flatten(1), weights.flatten(1))
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
     grads = {name: p.grad.to_dense() for name, p in layer.named_parameters() if p.grad is not None}
@@ -73,7 +66,7 @@ def test_fused_read_equals_the_composed_read(config, dtype):
 
 def test_fused_read_gives_the_table_one_sorted_row_per_slot_read():
     layer = layer_of(CONFIGS["pkm"], torch.float32)
-    q, keys = layer.keys.queries(torch.randn(50, 32))
+    q, keys = layer.keys.projected(torch.randn(50, 32))
     out, slots, _ = fused_read.product_key_read(q, keys, layer.values, layer.config)
     out.sum().backward()
     grad = layer.values.weight.grad
@@ -113,7 +106,7 @@ def test_fused_read_under_bf16_autocast_equals_the_composed_read():
 )
 def test_layers_the_fused_read_leaves_to_the_composed_read(config):
     layer = MemoryPlus(32, 0, MemoryConfig(**config, layers=[0]))
-    q, keys = layer.keys.queries(torch.randn(5, 32))
+    q, keys = layer.keys.projected(torch.randn(5, 32))
     assert not fused_read.serves(layer.keys, layer.values, q, keys)
     layer(torch.randn(2, 5, 32)).sum().backward()  # and the layer reads all the same
     assert layer.values.weight.grad is not None
@@ -121,9 +114,26 @@ def test_layers_the_fused_read_leaves_to_the_composed_read(config):
 
 def test_fused_read_off_with_the_kernels(monkeypatch):
     layer = MemoryPlus(32, 0, MemoryConfig(layers=[0]))
-    q, keys = layer.keys.queries(torch.randn(5, 32))
+    q, keys = layer.keys.projected(torch.randn(5, 32))
     monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
     assert not fused_read.serves(layer.keys, layer.values, q, keys)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_normalise_rows_equals_torchs_norm_and_its_gradient(norm, dtype):
+    x = torch.randn(50, 24, dtype=dtype, requires_grad=True) * 3 + 1
+    ref = product_keys.normalise(x, norm)
+    grad = torch.randn_like(ref)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad)
+    y, rstd = cpu_kernels.ops().normalise_rows(x.detach(), norm, product_keys.norm_eps(norm, dtype))
+    assert_close(y, ref.detach(), dtype)
+    assert_close(cpu_kernels.ops().normalise_rows_backward(grad, y, rstd, norm), ref_grad, dtype)
+
+
+def test_normalise_rows_names_an_unknown_norm():
+    with pytest.raises(RuntimeError, match="norm must be 'layernorm' or 'rmsnorm', got 'batchnorm'"):
+        cpu_kernels.ops().normalise_rows(torch.randn(2, 4), "batchnorm", 1e-5)
 
 
 def test_product_read_names_a_table_of_the_wrong_size():

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 from helpers.row_adam_reference import row_adam_reference_
+from helpers.scaled_close import TOL, assert_close_scaled
 
 from zoo.memory import MemoryConfig, cpu_kernels
 from zoo.memory.bags import bag_weight_grad, sorted_reads, sum_rows_by_slot
@@ -22,7 +23,6 @@ from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
 pytestmark = pytest.mark.skipif(
     not cpu_kernels.enabled(torch.zeros(1)), reason="memzoo's CPU kernels did not build here (no C++ compiler?)"
 )
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
 
 
 def reference_pairs(scores1, scores2, knn, offset):
@@ -194,8 +194,11 @@ def test_memory_layer_with_kernels_equals_the_pytorch_path(monkeypatch, dtype, a
     tol = TOL[dtype] if not autocast else dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out, ref_out, **tol)
     torch.testing.assert_close(grad_x, ref_grad_x, **tol)
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], **tol, msg=name)
+    for name in grads:  # the sub-keys' gradient sums many reads: to float tolerance of its own scale
+        if autocast:
+            torch.testing.assert_close(grads[name], ref_grads[name], **tol, msg=name)
+        else:
+            assert_close_scaled(grads[name], ref_grads[name], dtype, msg=name)
 
     optimizers = [build_optimizer(param_groups(m, lr=1e-2, weight_decay=0.1)) for m in (layer, reference)]
     for step in range(3):

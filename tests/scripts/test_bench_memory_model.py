@@ -35,8 +35,10 @@ def test_bench_memory_model_writes_a_row_per_backbone_and_memory_and_the_profile
     stages = {s["stage"]: s["ms_per_step"] for s in profiled["stages_memory"]}  # each stage within the step
     whole = stages.pop("the whole training step")
     assert whole > 0 and all(0 <= ms <= whole for ms in stages.values())
-    assert stages["forward: sub-key scores, pair search, softmax weights, weighted sum of the value rows (fused)"] > 0
-    assert stages["backward: the fused read (rows per slot, weights, selected sub-key scores)"] > 0
+    assert (
+        stages["forward: query and sub-key normalisation, sub-key scores, pair search, softmax weights, value rows (fused)"] > 0
+    )
+    assert stages["backward: the fused read (rows per slot, weights, selected sub-key scores, normalisation)"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| memory / MLP |" in table and "Profile: transformer + capacity 2^10" in table
     assert "Stages: transformer + capacity 2^10" in table

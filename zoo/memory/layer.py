@@ -61,12 +61,13 @@ class MemoryPlus(nn.Module):
 
     def read(self, x: torch.Tensor) -> torch.Tensor:
         """x: (T, D) -> mem(x): (T, v_dim). On CPU with memzoo's kernels, the search, the weights and
-        the read of this process's whole table go as one autograd step (``fused_read``)."""
-        q, keys = self.keys.queries(x)
+        the read of this process's whole table (the query normalisation too) go as one autograd step
+        (``fused_read``)."""
+        q, keys = self.keys.projected(x)
         if fused_read.serves(self.keys, self.values, q, keys):
             out, slots, weights = fused_read.product_key_read(q, keys, self.values, self.config)
         else:
-            slots, weights = self.keys.select(q, keys)  # (T, H, k) each
+            slots, weights = self.keys.select(*self.keys.normalised(q, keys))  # (T, H, k) each
             out = self.values.read(slots.flatten(1), weights.flatten(1))
         self.usage.update(slots, weights, self.config.n_slots)
         return out

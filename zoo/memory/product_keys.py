@@ -17,12 +17,18 @@ from zoo.memory.config import MemoryConfig
 SEARCH_CHUNK_ELEMENTS = 1 << 22  # half scores materialised at once during the search (16 MiB fp32)
 
 
+def norm_eps(kind: str, dtype: torch.dtype) -> float:
+    """The eps ``normalise`` adds to the variance: F.layer_norm's default 1e-5 for ``layernorm``,
+    F.rms_norm's (the dtype's machine epsilon) for ``rmsnorm``."""
+    return 1e-5 if kind == "layernorm" else torch.finfo(dtype).eps
+
+
 def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
     """Parameter-free layer/RMS normalisation over the last dim (``kind="none"`` returns ``x``)."""
     if kind == "layernorm":
-        return F.layer_norm(x, x.shape[-1:])
+        return F.layer_norm(x, x.shape[-1:], eps=norm_eps(kind, x.dtype))
     if kind == "rmsnorm":
-        return F.rms_norm(x, x.shape[-1:])
+        return F.rms_norm(x, x.shape[-1:], eps=norm_eps(kind, x.dtype))
     return x
 
 
@@ -196,20 +202,22 @@ class ProductKeys(nn.Module):
         if self.query.bias is not None:
             nn.init.zeros_(self.query.bias)
 
-    def queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (T, D) -> (query halves (T, H, 2, k_dim/2), sub-keys (H, 2, n_keys, k_dim/2)), both
-        normalised (``query_norm``) in at least float32: only the query projection follows autocast
-        (bf16 scores would tie and reorder near-equal slots)."""
+    def projected(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (T, D) -> (query halves (T, H, 2, k_dim/2), sub-keys (H, 2, n_keys, k_dim/2)), both in
+        at least float32 and not yet normalised: only the query projection follows autocast (bf16
+        scores would tie and reorder near-equal slots)."""
         cfg = self.config
-        q = self.query(x)
         work = work_dtype(self.sub_keys)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            q = normalise(q.to(work).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), cfg.query_norm)
-            keys = normalise(self.sub_keys.to(work), cfg.query_norm)
-        return q, keys
+        q = self.query(x)
+        return q.to(work).view(x.shape[0], cfg.heads, 2, cfg.k_dim // 2), self.sub_keys.to(work)
+
+    def normalised(self, q: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``projected``'s (q, keys), each normalised over its last dim (``query_norm``)."""
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return normalise(q, self.config.query_norm), normalise(keys, self.config.query_norm)
 
     def select(self, q: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``queries``' (q, keys) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn)).
+        """``normalised``' (q, keys) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn)).
 
         The search (``self.search``: this process's slots, or a sharded search) runs without
         autograd; gradients reach the query and the sub-keys through the selected pairs only.
@@ -223,5 +231,5 @@ class ProductKeys(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn) in at least float32):
-        ``select(*queries(x))``."""
-        return self.select(*self.queries(x))
+        ``select(*normalised(*projected(x)))``."""
+        return self.select(*self.normalised(*self.projected(x)))

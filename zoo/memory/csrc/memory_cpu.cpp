@@ -536,6 +536,100 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bag_backward(const at::Tensor& ta
   return {grad_weights, unique, rows};
 }
 
+// The query normalisations: "layernorm" (x - mean) / sqrt(var + eps) with the biased variance, or
+// "rmsnorm" x / sqrt(mean(x^2) + eps), over each row of x (R, d), without affine parameters (what
+// F.layer_norm / F.rms_norm compute) -> (y (R, d), 1 / sqrt(...) (R,)).
+bool layer_norm_kind(c10::string_view kind) {
+  TORCH_CHECK(kind == "layernorm" || kind == "rmsnorm", "norm must be 'layernorm' or 'rmsnorm', got '", kind, "'");
+  return kind == "layernorm";
+}
+
+// One row of normalise_rows: y = (x - mean) * rstd (mean 0 without centre), returns rstd.
+template <typename T>
+inline T normalise_row(const T* __restrict x, T* __restrict y, int64_t d, bool centre, T eps) {
+  T mean = 0;
+  if (centre) {
+#pragma omp simd reduction(+ : mean)
+    for (int64_t c = 0; c < d; ++c) mean += x[c];
+    mean /= static_cast<T>(d);
+  }
+  T square = 0;
+#pragma omp simd reduction(+ : square)
+  for (int64_t c = 0; c < d; ++c) square += (x[c] - mean) * (x[c] - mean);
+  const T rstd = T(1) / std::sqrt(square / static_cast<T>(d) + eps);
+#pragma omp simd
+  for (int64_t c = 0; c < d; ++c) y[c] = (x[c] - mean) * rstd;
+  return rstd;
+}
+
+// One row of normalise_rows_backward: grad_x = rstd * (g - mean(g) - y * mean(g * y)) (no mean(g)
+// without centre).
+template <typename T>
+inline void normalise_row_backward(const T* __restrict g, const T* __restrict y, T rstd, T* __restrict grad_x, int64_t d,
+                                   bool centre) {
+  T mean_g = 0, mean_gy = 0;
+#pragma omp simd reduction(+ : mean_g, mean_gy)
+  for (int64_t c = 0; c < d; ++c) {
+    mean_g += g[c];
+    mean_gy += g[c] * y[c];
+  }
+  mean_g = centre ? mean_g / static_cast<T>(d) : T(0);
+  mean_gy /= static_cast<T>(d);
+#pragma omp simd
+  for (int64_t c = 0; c < d; ++c) grad_x[c] = rstd * (g[c] - mean_g - y[c] * mean_gy);
+}
+
+std::tuple<at::Tensor, at::Tensor> normalise_rows(const at::Tensor& x_in, c10::string_view kind, double eps) {
+  check_cpu_float(x_in, "x");
+  TORCH_CHECK(x_in.dim() == 2, "x must be (R, d), got ", x_in.sizes());
+  TORCH_CHECK(eps > 0, "eps must be > 0, got ", eps);
+  const bool centre = layer_norm_kind(kind);
+  auto x = x_in.contiguous();
+  const int64_t rows = x.size(0), d = x.size(1);
+  auto y = at::empty_like(x);
+  auto rstd = at::empty({rows}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "normalise_rows", [&] {
+    using T = scalar_t;
+    const T* px = x.data_ptr<T>();
+    T* py = y.data_ptr<T>();
+    T* pr = rstd.data_ptr<T>();
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        pr[r] = normalise_row(px + r * d, py + r * d, d, centre, static_cast<T>(eps));
+      }
+    });
+  });
+  return {y, rstd};
+}
+
+// Backward of normalise_rows: grad_y, y (R, d) and rstd (R,) as it gave them -> grad_x (R, d):
+// rstd * (g - mean(g) - y * mean(g * y)) for "layernorm", rstd * (g - y * mean(g * y)) for "rmsnorm".
+at::Tensor normalise_rows_backward(const at::Tensor& grad_in, const at::Tensor& y_in, const at::Tensor& rstd_in,
+                                   c10::string_view kind) {
+  check_cpu_float(grad_in, "grad_y");
+  const bool centre = layer_norm_kind(kind);
+  TORCH_CHECK(grad_in.dim() == 2 && y_in.sizes() == grad_in.sizes() && rstd_in.dim() == 1 && rstd_in.size(0) == y_in.size(0),
+              "grad_y and y (R, d) and rstd (R,) expected, got ", grad_in.sizes(), ", ", y_in.sizes(), " and ", rstd_in.sizes());
+  TORCH_CHECK(y_in.scalar_type() == grad_in.scalar_type() && rstd_in.scalar_type() == grad_in.scalar_type(),
+              "grad_y, y and rstd must share a dtype");
+  auto grad = grad_in.contiguous(), y = y_in.contiguous(), rstd = rstd_in.contiguous();
+  const int64_t rows = y.size(0), d = y.size(1);
+  auto grad_x = at::empty_like(y);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "normalise_rows_backward", [&] {
+    using T = scalar_t;
+    const T* pg = grad.data_ptr<T>();
+    const T* py = y.data_ptr<T>();
+    const T* pr = rstd.data_ptr<T>();
+    T* px = grad_x.data_ptr<T>();
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        normalise_row_backward(pg + r * d, py + r * d, pr[r], px + r * d, d, centre);
+      }
+    });
+  });
+  return grad_x;
+}
+
 // Scores of both halves, scores (T, H, 2, n), -> the memory read of each token: each head's knn best
 // slots (pair_topk), softmax weights over their (half1 + half2) / temperature, and the sum over heads
 // and slots, in that order, of weight * table row. table (N, v), N = n * n ->
@@ -736,6 +830,8 @@ TORCH_LIBRARY(memzoo_cpu, m) {
         "float beta1, float beta2, float eps, int step) -> ()",
         &row_adam);
   m.def("squared_norm(Tensor x) -> Tensor", &squared_norm);
+  m.def("normalise_rows(Tensor x, str kind, float eps) -> (Tensor, Tensor)", &normalise_rows);
+  m.def("normalise_rows_backward(Tensor grad_y, Tensor y, Tensor rstd, str kind) -> Tensor", &normalise_rows_backward);
   m.def("product_read(Tensor scores, Tensor table, int knn, float temperature) -> (Tensor, Tensor, Tensor, Tensor)",
         &product_read);
   m.def("product_read_backward(Tensor q, Tensor keys, Tensor table, Tensor idx, Tensor slots, Tensor weights, "
