@@ -243,16 +243,13 @@ inline int64_t count_at_least(const T* __restrict x, int64_t n, T floor) {
   return count;
 }
 
-// A floor that at least k of x[0..n) reach (1 <= k <= n), raised from `low` (which k reach) by
-// bisection on the value while more than `cap` reach it: each step is one vectorised count, where
+// A floor that at least k of x[0..n) reach (1 <= k <= n), raised from `low` (which k reach) towards
+// `high` (the largest) by bisection on the value while more than `cap` reach it: each step is one vectorised count, where
 // exact selection would branch on every comparison. The callers take cap = 9k/8: a step or two
 // more than at 5k/4 costs less than ranking the extra survivors (each against every other): the
 // search over 2 x 256 scores at k = 32 took 10% less time.
 template <typename T>
-T top_floor(const T* x, int64_t n, int64_t k, int64_t cap, T low) {
-  T high = x[0];
-#pragma omp simd reduction(max : high)
-  for (int64_t i = 0; i < n; ++i) high = x[i] > high ? x[i] : high;
+T top_floor(const T* x, int64_t n, int64_t k, int64_t cap, T low, T high) {
   if (count_at_least(x, n, high) >= k) return high;  // ties at the top: all of them
   int64_t reached = count_at_least(x, n, low);
   for (int step = 0; step < 64 && reached > cap; ++step) {
@@ -273,15 +270,17 @@ T top_floor(const T* x, int64_t n, int64_t k, int64_t cap, T low) {
 // kept: n slots; kept_vals: n + 8 values. A NaN score is an error (it has no rank).
 template <typename T>
 void top_sorted(const T* x, int64_t n, int64_t k, int32_t* kept, T* kept_vals, T* vals, int64_t* idx) {
-  T low = x[0];
+  T low = x[0], high = x[0];
   Count<T> nans = 0;
-#pragma omp simd reduction(min : low) reduction(+ : nans)
+#pragma omp simd reduction(min : low) reduction(max : high) reduction(+ : nans)
   for (int64_t i = 0; i < n; ++i) {
     low = x[i] < low ? x[i] : low;
+    high = x[i] > high ? x[i] : high;
     nans += x[i] != x[i];
   }
   TORCH_CHECK(nans == 0, "a memory sub-key score is NaN (the query or the sub-keys are not finite)");
-  top_ranked(x, n, k, top_floor(x, n, k, k + k / 8, low), kept, kept_vals, vals, idx);
+  const T floor = k >= n ? low : top_floor(x, n, k, k + k / 8, low, high);  // k = n: every score
+  top_ranked(x, n, k, floor, kept, kept_vals, vals, idx);
 }
 
 // Rows r: the knn best pairs (i, j) by s1[r, i] + s2[r, j]: each half's best k1 / k2 sub-keys, then
@@ -338,7 +337,7 @@ std::tuple<at::Tensor, at::Tensor> pair_topk(const at::Tensor& s1, const at::Ten
         for (int64_t c = 0; c < n_pairs; ++c) sums[c] = v1[first[c]] + v2[second[c]];
         scalar_t floor = -std::numeric_limits<scalar_t>::infinity();
         for (int64_t e = 0; e < n_edge; ++e) floor = std::max(floor, v1[edge_first[e]] + v2[edge_second[e]]);
-        floor = top_floor(sums.data(), n_pairs, knn, knn + knn / 8, floor);
+        floor = top_floor(sums.data(), n_pairs, knn, knn + knn / 8, floor, sums[0]);  // sums[0]: the pair (0, 0), the best
         top_ranked(sums.data(), n_pairs, knn, floor, kept.data(), kept_vals.data(), best.data(), pick.data());
         int64_t* oi = out_idx + r * 2 * knn;
         scalar_t* oh = out_halves + r * 2 * knn;
