@@ -10,7 +10,7 @@ import torch
 
 from zoo.memory import cpu_kernels
 from zoo.memory.config import MemoryConfig
-from zoo.memory.product_keys import ProductKeys, _in_token_chunks, local_search, norm_eps
+from zoo.memory.product_keys import ProductKeys, _in_token_chunks, local_search, norm_eps, subkey_scores
 from zoo.memory.values import ValueTable, row_gradient
 
 
@@ -67,8 +67,7 @@ class _ProductKeyRead(torch.autograd.Function):
         sub_keys, keys_rstd = _normalised_rows(sub_keys, norm)
 
         def read(part: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            scores = torch.einsum("thsd,hsnd->thsn", part, sub_keys)  # (t, H, 2, n)
-            return cpu_kernels.ops().product_read(scores, table, knn, temperature)
+            return cpu_kernels.ops().product_read(subkey_scores(part, sub_keys), table, knn, temperature)
 
         with torch.no_grad():
             out, slots, weights, idx = _in_token_chunks(q, 2 * sub_keys.shape[2], read)

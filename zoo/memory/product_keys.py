@@ -97,6 +97,12 @@ def search_pairs(
     return _in_token_chunks(q, keys_first.shape[1] + keys_second.shape[1], search)
 
 
+def subkey_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """q (t, H, 2, d) query halves, keys (H, 2, n, d) sub-keys -> every sub-key's score against its
+    half of the query, (t, H, 2, n), by one batched matmul over (head, half)."""
+    return torch.einsum("thsd,hsnd->thsn", q, keys)
+
+
 @torch.no_grad()
 def local_search(q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Search over every slot on this process: q (T, H, 2, d), keys (H, 2, n, d) -> (sub-key indices,
@@ -104,7 +110,7 @@ def local_search(q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.T
     batched matmul and ranked by one top-k (the halves have the same n here), in token chunks."""
 
     def search(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = torch.einsum("thsd,hsnd->thsn", part, keys)  # (t, H, 2, n)
+        scores = subkey_scores(part, keys)  # (t, H, 2, n)
         if cpu_kernels.enabled(scores):
             return rank_pairs(scores[:, :, 0], scores[:, :, 1], knn)
         top, idx = scores.topk(knn, dim=-1)  # (t, H, 2, knn) each

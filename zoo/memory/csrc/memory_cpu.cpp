@@ -724,9 +724,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> product_read_backward
       for (int64_t r = begin; r < end; ++r) {  // softmax backward, w * (g - sum w g), then the division's
         const T* w = pw + r * knn;
         const T* g = pg + r * knn;
-        T mean = 0;
-        for (int64_t j = 0; j < knn; ++j) mean += w[j] * g[j];
-        for (int64_t j = 0; j < knn; ++j) out[r * 2 * knn + j] = out[r * 2 * knn + knn + j] = w[j] * (g[j] - mean) / temp;
+        T weighted = 0;  // sum w g
+        for (int64_t j = 0; j < knn; ++j) weighted += w[j] * g[j];
+        for (int64_t j = 0; j < knn; ++j) out[r * 2 * knn + j] = out[r * 2 * knn + knn + j] = w[j] * (g[j] - weighted) / temp;
       }
     });
   });
