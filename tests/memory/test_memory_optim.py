@@ -179,3 +179,34 @@ def test_memory_second_moment_row_reaches_the_value_optimizer():
 def test_row_adam_refuses_an_unknown_second_moment_layout():
     with pytest.raises(ValueError, match=r"second_moment='diag'; allowed: \['full', 'row'\]"):
         RowAdam([torch.nn.Parameter(torch.zeros(2, 2))], second_moment="diag")
+
+
+def test_clipping_leaves_gradients_within_the_norm_untouched_on_cpu():
+    """Within max_norm nothing is scaled: the gradients (the sparse rows' values too) are the same
+    tensors with the same contents, never written (their version counters do not move), and the
+    returned norm is the dense reference's."""
+    sparse_model, dense_model = memory_model(True), memory_model(False)
+    tokens = torch.randint(0, 24, (4, 6))
+    for model in (sparse_model, dense_model):
+        loss_of(model, tokens).backward()
+    params = list(sparse_model.parameters())
+    ref_total = torch.nn.utils.clip_grad_norm_(list(dense_model.parameters()), 1e6)
+    coalesced_first = clip_grad_norm(params, 1e6)  # coalesces the sparse gradient in place (a new tensor)
+    before = [(p.grad.clone(), p.grad._version) for p in params if p.grad is not None]
+    total = clip_grad_norm(params, 1e6)
+    torch.testing.assert_close(total, ref_total, rtol=1e-5, atol=0)
+    torch.testing.assert_close(total, coalesced_first, rtol=0, atol=0)
+    after = [p.grad for p in params if p.grad is not None]
+    for (copy, version), grad in zip(before, after):
+        assert grad._version == version
+        assert torch.equal(grad.to_dense() if grad.is_sparse else grad, copy.to_dense() if copy.is_sparse else copy)
+
+
+def test_clipping_a_non_finite_norm_scales_as_torch_does():
+    """A NaN gradient norm gives a NaN scale, which still multiplies every gradient, as torch's."""
+    ours, theirs = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    for p in (ours, theirs):
+        p.grad = torch.tensor([1.0, float("nan"), 2.0])
+    clip_grad_norm([ours], 1.0)
+    torch.nn.utils.clip_grad_norm_([theirs], 1.0)
+    assert torch.equal(ours.grad.isnan(), theirs.grad.isnan()) and bool(ours.grad.isnan().all())

@@ -172,7 +172,9 @@ def _squared_norm(grad: torch.Tensor, rows: bool) -> torch.Tensor:
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` that also takes sparse gradients (coalesced in place, so duplicate rows
     count once as their sum) and sharded parameters (their squared norms are summed over ranks, so
-    every rank clips by the norm of the whole gradient). Returns the total 2-norm before clipping."""
+    every rank clips by the norm of the whole gradient). Returns the total 2-norm before clipping.
+    On CPU, gradients within ``max_norm`` are left as they are, where torch multiplies them by 1: a
+    pass over every gradient, a memory table's rows included (megabytes at 2^16 slots and more)."""
     grads, sharded, group = [], [], None  # (gradient, whether it holds sparse rows)
     for param in params:
         if param.grad is None:
@@ -193,6 +195,8 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
         total_sq = total_sq + sharded_sq
     total = total_sq.sqrt()
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g, _ in grads + sharded:
-        g.mul_(scale.to(g.dtype))
+    # on CPU reading the scale costs no sync; a NaN scale still multiplies, as torch's does
+    if total.device.type != "cpu" or not bool(scale == 1.0):
+        for g, _ in grads + sharded:
+            g.mul_(scale.to(g.dtype))
     return total.to((grads + sharded)[0][0].dtype)
