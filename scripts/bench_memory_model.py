@@ -71,19 +71,26 @@ def make_model(backbone: str, d_model: int, vocab: int, memory: dict | None) -> 
 
 
 class TrainStep:
-    """One training step of ``model`` on a fixed batch, as memzoo-train takes it."""
+    """One training step of ``model`` on a fixed batch, as memzoo-train takes it; ``taken`` and
+    ``clipped`` count the steps and those whose gradient norm exceeded ``MAX_NORM`` (only those pay
+    the clipping's multiply on CPU)."""
+
+    MAX_NORM = 1.0
 
     def __init__(self, model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor):
         self.model, self.inputs, self.targets = model, inputs, targets
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(param_groups(model, lr=1e-3, weight_decay=0.1))
+        self.taken = self.clipped = 0
 
     def __call__(self) -> None:
         logits = self.model(self.inputs)
         loss = F.cross_entropy(logits.flatten(0, 1), self.targets.flatten())
         loss.backward()
         with torch.profiler.record_function(CLIP):
-            clip_grad_norm(self.params, 1.0)
+            norm = clip_grad_norm(self.params, self.MAX_NORM)
+        self.taken += 1
+        self.clipped += bool(norm > self.MAX_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -91,10 +98,11 @@ class TrainStep:
 def alternating_rounds(steps: dict[str, TrainStep], rounds: int, per_round: int, warmup: int) -> dict[str, list]:
     """Seconds per step of each step function, timed in ``rounds`` alternating rounds of ``per_round``
     steps each (after ``warmup`` untimed steps each), so drifts of the machine hit all alike: for each
-    name, one list of ``per_round`` times per round."""
+    name, one list of ``per_round`` times per round. The steps' counts start after the warm-up."""
     for step in steps.values():
         for _ in range(warmup):
             step()
+        step.taken = step.clipped = 0
     times: dict[str, list[list[float]]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
@@ -213,6 +221,9 @@ def compare(backbone: str, memory_name: str, args) -> dict:
         "round_ratio_max": round(paired[-1], 3),
         "mlp_flops_per_token": flops["mlp"],
         "memory_flops_per_token": flops["memory"],
+        "timed_steps": steps["memory"].taken,
+        "mlp_steps_clipped": steps["mlp"].clipped,
+        "memory_steps_clipped": steps["memory"].clipped,
     }
     if args.profile and memory_name == args.profile:
         row["profile_memory"] = profile(steps["memory"], args.profile_steps)
@@ -228,17 +239,19 @@ def markdown(result: dict) -> str:
         f"{result['rounds']} x {result['steps']} alternating steps after {result['warmup']} warm-up",
         "",
         "memory / MLP: the ratio of the two medians; per round: the median over rounds of each round's ratio "
-        "of medians (steps timed seconds apart), and the least and greatest round",
+        "of medians (steps timed seconds apart), and the least and greatest round; clipped: the timed steps whose "
+        f"gradient norm exceeded {TrainStep.MAX_NORM:g} (MLP / memory model), the only ones that pay the clipping's multiply",
         "",
         "| backbone | memory | N slots | MLP model ms | memory model ms | memory / MLP | per round: median (min-max) "
-        "| kFLOP/token MLP | kFLOP/token memory |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| kFLOP/token MLP | kFLOP/token memory | clipped |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['backbone']} | {r['memory']} | {r['n_slots']} | {r['mlp_ms']:.2f} | {r['memory_ms']:.2f} | "
             f"{r['ratio']:.3f} | {r['round_ratio_median']:.3f} ({r['round_ratio_min']:.3f}-{r['round_ratio_max']:.3f}) | "
-            f"{r['mlp_flops_per_token'] / 1e3:.1f} | {r['memory_flops_per_token'] / 1e3:.1f} |"
+            f"{r['mlp_flops_per_token'] / 1e3:.1f} | {r['memory_flops_per_token'] / 1e3:.1f} | "
+            f"{r['mlp_steps_clipped']} / {r['memory_steps_clipped']} of {r['timed_steps']} |"
         )
     for r in result["rows"]:
         if r.get("stages_memory"):

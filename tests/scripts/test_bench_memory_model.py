@@ -26,6 +26,7 @@ def test_bench_memory_model_writes_a_row_per_backbone_and_memory_and_the_profile
         assert row["n_slots"] == 1024 and row["ratio"] == pytest.approx(row["memory_ms"] / row["mlp_ms"], rel=1e-3, abs=2e-3)
         assert 0 < row["memory_flops_per_token"] and 0 < row["mlp_flops_per_token"]
         assert 0 < row["round_ratio_min"] <= row["round_ratio_median"] <= row["round_ratio_max"]
+        assert row["timed_steps"] == 2 and 0 <= row["mlp_steps_clipped"] <= 2 and 0 <= row["memory_steps_clipped"] <= 2
     profiled = rows[("transformer", "capacity 2^10")]
     for model in ("memory", "mlp"):  # ops by self time, largest first (which ops lead is noise at toy sizes)
         ops = profiled[f"profile_{model}"]
