@@ -10,7 +10,7 @@ import torch
 
 from zoo.memory import cpu_kernels
 from zoo.memory.config import MemoryConfig
-from zoo.memory.product_keys import ProductKeys, _in_token_chunks, local_search, norm_eps, subkey_scores
+from zoo.memory.product_keys import ProductKeys, in_token_chunks, local_search, norm_eps, subkey_scores
 from zoo.memory.values import ValueTable, row_gradient
 
 
@@ -70,7 +70,7 @@ class _ProductKeyRead(torch.autograd.Function):
             return cpu_kernels.ops().product_read(subkey_scores(part, sub_keys), table, knn, temperature)
 
         with torch.no_grad():
-            out, slots, weights, idx = _in_token_chunks(q, 2 * sub_keys.shape[2], read)
+            out, slots, weights, idx = in_token_chunks(q, 2 * sub_keys.shape[2], read)
         ctx.save_for_backward(q, sub_keys, table, idx, slots, weights, q_rstd, keys_rstd)
         ctx.temperature, ctx.norm, ctx.workspace = temperature, norm, workspace
         ctx.mark_non_differentiable(slots, weights)

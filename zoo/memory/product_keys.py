@@ -94,7 +94,7 @@ def search_pairs(
         scores2 = torch.einsum("thd,hnd->thn", part[:, :, 1], keys_second)
         return rank_pairs(scores1, scores2, knn, first_offset)
 
-    return _in_token_chunks(q, keys_first.shape[1] + keys_second.shape[1], search)
+    return in_token_chunks(q, keys_first.shape[1] + keys_second.shape[1], search)
 
 
 def subkey_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,7 @@ def local_search(q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.T
         top, idx = scores.topk(knn, dim=-1)  # (t, H, 2, knn) each
         return best_pairs(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], knn)
 
-    return _in_token_chunks(q, 2 * keys.shape[2], search)
+    return in_token_chunks(q, 2 * keys.shape[2], search)
 
 
 def rank_pairs(
@@ -135,7 +135,7 @@ def rank_pairs(
     return best_pairs(top1, idx1 + first_offset, top2, idx2, knn)
 
 
-def _in_token_chunks(q: torch.Tensor, keys_per_head: int, search) -> tuple[torch.Tensor, ...]:
+def in_token_chunks(q: torch.Tensor, keys_per_head: int, search) -> tuple[torch.Tensor, ...]:
     """``search`` over chunks of q's tokens, q (T, H, 2, d), each chunk scoring at most
     ``SEARCH_CHUNK_ELEMENTS`` (tokens x H x ``keys_per_head``) so the scores stay small enough for the
     allocator to reuse; its tensors (each with the chunk's tokens first) concatenated over the chunks."""
