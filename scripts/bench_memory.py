@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from zoo.core.io import write_bench_results
-from zoo.core.timing import median_seconds
+from zoo.core.timing import copy_bandwidth, median_seconds, row_traffic_bytes, synchronize
 from zoo.memory import MemoryConfig, MemoryPlus, ProductKeys
 from zoo.memory.layer import make_value_table
 from zoo.model.mlp import SwiGLU
@@ -74,32 +74,6 @@ def memory_flops_per_token(d_model: int, cfg: MemoryConfig, gate: bool = True) -
 def mlp_flops_per_token(mlp: SwiGLU) -> int:
     d_model, hidden = mlp.w1.in_features, mlp.w1.out_features
     return 3 * 3 * 2 * d_model * hidden
-
-
-def floor_bytes(tokens: int, cfg: MemoryConfig, v_dim: int, touched_rows: int, element_bytes: int) -> int:
-    """The least bytes a sparse train step of the value table moves: every read row once forward and
-    once backward (weights' gradient), the touched rows' float32 gradient written once, and Adam
-    reading the gradient and reading + writing value (``element_bytes``), m and v (float32) once."""
-    reads = tokens * cfg.heads * cfg.knn * v_dim
-    rows = touched_rows * v_dim
-    return 2 * reads * element_bytes + 4 * rows + rows * (4 + 2 * element_bytes + 4 * 4)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def copy_bandwidth(device: torch.device, mib: int) -> float:
-    """Achieved bytes/s of copying a ``mib`` MiB tensor (read + write counted), median of 5."""
-    src = torch.empty(mib << 18, device=device).uniform_()
-    dst = torch.empty_like(src)
-
-    def copy() -> None:
-        dst.copy_(src)
-        synchronize(device)
-
-    return 2 * src.numel() * 4 / median_seconds(copy, 5, 2)
 
 
 def matmul_gflops(tokens: int, d_model: int, width: int, device: torch.device, dtype: torch.dtype) -> float:
@@ -252,12 +226,13 @@ def build(kind: str, impl: str, args, log2: int, device: torch.device) -> nn.Mod
 
 def step_floor_seconds(args, log2: int, device: torch.device, copy_bps: float) -> float:
     """The bandwidth floor of one step at N = 2^log2 (the same for every implementation of the shape):
-    ``floor_bytes`` with the distinct rows memzoo's search touches on the benchmark's input."""
+    ``row_traffic_bytes`` with the distinct rows memzoo's search touches on the benchmark's input."""
     cfg = MemoryConfig(n_keys=2 ** (log2 // 2), heads=args.heads, knn=args.knn, k_dim=args.k_dim)
     with device:
         touched = touched_rows(MemoryRead(args.d_model, cfg), args.tokens, args.d_model, device)
     element_bytes = DTYPES[args.dtype].itemsize
-    return floor_bytes(args.tokens, cfg, args.d_model, touched, element_bytes) / copy_bps
+    reads = args.tokens * cfg.heads * cfg.knn
+    return row_traffic_bytes(reads, touched, args.d_model, element_bytes) / copy_bps
 
 
 def measure(kind: str, impl: str, args, log2: int, device: torch.device, floor: float) -> dict:
@@ -307,7 +282,7 @@ def main(argv=None) -> dict:
         if device.type == "cuda"
         else (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     )
-    copy_bps = copy_bandwidth(device, 1024 if device.type == "cuda" else 256)
+    copy_bps = copy_bandwidth(device, (1024 if device.type == "cuda" else 256) << 20)
     result = {
         "machine": machine,
         "torch": torch.__version__,

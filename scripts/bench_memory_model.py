@@ -1,5 +1,6 @@
 """Whole-model training step: a memory model against the same model with its MLP, side by side in one
-process, and where the memory model's time goes (torch.profiler, by aten op).
+process, where the memory model's time goes (torch.profiler, by aten op), and what its value rows
+cost in bytes moved.
 
 Each comparison builds two ``LanguageModel``s that differ only in layer 1's channel: the SwiGLU MLP,
 or a product-key memory+ layer (rows-only Adam on its values). A training step is what
@@ -9,6 +10,8 @@ alternating rounds at the same thread count; the median step of each, after warm
 ratio ``memory step / MLP step``, and each round's ratio of medians (steps timed seconds apart) gives
 a paired one, its median and range over the rounds showing how much the machine moved. FLOPs per
 token (``zoo.model.flops``) are listed beside: the memory layer is never more FLOPs than the MLP here.
+A second table sets the memory model's extra milliseconds beside what moving its value rows costs at
+the machine's copy speed (``row_traffic``): the part of that extra time that is bytes, not FLOPs.
 
 Shapes (the issue's): d_model 64, 2 layers, memory at layer 1 with one head, k_dim 64, top-32 and
 layer-normed queries (the capacity grid's memory), N = 2^10, 2^13, 2^16 slots, and the default
@@ -31,9 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from zoo.core.io import write_bench_results
-from zoo.core.timing import median
+from zoo.core.timing import copy_bandwidth, median, row_traffic_bytes
 from zoo.memory import MemoryConfig
-from zoo.memory.layer import MemoryPlus
+from zoo.memory.layer import MemoryPlus, memory_layers
+from zoo.memory.optim import coalesced
 from zoo.model.flops import forward_flops_per_token
 from zoo.model.language_model import LanguageModel, build_model
 from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
@@ -194,6 +198,29 @@ def stage_profile(step: TrainStep, steps: int) -> list[dict]:
     return [{"stage": label, "ms_per_step": round(ms, 3)} for label, ms in stages.items()]
 
 
+def row_traffic(step: TrainStep) -> dict:
+    """What the memory model's value rows cost in bytes, beside its extra time: the distinct rows one
+    step's gradient touches (one more, untimed, forward and backward), the least bytes a step moves
+    for them (``row_traffic_bytes``), the copy speed at the run's thread count over a buffer as large
+    as the table and its two Adam moments (so from the cache level or memory that holds them), and
+    that traffic's time at that speed."""
+    (layer,) = memory_layers(step.model).values()
+    table = layer.values.weight
+    F.cross_entropy(step.model(step.inputs).flatten(0, 1), step.targets.flatten()).backward()
+    touched = coalesced(table.grad)._nnz()
+    step.optimizer.zero_grad(set_to_none=True)
+    reads = step.inputs.numel() * layer.config.heads * layer.config.knn
+    traffic = row_traffic_bytes(reads, touched, table.shape[1], table.element_size())
+    state_bytes = 3 * table.numel() * 4  # values, m, v (float32)
+    copy_bps = copy_bandwidth(table.device, state_bytes // 2, steps=50)  # the copy's two buffers: state_bytes
+    return {
+        "touched_rows": touched,
+        "row_traffic_mib": round(traffic / 2**20, 2),
+        "copy_gibs": round(copy_bps / 2**30, 1),
+        "row_traffic_ms": round(traffic / copy_bps * 1e3, 3),
+    }
+
+
 def compare(backbone: str, memory_name: str, args) -> dict:
     """One row: the MLP model and the memory model of ``backbone`` timed side by side."""
     torch.manual_seed(0)
@@ -224,6 +251,8 @@ def compare(backbone: str, memory_name: str, args) -> dict:
         "timed_steps": steps["memory"].taken,
         "mlp_steps_clipped": steps["mlp"].clipped,
         "memory_steps_clipped": steps["memory"].clipped,
+        "extra_ms": round((seconds["memory"] - seconds["mlp"]) * 1e3, 3),
+        **row_traffic(steps["memory"]),
     }
     if args.profile and memory_name == args.profile:
         row["profile_memory"] = profile(steps["memory"], args.profile_steps)
@@ -253,6 +282,21 @@ def markdown(result: dict) -> str:
             f"{r['mlp_flops_per_token'] / 1e3:.1f} | {r['memory_flops_per_token'] / 1e3:.1f} | "
             f"{r['mlp_steps_clipped']} / {r['memory_steps_clipped']} of {r['timed_steps']} |"
         )
+    lines += [
+        "",
+        "Value rows: distinct rows one step touches; the least bytes a step moves for them (each row read "
+        "forward and backward, the rows' gradient written, Adam reading it and reading + writing values, m, v); "
+        f"the copy speed at {result['threads']} thread(s) over a buffer as large as the table and its moments; that "
+        "traffic's time at that speed, beside the memory model's extra time per step",
+        "",
+        "| backbone | memory | rows touched / step | row traffic MiB | copy GiB/s | traffic at copy speed ms | memory - MLP ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {r['backbone']} | {r['memory']} | {r['touched_rows']} | {r['row_traffic_mib']:.1f} | {r['copy_gibs']:.1f} | "
+            f"{r['row_traffic_ms']:.2f} | {r['extra_ms']:.2f} |"
+            for r in result["rows"]
+        ),
+    ]
     for r in result["rows"]:
         if r.get("stages_memory"):
             lines += [

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 
 def median(values: list[float]) -> float:
     """The middle of ``values`` (the upper one of the two middles for an even count)."""
@@ -22,6 +24,36 @@ def median_seconds(step: Callable[[], None], steps: int, warmup: int) -> float:
         step()
         times.append(time.perf_counter() - start)
     return median(times)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, steps: int = 5) -> float:
+    """Achieved bytes/s of copying a float32 tensor of ``nbytes`` bytes into another (read + write
+    counted), median of ``steps`` copies: the speed of the cache level or memory that holds
+    2 x ``nbytes``."""
+    src = torch.empty(max(1, nbytes // 4), device=device).uniform_()
+    dst = torch.empty_like(src)
+
+    def copy() -> None:
+        dst.copy_(src)
+        synchronize(device)
+
+    return 2 * src.numel() * 4 / median_seconds(copy, steps, 2)
+
+
+def row_traffic_bytes(reads: int, touched_rows: int, v_dim: int, element_bytes: int) -> int:
+    """The least bytes a sparse training step of a value table moves: each of the ``reads`` row reads
+    (tokens x heads x knn) once forward and once backward (the weights' gradient), the touched rows'
+    float32 gradient written once, and Adam reading that gradient and reading + writing each touched
+    row's values (``element_bytes`` each), m and v (float32) once."""
+    read = reads * v_dim
+    rows = touched_rows * v_dim
+    return 2 * read * element_bytes + 4 * rows + rows * (4 + 2 * element_bytes + 4 * 4)
 
 
 def _status_bytes(field: str) -> int:
