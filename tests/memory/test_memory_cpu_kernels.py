@@ -17,6 +17,7 @@ from helpers.scaled_close import TOL, assert_close_scaled
 from zoo.memory import MemoryConfig, cpu_kernels
 from zoo.memory.bags import bag_weight_grad, sorted_reads, sum_rows_by_slot
 from zoo.memory.layer import MemoryPlus
+from zoo.memory.optim import coalesced
 from zoo.memory.product_keys import best_pairs
 from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
 
@@ -259,6 +260,55 @@ def test_squared_norm_equals_an_exact_sum(dtype, shape):
     total = cpu_kernels.ops().squared_norm(x)
     assert total.dtype == torch.float64 and total.dim() == 0
     assert total.item() == pytest.approx(exact, rel=1e-13)
+
+
+def row_gradient_cases():
+    """Sparse (rows, 3) gradients of an (8, 3) table, none flagged coalesced: rows ascending,
+    unsorted, with a repeated row, and a 2-D sparse index (not a row gradient)."""
+    gen = torch.Generator().manual_seed(6)
+    cases = {
+        "ascending": [0, 2, 3, 7],
+        "unsorted": [5, 1, 6],
+        "repeated": [1, 4, 4, 6],
+    }
+    grads = {
+        name: torch.sparse_coo_tensor(torch.tensor([rows]), torch.randn(len(rows), 3, generator=gen), (8, 3))
+        for name, rows in cases.items()
+    }
+    grads["2-d index"] = torch.sparse_coo_tensor(torch.tensor([[2, 0], [1, 1]]), torch.randn(2, generator=gen), (8, 3))
+    return grads
+
+
+@pytest.mark.parametrize("name", ["ascending", "unsorted", "repeated", "2-d index"])
+def test_as_coalesced_flags_ascending_rows_and_coalesces_the_rest(name):
+    """Against torch's coalesce(): the same tensor, flagged; ascending rows keep their storage (no
+    copy), any other gradient is coalesce()'s result (duplicates summed)."""
+    grad = row_gradient_cases()[name]
+    assert not grad.is_coalesced()
+    out = cpu_kernels.ops().as_coalesced(grad)
+    ref = grad.coalesce()
+    assert out.is_coalesced()
+    assert torch.equal(out._indices(), ref._indices()) and torch.equal(out._values(), ref._values())
+    if name == "ascending":
+        assert out._values().data_ptr() == grad._values().data_ptr()
+
+
+def test_as_coalesced_returns_a_flagged_gradient_itself_and_refuses_a_dense_one():
+    grad = row_gradient_cases()["unsorted"].coalesce()
+    assert cpu_kernels.ops().as_coalesced(grad) is grad
+    with pytest.raises(RuntimeError, match="as_coalesced: grad must be a sparse COO CPU tensor"):
+        cpu_kernels.ops().as_coalesced(torch.zeros(8, 3))
+
+
+@pytest.mark.parametrize("name", ["ascending", "unsorted", "repeated", "2-d index"])
+def test_coalesced_with_kernels_equals_the_pytorch_path(monkeypatch, name):
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv(cpu_kernels.KERNELS_ENV, flag)
+        out = coalesced(row_gradient_cases()[name])
+        results.append((out.is_coalesced(), out._indices(), out._values()))
+    (flag_k, rows_k, values_k), (flag_ref, rows_ref, values_ref) = results
+    assert flag_k and flag_ref and torch.equal(rows_k, rows_ref) and torch.equal(values_k, values_ref)
 
 
 def test_clipping_with_kernels_scales_the_gradients_as_the_pytorch_path(monkeypatch):

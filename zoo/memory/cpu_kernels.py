@@ -2,8 +2,9 @@
 selected sub-key scores' backward, the value read's backward and rows-only Adam, each one pass over
 its data where the PyTorch path (the reference, kept beside each call) runs a chain of small ops;
 the memory read fused from the sub-key scores to the weighted value rows, and its backward, which
-put the others together (``fused_read``); and the float64-accumulated squared norm that gradient
-clipping takes of a memory table's gradient rows.
+put the others together (``fused_read``); the float64-accumulated squared norm that gradient
+clipping takes of a memory table's gradient rows; and the order check that gives a sparse row
+gradient back its coalesced flag (``optim.coalesced``).
 
 They are compiled by ``torch.utils.cpp_extension`` on first use (about 20 s, once per machine and
 torch version; cached in torch's extensions folder, ``TORCH_EXTENSIONS_DIR``) and used for float32

@@ -27,9 +27,12 @@ SECOND_MOMENTS = ("full", "row")
 def coalesced(grad: torch.Tensor) -> torch.Tensor:
     """A sparse row gradient with unique, ascending rows. Autograd drops the coalesced flag of the
     gradients the memory layer makes (already unique and sorted); checking the order is O(rows),
-    where ``coalesce()`` would sort again."""
+    where ``coalesce()`` would sort again. On CPU memzoo's kernel checks it in one call; the PyTorch
+    check below (the reference) is several small ops, each slow right after a backward pass."""
     if grad.is_coalesced():
         return grad
+    if cpu_kernels.enabled(grad._values()):
+        return cpu_kernels.ops().as_coalesced(grad)
     rows = grad._indices()[0]
     if grad._indices().shape[0] == 1 and bool((rows[1:] > rows[:-1]).all()):
         return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False)

@@ -1,7 +1,8 @@
 // memzoo's CPU kernels for the product-key memory: the pair search, the selected sub-key scores'
 // backward, the value read's backward, the fused read (search, weights, value rows) and its backward,
-// rows-only Adam, and the squared norm gradient clipping takes. Each replaces a chain of small PyTorch
-// ops (zoo/memory/*.py keeps that chain as the reference) with one pass over its data.
+// rows-only Adam, the squared norm gradient clipping takes, and the check that a sparse row gradient's
+// rows ascend. Each replaces a chain of small PyTorch ops (zoo/memory/*.py keeps that chain as the
+// reference) with one pass over its data.
 // Built on first use by torch.utils.cpp_extension (zoo/memory/cpu_kernels.py); float32 and float64.
 
 #include <ATen/ATen.h>
@@ -818,6 +819,29 @@ at::Tensor squared_norm(const at::Tensor& x_in) {
   return at::scalar_tensor(total, x.options().dtype(at::kDouble));
 }
 
+// A sparse row gradient (rows in its one sparse dim) with unique, ascending rows, flagged as such:
+// itself when flagged already; when its rows ascend strictly (one O(rows) scan), a tensor sharing
+// its rows and values with the flag set; else coalesce() (sorts, sums duplicates). What autograd's
+// gradient accumulation drops is the flag, not the order: the check is one call here where the same
+// test in Python is several small ops.
+at::Tensor as_coalesced(const at::Tensor& grad) {
+  TORCH_CHECK(grad.is_sparse() && grad.device().is_cpu(), "as_coalesced: grad must be a sparse COO CPU tensor");
+  if (grad.is_coalesced()) return grad;
+  const auto rows = grad._indices();
+  if (rows.size(0) == 1 && rows.is_contiguous()) {
+    const int64_t* r = rows.data_ptr<int64_t>();
+    const int64_t n = rows.size(1);
+    bool ascending = true;
+    for (int64_t i = 1; i < n; ++i) ascending &= r[i] > r[i - 1];
+    if (ascending) {
+      auto out = at::_sparse_coo_tensor_unsafe(rows, grad._values(), grad.sizes());
+      out._coalesced_(true);
+      return out;
+    }
+  }
+  return grad.coalesce();
+}
+
 }  // namespace
 
 TORCH_LIBRARY(memzoo_cpu, m) {
@@ -830,6 +854,7 @@ TORCH_LIBRARY(memzoo_cpu, m) {
         "float beta1, float beta2, float eps, int step) -> ()",
         &row_adam);
   m.def("squared_norm(Tensor x) -> Tensor", &squared_norm);
+  m.def("as_coalesced(Tensor grad) -> Tensor", &as_coalesced);
   m.def("normalise_rows(Tensor x, str kind, float eps) -> (Tensor, Tensor)", &normalise_rows);
   m.def("normalise_rows_backward(Tensor grad_y, Tensor y, Tensor rstd, str kind) -> Tensor", &normalise_rows_backward);
   m.def("product_read(Tensor scores, Tensor table, int knn, float temperature) -> (Tensor, Tensor, Tensor, Tensor)",
