@@ -211,7 +211,7 @@ def row_traffic(step: TrainStep) -> dict:
     step.optimizer.zero_grad(set_to_none=True)
     reads = step.inputs.numel() * layer.config.heads * layer.config.knn
     traffic = row_traffic_bytes(reads, touched, table.shape[1], table.element_size())
-    state_bytes = 3 * table.numel() * 4  # values, m, v (float32)
+    state_bytes = table.numel() * (table.element_size() + 2 * 4)  # values, and m and v in float32 (as counted above)
     copy_bps = copy_bandwidth(table.device, state_bytes // 2, steps=50)  # the copy's two buffers: state_bytes
     return {
         "touched_rows": touched,
