@@ -8,9 +8,9 @@ import time
 import pytest
 import yaml
 
+from zoo.core.dir_lock import exclusive_dir
 from zoo.grid.runner import load_grid, main
 from zoo.grid.safe_yaml import load_bounded_yaml
-from zoo.training.run_lock import exclusive_dir
 
 STUDY = {"mqar": {"base": ["trainer.max_steps=1"], "axes": {"memory": ["none"]}}}
 

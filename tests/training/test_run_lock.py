@@ -13,8 +13,8 @@ import pytest
 from helpers.configs import compose_config
 from helpers.configs import tiny_train_config as make_cfg
 
+from zoo.core.dir_lock import exclusive_dir, lock_holder
 from zoo.training.evaluate import evaluate
-from zoo.training.run_lock import exclusive_dir, lock_holder
 from zoo.training.train import train
 
 BIN = Path(sys.executable).parent

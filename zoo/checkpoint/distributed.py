@@ -34,7 +34,6 @@ import math
 import os
 import pickle
 import shutil
-import stat
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -51,6 +50,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorS
 from torch.distributed.tensor import DTensor
 
 from zoo.core.io import atomic_write
+from zoo.core.safe_read import regular_file_inside
 from zoo.core.value_checks import is_int
 
 REST_FILE = "checkpoint.pt"
@@ -257,35 +257,14 @@ class UnsafeCheckpoint(ValueError):
     more than its files hold."""
 
 
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
 def file_inside(data_dir: Path, name: Any, what: str) -> Path:
     """``data_dir / name``, checked without opening it: ``name`` is one path component, and the file
     (after symlinks) is a regular file directly inside ``data_dir``. ``UnsafeCheckpoint`` naming
     ``what`` otherwise; an opened FIFO or device would block or never end."""
-    where = f"checkpoint {str(data_dir)!r}: {what} {name!r}"
-    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
-        raise UnsafeCheckpoint(f"{where} is not a file name inside the checkpoint directory (memzoo reads nothing outside it)")
-    target = (data_dir / name).resolve()
-    if target.parent != data_dir.resolve():
-        raise UnsafeCheckpoint(
-            f"{where} is a link to {str(target)!r}, outside the checkpoint directory (memzoo reads nothing outside it)"
-        )
     try:
-        mode = target.stat().st_mode
-    except OSError as err:
-        raise UnsafeCheckpoint(f"{where} is missing: {err}") from err
-    if not stat.S_ISREG(mode):
-        kind = next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
-        raise UnsafeCheckpoint(f"{where} is {kind}, not a regular file; memzoo reads checkpoints from regular files only")
-    return target
+        return regular_file_inside(data_dir, name, f"checkpoint {str(data_dir)!r}: {what} {name!r}", "checkpoint")
+    except ValueError as err:
+        raise UnsafeCheckpoint(str(err)) from None
 
 
 def _is_count(value: Any) -> bool:

@@ -49,9 +49,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from zoo.core.command_line import COMPOSITION_ERRORS, composition_error, usage_errors
+from zoo.core.dir_lock import exclusive_dir
 from zoo.core.io import atomic_write_json
 from zoo.grid.safe_yaml import MAX_BYTES, load_bounded_yaml
-from zoo.training.run_lock import exclusive_dir
 from zoo.training.signals import RunInterrupted, SignalExit, exit_on_signals
 
 GRID_KEYS = {"name", "studies"}

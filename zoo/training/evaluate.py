@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.checkpoint.files import checkpoint_in
 from zoo.core.command_line import check_overrides, usage_errors
+from zoo.core.dir_lock import exclusive_dir
 from zoo.core.io import atomic_write_json, format_metrics
 from zoo.core.quiet import quiet_dependencies
 from zoo.memory.callbacks import memory_callbacks
@@ -23,7 +24,6 @@ from zoo.tasks import build_datamodule
 from zoo.training.guards import check_token_ids
 from zoo.training.lit import LitLanguageModel
 from zoo.training.run_checks import RUN_MARKERS
-from zoo.training.run_lock import exclusive_dir
 
 
 def claim_eval_dir(run_dir: Path, overwrite: bool) -> None:

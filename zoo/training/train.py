@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.checkpoint.files import resume_path
 from zoo.core.command_line import check_overrides, usage_errors
+from zoo.core.dir_lock import exclusive_dir
 from zoo.core.io import format_metrics
 from zoo.core.quiet import quiet_dependencies
 from zoo.training.run import check_run_config, fit_and_test
 from zoo.training.run_checks import claim_run_dir, remove_stale_temp_files
-from zoo.training.run_lock import exclusive_dir
 from zoo.training.signals import RunInterrupted
 from zoo.training.stuck_ranks import CollectiveTimeout
 

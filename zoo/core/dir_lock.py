@@ -1,6 +1,7 @@
-"""One process per run directory: an exclusive advisory lock (``flock``) on the directory itself,
-taken before anything is written there and held until the run ends. The kernel releases it when the
-holder exits or dies, so no stale lock survives a crash, and no lock file is left behind."""
+"""One process per directory: an exclusive advisory lock (``flock``) on the directory itself, taken
+before anything is written there and held until the writer ends (a training run, an evaluation, a
+grid, an export). The kernel releases it when the holder exits or dies, so no stale lock survives a
+crash, and no lock file is left behind."""
 
 from __future__ import annotations
 
