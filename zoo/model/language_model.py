@@ -12,6 +12,7 @@ them (e.g. SSM parameters); norms start at 1.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,8 +69,8 @@ class ModelConfig:
     vocab_size: int
     memory: MemoryConfig | None = None
 
-    def layer_mixers(self) -> list[str]:
-        """Mixer name of each layer, after expanding letters and repeating the pattern."""
+    def pattern_mixers(self) -> list[str]:
+        """Mixer name of each entry of the pattern, before it is repeated to fill the layers."""
         if isinstance(self.pattern, str):
             names = []
             for letter in self.pattern:
@@ -84,19 +85,43 @@ class ModelConfig:
             for name in names:
                 if name not in MIXERS:
                     raise ValueError(f"backbone.pattern has unknown mixer {name!r}; allowed: {sorted(MIXERS)}")
-        return _expand_per_layer(names, self.n_layers, "backbone.pattern")
+        _repeats(names, self.n_layers, "backbone.pattern")
+        return names
 
-    def layer_channels(self) -> list[str]:
-        """Channel name of each layer (memory layers say ``"memory"``)."""
+    def pattern_channels(self) -> list[str]:
+        """Channel name of each entry of ``channel``, before it is repeated (memory layers not marked)."""
         names = [self.channel] if isinstance(self.channel, str) else list(self.channel)
         allowed = sorted(set(CHANNELS) - {"memory"})
         for name in names:
             if name not in allowed:
                 raise ValueError(f"backbone.channel has unknown channel {name!r}; allowed: {allowed}")
-        per_layer = _expand_per_layer(names, self.n_layers, "backbone.channel")
+        _repeats(names, self.n_layers, "backbone.channel")
+        return names
+
+    def layer_mixers(self) -> list[str]:
+        """Mixer name of each layer, after expanding letters and repeating the pattern."""
+        names = self.pattern_mixers()
+        return names * _repeats(names, self.n_layers, "backbone.pattern")
+
+    def layer_channels(self) -> list[str]:
+        """Channel name of each layer (memory layers say ``"memory"``)."""
+        names = self.pattern_channels()
+        per_layer = names * _repeats(names, self.n_layers, "backbone.channel")
         for idx in self.placed_memory_layers("replace"):
             per_layer[idx] = "memory"
         return per_layer
+
+    def layer_counts(self) -> tuple[Counter, Counter]:
+        """(layers per mixer name, layers per channel name, memory layers that replace the channel
+        counted as ``memory``): ``layer_mixers`` and ``layer_channels`` counted without listing
+        every layer, so a config of 10^9 layers is counted at once."""
+        mixers, channels = self.pattern_mixers(), self.pattern_channels()
+        mixer_counts = Counter({name: n * (self.n_layers // len(mixers)) for name, n in Counter(mixers).items()})
+        channel_counts = Counter({name: n * (self.n_layers // len(channels)) for name, n in Counter(channels).items()})
+        for idx in self.placed_memory_layers("replace"):
+            channel_counts[channels[idx % len(channels)]] -= 1
+            channel_counts["memory"] += 1
+        return mixer_counts, +channel_counts
 
     def placed_memory_layers(self, placement: str) -> list[int]:
         """The memory layers with ``placement`` (``replace`` or ``beside``; a null placement replaces)."""
@@ -132,7 +157,7 @@ class ModelConfig:
         for name, options in self.mixer.items():
             if not isinstance(options, dict):
                 raise ValueError(f"backbone.mixer.{name}={options!r} must be a mapping of that mixer's options")
-        self.layer_mixers()
+        mixers = self.pattern_mixers()
         memory = self.memory
         if memory is not None and not isinstance(memory, MemoryConfig):
             raise ValueError(
@@ -141,13 +166,13 @@ class ModelConfig:
             )
         if memory is not None:
             memory.validate(self.d_model, self.n_layers)
-        channels = self.layer_channels()
+        channels = self.layer_counts()[1]
         for name in self.mixer:
             if name not in MIXERS:
                 raise ValueError(f"backbone.mixer has options for unknown mixer {name!r}; allowed: {sorted(MIXERS)}")
         # each mixer's (and the MLP's) own argument checks, run on the meta device: nothing is allocated
         with torch.device("meta"):
-            for name in dict.fromkeys(self.layer_mixers()):
+            for name in dict.fromkeys(mixers):
                 _build_checked(MIXERS, name, "mixer", self.d_model, self.mixer.get(name, {}), f"backbone.mixer.{name}")
             if "mlp" in channels:
                 _build_checked(CHANNELS, "mlp", "channel", self.d_model, self.mlp, "backbone.mlp")
@@ -157,10 +182,10 @@ class ModelConfig:
         device from the config alone (shapes only: nothing is allocated, however large)."""
         counts = {}
         with torch.device("meta"):
-            for name in dict.fromkeys(self.layer_mixers()):
+            for name in dict.fromkeys(self.pattern_mixers()):
                 layer = _build_checked(MIXERS, name, "mixer", self.d_model, self.mixer.get(name, {}), f"backbone.mixer.{name}")
                 counts[name] = sum(p.numel() for p in layer.parameters())
-            if "mlp" in self.layer_channels():
+            if "mlp" in self.layer_counts()[1]:
                 layer = _build_checked(CHANNELS, "mlp", "channel", self.d_model, self.mlp, "backbone.mlp")
                 counts["mlp"] = sum(p.numel() for p in layer.parameters())
         return counts
@@ -174,13 +199,14 @@ def _build_checked(registry: dict, name: str, kind: str, d_model: int, kwargs: d
         raise ValueError(f"{key}: {err}") from err
 
 
-def _expand_per_layer(names: list[str], n_layers: int, field_name: str) -> list[str]:
+def _repeats(names: list[str], n_layers: int, field_name: str) -> int:
+    """How many times ``names`` repeats to fill ``n_layers``; ``ValueError`` unless its length divides them."""
     if not names or n_layers % len(names):
         raise ValueError(
             f"{field_name} has {len(names)} entries, which must divide n_layers={n_layers} "
             f"(one entry per layer, or a pattern repeated to fill the layers)"
         )
-    return names * (n_layers // len(names))
+    return n_layers // len(names)
 
 
 class Block(nn.Module):

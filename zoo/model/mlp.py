@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.core.tags import linear, mark_residual_projection, parameter_count
+from zoo.core.value_checks import check_bool, check_int
 
 
 class SwiGLU(nn.Module):
@@ -24,10 +25,10 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, layer_idx: int = 0, hidden_dim: int | None = None, bias: bool = False):
         super().__init__()
+        check_int("mlp hidden_dim", hidden_dim, low=1, null="8/3 d_model rounded up to a multiple of 8")
+        check_bool("mlp bias", bias)
         if hidden_dim is None:
             hidden_dim = 8 * math.ceil(8 * d_model / 3 / 8)
-        if hidden_dim < 1:
-            raise ValueError(f"mlp hidden_dim={hidden_dim} must be >= 1")
         self.layer_idx = layer_idx
         self.w1 = linear(d_model, hidden_dim, bias=bias)
         self.w3 = linear(d_model, hidden_dim, bias=bias)

@@ -23,14 +23,19 @@ memory: it can be off by a factor of two either way. ``size_check=false`` skips 
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zoo.core.value_checks import is_int
+from zoo.memory import MemoryConfig
+from zoo.mixers import MIXERS
 from zoo.model.language_model import LanguageModel, ModelConfig
 
 GiB = 2**30
@@ -41,6 +46,7 @@ ACTIVATION_WIDTHS = 16
 LOGIT_COPIES = 3
 CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")  # cgroup v2: a container's memory limit
 GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+REFERENCE_VOCAB = 128  # what a model's vocabulary is compared with when naming the key that makes it too large
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,92 @@ class Budget:
     host_source: str
     device_bytes: int | None = None
     device_source: str = ""
+
+
+@dataclass(frozen=True)
+class Drivers:
+    """The integer config keys that set a run's size, to name the one that makes it too large.
+
+    values: key -> its value; references: key -> the value it is compared with (its default; None
+    where the default is derived, e.g. ``mlp.hidden_dim``); recount: the parts with one key set to
+    its reference (may raise ``ValueError`` when that makes no valid config: the key is skipped)."""
+
+    values: dict[str, Any]
+    references: dict[str, Any]
+    recount: Callable[[str, Any], list[Part]]
+
+    def driving(self, measure: Callable[[list[Part]], int]) -> str | None:
+        """The key whose value set to its reference lowers ``measure`` of the parts most (None when
+        none lowers it): the largest term's own key, whatever part it sits in."""
+        best, lowest = None, None
+        for key, reference in self.references.items():
+            try:
+                need = measure(self.recount(key, reference))
+            except (ValueError, TypeError, ZeroDivisionError):
+                continue
+            if lowest is None or need < lowest:
+                best, lowest = key, need
+        return best
+
+
+def integer_options(options: Mapping[str, Any], references: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``options`` holding an integer above their reference (or any integer where the
+    reference is None) -> that reference: the candidates ``Drivers`` tries."""
+    found = {}
+    for key, value in options.items():
+        reference = references.get(key, value)
+        if is_int(value) and (reference is None or is_int(reference) and value > reference):
+            found[key] = reference
+    return found
+
+
+def model_size_keys(config: ModelConfig, with_backbone: bool = True) -> dict[str, Any]:
+    """The size-setting integer fields of ``config`` above their defaults (``Drivers.references``),
+    named by their path in ``ModelConfig`` (``d_model``, ``mlp.hidden_dim``,
+    ``mixer.mamba2.d_state``, ``memory.heads``, ``vocab_size``); ``with_backbone=False``: the
+    memory's only (the backbone is fixed, e.g. imported)."""
+    keys = {}
+    if with_backbone:
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+        keys.update(integer_options({"d_model": config.d_model, "n_layers": config.n_layers}, defaults))
+        keys.update(integer_options({"vocab_size": config.vocab_size}, {"vocab_size": REFERENCE_VOCAB}))
+        keys.update({f"mlp.{k}": v for k, v in integer_options(config.mlp, {"hidden_dim": None}).items()})
+        for name, options in config.mixer.items():
+            if name in MIXERS:
+                signature = inspect.signature(MIXERS[name]).parameters
+                defaults = {k: p.default for k, p in signature.items() if p.default is not inspect.Parameter.empty}
+                keys.update({f"mixer.{name}.{k}": v for k, v in integer_options(options, defaults).items()})
+    if config.memory is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(MemoryConfig)}
+        values = dataclasses.asdict(config.memory)
+        keys.update({f"memory.{k}": v for k, v in integer_options(values, defaults).items()})
+    return keys
+
+
+def model_key_value(config: ModelConfig, key: str) -> Any:
+    """The value at ``key`` (a ``model_size_keys`` path) of ``config``."""
+    head, _, rest = key.partition(".")
+    if head == "memory":
+        return getattr(config.memory, rest)
+    if head == "mlp":
+        return config.mlp.get(rest)
+    if head == "mixer":
+        name, _, option = rest.partition(".")
+        return config.mixer[name].get(option)
+    return getattr(config, key)
+
+
+def with_model_key(config: ModelConfig, key: str, value: Any) -> ModelConfig:
+    """``config`` with the field at ``key`` (a ``model_size_keys`` path) set to ``value``."""
+    head, _, rest = key.partition(".")
+    if head == "memory":
+        return dataclasses.replace(config, memory=dataclasses.replace(config.memory, **{rest: value}))
+    if head == "mlp":
+        return dataclasses.replace(config, mlp={**config.mlp, rest: value})
+    if head == "mixer":
+        name, _, option = rest.partition(".")
+        return dataclasses.replace(config, mixer={**config.mixer, name: {**config.mixer[name], option: value}})
+    return dataclasses.replace(config, **{key: value})
 
 
 def host_memory() -> tuple[int, str]:
@@ -101,8 +193,9 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     One layer of each mixer and the MLP are counted on the meta device. ``config`` must be valid."""
     d = config.d_model
     per_layer = config.layer_parameters()
-    layers = sum(per_layer[name] + d for name in config.layer_mixers())  # + the mixer's RMSNorm
-    layers += sum(per_layer[name] + d for name in config.layer_channels() if name == "mlp")
+    mixers, channels = config.layer_counts()
+    layers = sum((per_layer[name] + d) * n for name, n in mixers.items())  # + the mixer's RMSNorm
+    layers += (per_layer["mlp"] + d) * channels["mlp"] if channels["mlp"] else 0
     counts = {"layers": layers, "embedding": config.vocab_size * d * (1 if config.tie_embeddings else 2) + d, "memory_values": 0}
     memory = config.memory
     if memory is not None:
@@ -177,37 +270,67 @@ def _gib(n: float) -> str:
     return f"{gib:,.0f} GiB" if gib >= 100 else f"{gib:.3g} GiB"
 
 
-def check_size_budget(parts: Sequence[Part], budget: Budget, world: int = 1) -> None:
+def check_size_budget(
+    parts: Sequence[Part], budget: Budget, world: int = 1, drivers: Drivers | None = None, subject: str = "this run"
+) -> None:
     """``ValueError`` when the parts exceed the budget: host memory (every part of ``world``
     processes on a CPU run; their datasets on a GPU run) and device memory (one process's other
-    parts). The message gives the estimate, the budget, the largest part and the keys that set it."""
+    parts). The message gives the estimate, the budget, the largest part and the key to lower: the
+    one of ``drivers`` whose value drives the excess, else the keys that set the largest part."""
     on_gpu = budget.device_bytes is not None
-    host = [p for p in parts if not (on_gpu and p.on_device)]
-    checks = [(host, world, budget.host_bytes, budget.host_source)]
+    checks = [(lambda p: not (on_gpu and p.on_device), world, budget.host_bytes, budget.host_source)]
     if on_gpu:
-        checks.append(([p for p in parts if p.on_device], 1, budget.device_bytes, budget.device_source))
-    for counted, copies, have, source in checks:
-        need = copies * sum(p.bytes for p in counted)
+        checks.append((lambda p: p.on_device, 1, budget.device_bytes, budget.device_source))
+    for holds, copies, have, source in checks:
+
+        def measure(parts: list[Part], holds=holds, copies=copies) -> int:
+            return copies * sum(p.bytes for p in parts if holds(p))
+
+        need = measure(parts)
         if need <= have:
             continue
-        counted = sorted(counted, key=lambda p: -p.bytes)
+        counted = sorted((p for p in parts if holds(p)), key=lambda p: -p.bytes)
         breakdown = ", ".join(f"{p.name} {_gib(p.bytes)}" for p in counted)
         breakdown = f" for {copies} processes (each: {breakdown})" if copies > 1 else f" ({breakdown})"
+        key = drivers.driving(measure) if drivers is not None else None
+        lower = counted[0].keys if key is None else f"{key} (now {drivers.values[key]})"
         raise ValueError(
-            f"size check: this run needs about {_gib(need)}{breakdown}, more than the {_gib(have)} of "
-            f"{source}; the largest part is the {counted[0].name}: lower {counted[0].keys} "
+            f"size check: {subject} needs about {_gib(need)}{breakdown}, more than the {_gib(have)} of "
+            f"{source}; the largest part is the {counted[0].name}: lower {lower} "
             "(a coarse estimate, see zoo/model/size_budget.py; size_check=false skips this check)"
         )
 
 
-def check_run_size(
-    model: ModelConfig, datamodule, slices: Sequence, trainer: Mapping[str, Any], budget: Budget | None = None
+def weight_parts(config: ModelConfig) -> list[Part]:
+    """The memory a model's weights take once built (float32 weights, the value table in its dtype):
+    what reading a model directory allocates before any gradient or optimizer state."""
+    counts = parameter_counts(config)
+    memory = config.memory
+    value_bytes = FLOAT_BYTES if memory is None else torch.finfo(getattr(torch, memory.value_dtype)).bits // 8
+    parts = [
+        Part("layers' weights", FLOAT_BYTES * counts["layers"], "d_model / n_layers"),
+        Part("embedding and LM head", FLOAT_BYTES * counts["embedding"], "vocab_size / d_model"),
+        Part("memory value table", value_bytes * counts["memory_values"], "memory.n_keys"),
+    ]
+    return [part for part in parts if part.bytes]
+
+
+def check_model_size(
+    config: ModelConfig, where: str, names: Callable[[str], str], budget: Budget | None = None, with_backbone: bool = True
 ) -> None:
-    """``check_size_budget`` for a run: its model config, task datamodule (nothing generated), test
-    slices' datamodules and trainer options; ``budget`` None: this machine's (``machine_budget``)."""
-    world = processes(trainer)
-    parts = run_parts(model, datamodule, slices, world)
-    check_size_budget(parts, budget or machine_budget(trainer.get("accelerator", "cpu")), world)
+    """``ValueError`` led by ``where`` (the file the config came from) when the weights of the model
+    ``config`` describes would not fit ``budget`` (None: this machine's memory), before anything is
+    built; it names, through ``names`` (a ``model_size_keys`` path -> the file's own key), the key
+    whose value drives the excess. Counts without listing the layers, so any size is refused at once."""
+    keys = model_size_keys(config, with_backbone)
+    values = {names(key): model_key_value(config, key) for key in keys}
+    references = {names(key): reference for key, reference in keys.items()}
+    paths = {names(key): key for key in keys}
+    drivers = Drivers(values, references, lambda key, value: weight_parts(with_model_key(config, paths[key], value)))
+    try:
+        check_size_budget(weight_parts(config), budget or Budget(*host_memory()), drivers=drivers, subject="its model")
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def generation_bytes(model: LanguageModel, batch: int, length: int) -> tuple[int, int]:

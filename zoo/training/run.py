@@ -19,7 +19,7 @@ from zoo.memory.callbacks import memory_callbacks
 from zoo.memory.monitor import sent_bytes_per_token
 from zoo.model.flops import active_parameters, channel_parameters, forward_flops_per_token, state_size
 from zoo.model.loading import stored_model_config
-from zoo.model.size_budget import Budget, check_run_size
+from zoo.model.size_budget import Budget
 from zoo.training.checkpoint_io import AtomicCheckpointIO, DistributedCheckpointDDP, with_distributed_checkpoints
 from zoo.training.config import LoggerConfig, RunConfig
 from zoo.training.guards import check_same_model, check_token_ids
@@ -27,6 +27,7 @@ from zoo.training.lit import LitLanguageModel
 from zoo.training.pretrained_init import start_from_pretrained
 from zoo.training.run_checkpoint import RunCheckpoint
 from zoo.training.run_checks import check_batches
+from zoo.training.run_size import check_run_fits
 from zoo.training.signals import CheckpointOnSignal, StopSignals
 from zoo.training.slices import generate_slices
 from zoo.training.stuck_ranks import collective_timeouts
@@ -41,7 +42,7 @@ def check_run_config(cfg: DictConfig, budget: Budget | None = None) -> RunConfig
     ``train`` makes them first, ``memzoo-grid`` for every cell."""
     run = RunConfig.from_hydra(cfg)
     if run.size_check:
-        check_run_size(run.model, run.datamodule(), list(run.slice_datamodules().values()), run.trainer, budget)
+        check_run_fits(run, budget)
     return run
 
 
