@@ -8,7 +8,6 @@ pickle (``pytorch_model.bin``) is refused, never unpickled."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,8 +18,18 @@ import torch
 from zoo.core.dataclass_config import from_mapping
 from zoo.memory import MemoryConfig, memory_layers
 from zoo.model.language_model import LanguageModel, ModelConfig, build_model
+from zoo.model.size_budget import check_model_size
 from zoo.pretrained import llama, mamba
-from zoo.pretrained.directory import TOKENIZER_FILES, WEIGHTS_FILE, read_config, safetensors_torch
+from zoo.pretrained.directory import TOKENIZER_FILES, WEIGHTS_FILE, read_config
+from zoo.pretrained.files import (
+    INDEX_MAX_BYTES,
+    TensorEntry,
+    has_file,
+    model_file,
+    read_model_json,
+    read_safetensors_file,
+    safetensors_header,
+)
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -34,15 +43,23 @@ class Architecture(NamedTuple):
     to_hf: Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]
     expressible: Callable[[LanguageModel], str | None]
     hf_config: Callable[[LanguageModel, dict[str, Any]], dict[str, Any]]
+    size_fields: dict[str, str]  # ModelConfig path (``zoo.model.size_budget.model_size_keys``) -> its config.json field
 
 
 ARCHITECTURES = {
-    "LlamaForCausalLM": Architecture(llama.model_config, llama.to_memzoo, llama.to_hf, llama.expressible, llama.hf_config),
+    "LlamaForCausalLM": Architecture(
+        llama.model_config, llama.to_memzoo, llama.to_hf, llama.expressible, llama.hf_config, llama.SIZE_FIELDS
+    ),
     "MambaForCausalLM": Architecture(
-        mamba.mamba_config, mamba.to_memzoo, mamba.to_hf, mamba.mamba_expressible, mamba.mamba_hf_config
+        mamba.mamba_config, mamba.to_memzoo, mamba.to_hf, mamba.mamba_expressible, mamba.mamba_hf_config, mamba.MAMBA_SIZE_FIELDS
     ),
     "Mamba2ForCausalLM": Architecture(
-        mamba.mamba2_config, mamba.to_memzoo, mamba.to_hf, mamba.mamba2_expressible, mamba.mamba2_hf_config
+        mamba.mamba2_config,
+        mamba.to_memzoo,
+        mamba.to_hf,
+        mamba.mamba2_expressible,
+        mamba.mamba2_hf_config,
+        mamba.MAMBA2_SIZE_FIELDS,
     ),
 }
 
@@ -77,19 +94,19 @@ def resolve_source(source: str | os.PathLike) -> Path:
         ) from err
 
 
-def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Every tensor of ``path``'s ``model.safetensors`` (or of the shards its index names)."""
-    load_file = safetensors_torch().load_file
-    if (path / WEIGHTS_FILE).is_file():
-        return load_file(str(path / WEIGHTS_FILE), device=str(map_location))
-    if (path / INDEX_FILE).is_file():
-        shards = sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            if Path(shard).name != shard:
-                raise ValueError(f"{path / INDEX_FILE}: shard {shard!r} is not a file name inside the directory")
-            state.update(load_file(str(path / shard), device=str(map_location)))
-        return state
+def weight_headers(path: Path) -> dict[Path, dict[str, TensorEntry]]:
+    """Each weight file of the model directory ``path`` (``model.safetensors``, or the shards its
+    index names) -> its checked header (``zoo.pretrained.files``): nothing is read but headers."""
+    if has_file(path, WEIGHTS_FILE):
+        file = model_file(path, WEIGHTS_FILE, "weights")
+        return {file: safetensors_header(file)}
+    if has_file(path, INDEX_FILE):
+        index = read_model_json(path, INDEX_FILE, "shard index", INDEX_MAX_BYTES)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{path / INDEX_FILE}: needs a weight_map object of tensor name -> shard file name")
+        files = [model_file(path, shard, "shard") for shard in sorted(set(weight_map.values()))]
+        return {file: safetensors_header(file) for file in files}
     pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
     hint = ""
     if pickled:
@@ -108,14 +125,25 @@ def with_memory(config: ModelConfig, memory: MemoryConfig | Mapping[str, Any] | 
     return dataclasses.replace(config, memory=memory)
 
 
-def import_config(source: str | os.PathLike, memory: MemoryConfig | Mapping[str, Any] | None = None) -> tuple[Path, ModelConfig]:
+def import_config(
+    source: str | os.PathLike, memory: MemoryConfig | Mapping[str, Any] | None = None, size_check: bool = True
+) -> tuple[Path, ModelConfig]:
     """A Hugging Face model directory or hub id -> (its local directory, the ``ModelConfig`` of its
-    network with ``memory`` added as ``with_memory`` does); every check made, no weight read."""
+    network with ``memory`` added as ``with_memory`` does); every check made, no weight read, and
+    with ``size_check`` the model's weights checked against this machine's memory, naming the
+    ``config.json`` field that makes them too large."""
     path = resolve_source(source)
     hf = read_config(path)
-    arch = ARCHITECTURES[architecture_of(hf, str(path / "config.json"))]
-    config = with_memory(arch.model_config(hf), memory)
-    config.validate()
+    where = str(path / "config.json")
+    name = architecture_of(hf, where)
+    try:
+        config = with_memory(ARCHITECTURES[name].model_config(hf), memory)
+        if size_check:
+            fields = ARCHITECTURES[name].size_fields
+            check_model_size(config, where, lambda key: fields.get(key, key), with_backbone=True)
+        config.validate()
+    except ValueError as err:
+        raise ValueError(err if str(err).startswith(where) else f"{where}: {err}") from None
     return path, config
 
 
@@ -126,21 +154,14 @@ def load_pretrained_weights(model: LanguageModel, path: str | os.PathLike, map_l
     memory layer's output projection then set to zero, so the memory adds exactly 0 until it trains.
     ``ValueError`` naming the entries that do not map."""
     path, config = Path(path), model.config
-    hf = read_config(path)
-    state = ARCHITECTURES[architecture_of(hf, str(path / "config.json"))].to_memzoo(read_safetensors(path, map_location), config)
-    replaced = tuple(f"blocks.{i}.channel." for i in config.placed_memory_layers("replace"))
-    state = {key: value for key, value in state.items() if not key.startswith(replaced)}  # MLPs the memory replaces
-    own = model.state_dict()
-    memory_keys = {key for key in own if key.startswith(_memory_prefixes(model))}
-    unexpected = [key for key in state if key not in own or key in memory_keys]
-    missing = [key for key in own if key not in state and key not in memory_keys and not _tied_head(key, config)]
-    if unexpected or missing:
-        shown = [f"missing {k}" for k in missing[:6]] + [f"unexpected {k}" for k in unexpected[:6]]
-        raise ValueError(f"{path}: its weights do not map onto the {config.name} model of its config.json: {'; '.join(shown)}")
-    for key, value in state.items():
-        if own[key].shape != value.shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(own[key].shape)}")
-    model.load_state_dict(state, strict=False)
+    arch = ARCHITECTURES[architecture_of(read_config(path), str(path / "config.json"))]
+    headers = weight_headers(path)
+    meta = {name: entry.meta() for header in headers.values() for name, entry in header.items()}
+    _check_mapped(model, path, arch.to_memzoo(meta, config))  # names and shapes from the headers: nothing read yet
+    state = {}
+    for file in headers:
+        state.update(read_safetensors_file(file, map_location))
+    model.load_state_dict(_imported(arch.to_memzoo(state, config), config), strict=False)
     with torch.no_grad():
         for layer in memory_layers(model).values():
             layer.w2.weight.zero_()
@@ -152,15 +173,39 @@ def from_pretrained(
     source: str | os.PathLike,
     memory: MemoryConfig | Mapping[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
+    size_check: bool = True,
 ) -> LanguageModel:
     """A Hugging Face model directory or hub id -> ``LanguageModel`` (train mode) whose logits are the
     source model's. With ``memory``, its layers get a memory layer (beside the channel unless
     ``memory.placement=replace``) that starts as an exact no-op (``load_pretrained_weights``);
-    replacing a layer's MLP drops that MLP's weights."""
-    path, config = import_config(source, memory)
+    replacing a layer's MLP drops that MLP's weights. Every file is checked before it is read
+    (``zoo.pretrained.files``) and, with ``size_check``, the model's size before it is built."""
+    path, config = import_config(source, memory, size_check)
     model = build_model(config)
     load_pretrained_weights(model, path, map_location)
     return model
+
+
+def _imported(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The mapped tensors without those of the MLPs a memory replaces."""
+    replaced = tuple(f"blocks.{i}.channel." for i in config.placed_memory_layers("replace"))
+    return {key: value for key, value in state.items() if not key.startswith(replaced)}
+
+
+def _check_mapped(model: LanguageModel, path: Path, mapped: dict[str, torch.Tensor]) -> None:
+    """``mapped`` (the imported tensors in memzoo's names) fills every parameter of ``model`` but its
+    memory layers', each of the model's shape; ``ValueError`` naming the entries that do not."""
+    config, own = model.config, model.state_dict()
+    state = _imported(mapped, config)
+    memory_keys = {key for key in own if key.startswith(_memory_prefixes(model))}
+    unexpected = [key for key in state if key not in own or key in memory_keys]
+    missing = [key for key in own if key not in state and key not in memory_keys and not _tied_head(key, config)]
+    if unexpected or missing:
+        shown = [f"missing {k}" for k in missing[:6]] + [f"unexpected {k}" for k in unexpected[:6]]
+        raise ValueError(f"{path}: its weights do not map onto the {config.name} model of its config.json: {'; '.join(shown)}")
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(own[key].shape)}")
 
 
 def _memory_prefixes(model: LanguageModel) -> tuple[str, ...]:

@@ -11,15 +11,24 @@ from typing import Any
 import torch
 
 from zoo.model.language_model import LanguageModel, ModelConfig
-from zoo.pretrained.mapping import check_fields, rope_theta
+from zoo.pretrained.mapping import check_fields, check_sizes, rope_theta
 
 ARCHITECTURE = "LlamaForCausalLM"
 MODEL_TYPE = "llama"
+SIZE_FIELDS = {  # ModelConfig path -> config.json field, to name the one that makes a model too large
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "vocab_size": "vocab_size",
+    "mlp.hidden_dim": "intermediate_size",
+    "mixer.attention.num_heads": "num_attention_heads",
+    "mixer.attention.num_kv_heads": "num_key_value_heads",
+}
 
 
 def model_config(hf: dict[str, Any]) -> ModelConfig:
     """A Llama ``config.json`` -> the ``ModelConfig`` of the same network; ``ValueError`` naming each
-    field that changes the math and has no memzoo counterpart."""
+    field that changes the math and has no memzoo counterpart, or a size that is no positive integer."""
+    check_sizes(ARCHITECTURE, hf, tuple(SIZE_FIELDS.values())[:-1], ("num_key_value_heads", "head_dim"))
     hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
     check_fields(
         ARCHITECTURE,

@@ -16,8 +16,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
+from zoo.core.command_line import usage_errors
 from zoo.model.generate import check_generation_arguments
 from zoo.pretrained.directory import load_model_dir, read_config
+from zoo.pretrained.files import has_file, tokenizer_file
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_TYPES = ("cpu", "cuda")
@@ -220,13 +222,16 @@ def read_tokenizer(pretrained: str):
 
     if not os.path.isdir(pretrained):
         raise ValueError(f"pretrained={pretrained!r} is not a model directory (config.json, model.safetensors, {TOKENIZER_FILE})")
-    path = os.path.join(pretrained, TOKENIZER_FILE)
-    if not os.path.isfile(path):
+    if not has_file(pretrained, TOKENIZER_FILE):
         raise ValueError(
             f"pretrained={pretrained!r} has no {TOKENIZER_FILE}: copy the tokenizer the model was trained with into it"
             " (zoo.pretrained.directory.save_model_dir(..., tokenizer_dir=...))"
         )
-    return Tokenizer.from_file(path)
+    path = tokenizer_file(pretrained, TOKENIZER_FILE)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises its own Exception type on a malformed file
+        raise ValueError(f"{path}: not a tokenizers file: {err}") from err
 
 
 def eot_id(pretrained: str, tokenizer) -> int:
@@ -247,7 +252,9 @@ def eot_id(pretrained: str, tokenizer) -> int:
 
 
 def cli() -> None:
-    """``memzoo-lm-eval``: lm-eval's command line (``lm_eval run ...``) with ``--model memzoo`` registered."""
+    """``memzoo-lm-eval``: lm-eval's command line (``lm_eval run ...``) with ``--model memzoo`` registered;
+    a ``ValueError`` (a refused model directory, a bad model argument) ends it with one line and exit 2."""
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    with usage_errors("memzoo-lm-eval"):
+        cli_evaluate()

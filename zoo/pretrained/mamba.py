@@ -12,13 +12,32 @@ from typing import Any
 import torch
 
 from zoo.model.language_model import LanguageModel, ModelConfig
-from zoo.pretrained.mapping import check_fields, finite_limit
+from zoo.pretrained.mapping import check_fields, check_sizes, finite_limit
 
 SILU = {"hidden_act": (lambda v: v in (None, "silu"), "silu")}
+REQUIRED = ("hidden_size", "num_hidden_layers", "vocab_size")
+COMMON_FIELDS = {"d_model": "hidden_size", "n_layers": "num_hidden_layers", "vocab_size": "vocab_size"}
+MAMBA_SIZE_FIELDS = {  # ModelConfig path -> config.json field, to name the one that makes a model too large
+    **COMMON_FIELDS,
+    "mixer.mamba.d_state": "state_size",
+    "mixer.mamba.d_conv": "conv_kernel",
+    "mixer.mamba.expand": "expand",
+    "mixer.mamba.dt_rank": "time_step_rank",
+}
+MAMBA2_SIZE_FIELDS = {
+    **COMMON_FIELDS,
+    "mixer.mamba2.d_state": "state_size",
+    "mixer.mamba2.d_conv": "conv_kernel",
+    "mixer.mamba2.expand": "expand",
+    "mixer.mamba2.headdim": "head_dim",
+    "mixer.mamba2.ngroups": "n_groups",
+    "mixer.mamba2.chunk_size": "chunk_size",
+}
 
 
 def mamba_config(hf: dict[str, Any]) -> ModelConfig:
     """A Mamba ``config.json`` -> the ``ModelConfig`` of the same network."""
+    check_sizes("MambaForCausalLM", hf, REQUIRED, ("state_size", "conv_kernel", "expand", "intermediate_size"))
     hidden, expand = hf["hidden_size"], hf.get("expand", 2)
     check_fields(
         "MambaForCausalLM",
@@ -39,6 +58,8 @@ def mamba_config(hf: dict[str, Any]) -> ModelConfig:
 
 def mamba2_config(hf: dict[str, Any]) -> ModelConfig:
     """A Mamba-2 ``config.json`` -> the ``ModelConfig`` of the same network."""
+    optional = ("state_size", "conv_kernel", "expand", "head_dim", "n_groups", "chunk_size", "num_heads")
+    check_sizes("Mamba2ForCausalLM", hf, REQUIRED, optional)
     hidden, expand = hf["hidden_size"], hf.get("expand", 2)
     head_dim = hf.get("head_dim", 64)
     heads = expand * hidden / head_dim

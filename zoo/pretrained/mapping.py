@@ -7,6 +7,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from zoo.core.value_checks import is_int
+
 DEFAULT_ROPE_TYPES = (None, "default")
 
 
@@ -20,6 +22,18 @@ def check_fields(architecture: str, hf: dict[str, Any], rules: dict[str, tuple[C
     ]
     if bad:
         raise ValueError(f"{architecture} config fields that change the math and that memzoo does not map: {'; '.join(bad)}")
+
+
+def check_sizes(architecture: str, hf: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Each ``required`` field of ``hf`` a positive integer, each ``optional`` one absent, null or a
+    positive integer; ``ValueError`` naming the first that is not."""
+    for key in (*required, *optional):
+        value = hf.get(key)
+        if value is None and key in optional:
+            continue
+        if not is_int(value) or value < 1:
+            what = f"{key} is missing" if key not in hf else f"{key}={value!r} is not a positive integer"
+            raise ValueError(f"{architecture} config field {what}")
 
 
 def rope_theta(architecture: str, hf: dict[str, Any]) -> float:

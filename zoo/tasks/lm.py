@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.core.safe_read import TOKENIZER_MAX_BYTES, bounded_size, regular_file_inside
 from zoo.tasks.base import TOKEN_BYTES, GeneratedDataModule, check_int_option
 
 BYTE_VOCAB_SIZE = 256
@@ -201,8 +202,10 @@ def load_tokenizer(path: str | Path | None):
     from tokenizers import Tokenizer
 
     file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
-    if not file.is_file():
+    if not (file.exists() or file.is_symlink()):
         raise ValueError(f"task.tokenizer_path={str(path)!r}: no tokenizer.json there (a slow tokenizer alone is not read)")
+    where = f"task.tokenizer_path={str(path)!r}: {file.name!r}"
+    bounded_size(regular_file_inside(file.parent, file.name, where, "tokenizer"), TOKENIZER_MAX_BYTES, str(file))
     try:
         return Tokenizer.from_file(str(file))
     except Exception as err:  # tokenizers raises its own Exception type on a malformed file

@@ -109,7 +109,7 @@ class RunConfig:
         if init.pretrained is not None:
             from zoo.pretrained.importing import import_config  # needs the hf extra only when used
 
-            path, model = import_config(init.pretrained, memory)
+            path, model = import_config(init.pretrained, memory, size_check=cfg.size_check)
             init.pretrained = str(path)  # a hub id is downloaded once, here, and read from disk after
             if task.get("tokenizer") == "pretrained" and task.get("tokenizer_path") is None:
                 task["tokenizer_path"] = init.pretrained
