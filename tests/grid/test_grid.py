@@ -201,6 +201,24 @@ def test_a_linked_axis_moves_its_keys_together(tmp_path):
     assert cells[1].name == "backbone=transformer_num_facts=200_max_steps=20"
 
 
+def test_cells_whose_values_differ_only_in_an_exponents_sign_get_different_folders(tmp_path):
+    path = tmp_path / "signs.yaml"
+    path.write_text("name: signs\nstudies:\n  s:\n    axes: {optim.weight_decay: ['1e+30', '1e-30']}\n")
+    cells = expand(load_grid(str(path)))
+    assert [c.name for c in cells] == ["weight_decay=1e+30", "weight_decay=1e-30"]
+
+
+def test_two_cells_that_would_share_a_folder_are_refused_naming_both(tmp_path):
+    path = tmp_path / "clash.yaml"
+    path.write_text("name: clash\nstudies:\n  s:\n    axes: {'memory.layers': ['[0,1]', '(0,1)']}\n")
+    with pytest.raises(
+        ValueError,
+        match=r"grid cells \{'memory.layers': '\[0,1\]'\} and \{'memory.layers': '\(0,1\)'\} .*"
+        r"would share the run directory 'layers=-0-1-'",
+    ):
+        expand(load_grid(str(path)))
+
+
 @pytest.mark.parametrize("values", ["[100, 200]", "[[100, 10], [200]]"])
 def test_a_linked_axis_value_needs_one_value_per_key(tmp_path, values):
     path = tmp_path / "linked.yaml"

@@ -98,7 +98,7 @@ class Cell:
 
 def _slug(settings: tuple[tuple[str, str], ...]) -> str:
     text = "_".join(f"{key.split('.')[-1]}={value}" for key, value in settings)
-    return re.sub(r"[^A-Za-z0-9=._-]", "-", text) or "default"
+    return re.sub(r"[^A-Za-z0-9=._+-]", "-", text) or "default"  # '+' kept: 1e+30 and 1e-30 are different folders
 
 
 def _shipped_dir():
@@ -170,7 +170,21 @@ def expand(grid: dict[str, Any], extra: Sequence[str] = ()) -> list[Cell]:
             for seed in spec.get("seeds") or [None]:
                 seeded = overrides if seed is None else (*overrides, f"seed={seed}")
                 cells.append(Cell(study, settings, seed, seeded))
+    _check_unique_folders(cells)
     return cells
+
+
+def _check_unique_folders(cells: list[Cell]) -> None:
+    """``ValueError`` when two cells would share a run directory (values that differ only in characters
+    a folder name replaces, or an axis listing a value twice): each cell trains into its own."""
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        other = seen.setdefault(cell.key, cell)
+        if other is not cell:
+            raise ValueError(
+                f"grid cells {dict(other.settings)} and {dict(cell.settings)} of study {cell.study!r} would share the run "
+                f"directory {cell.name!r}; make their values differ in letters, digits or '=._+-'"
+            )
 
 
 def _axis_settings(key: str, value: Any) -> list[tuple[str, str]]:
