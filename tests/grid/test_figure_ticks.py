@@ -1,5 +1,6 @@
-"""Figures a reader can take in: a log axis spanning less than a decade still has labelled ticks,
-one spanning decades labels only the decades, and series at the same point stay visible."""
+"""Figures a reader can take in: a log axis spanning less than a decade still has labelled ticks (over
+more than 3x only 1, 2, 3 and 5 times a power of ten), one spanning decades labels only the decades,
+and series at the same point stay visible."""
 
 import matplotlib
 
@@ -35,6 +36,16 @@ def test_a_log_axis_over_decades_labels_only_the_decades():
     minor = _labels(ax, "minor")
     plt.close(fig)
     assert minor == []
+
+
+def test_a_log_axis_over_3x_to_10x_labels_1_2_3_and_5_times_a_power_of_ten_in_human_units():
+    fig, ax = plt.subplots()
+    ax.plot([620_000, 4_800_000], [0, 1])
+    ax.set_xscale("log")
+    _log_tick_labels(ax)
+    labels = _labels(ax, "major") + _labels(ax, "minor")
+    plt.close(fig)
+    assert labels == ["1M", "2M", "3M", "5M"], labels  # not 700k, 800k, 900k (they collide with 1M), nor 4M
 
 
 def _mqar_row(backbone: str, memory: str, state_size: int, acc: float) -> dict:

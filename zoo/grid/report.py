@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -53,6 +55,10 @@ DESCRIPTION = {
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # series told apart by marker, not only color
 DASHES = ("-", "--", ":", "-.")
+COLUMNS = 2  # panels per row: a figure under 900 px wide stays legible shown at README width (~800 px)
+PANEL = (4.0, 3.1)  # one panel, inches
+DPI = 110
+LEGEND = 7.5  # legend font size, points
 
 
 def row(record: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +227,36 @@ def _fmt(value: Any, std: float | None = None) -> str:
     return human(value) if std is None else f"{human(value)} ± {human(std, 2)}"
 
 
+def _panels(n: int, **kwargs: Any):
+    """A figure of ``n`` panels wrapped into rows of at most ``COLUMNS`` (``kwargs`` to ``plt.subplots``,
+    e.g. ``sharey``), and its ``n`` axes in reading order."""
+    rows, cols = -(-n // COLUMNS), min(n, COLUMNS)
+    size = (PANEL[0] * cols, PANEL[1] * rows)
+    fig, grid = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained", **kwargs)
+    axes = list(grid.flat)
+    for spare in axes[n:]:  # the last row's empty places
+        fig.delaxes(spare)
+    return fig, axes[:n]
+
+
+def _ylabel(axes: list, text: str) -> None:
+    """``text`` as the y label of the panels in the first column (the others share their y axis)."""
+    for ax in axes:
+        ax.set_ylabel(text if ax.get_subplotspec().is_first_col() else "")
+
+
+def _shared_legend(fig, axes: list) -> None:
+    """One legend under the panels, each label once, for series drawn alike in every panel."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        width = max(len(label) for label in handles) * LEGEND * 0.6 + 40  # an entry, points: text, handle, gap
+        cols = max(1, min(len(handles), int(fig.get_figwidth() * 72 // width)))
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=cols, fontsize=LEGEND)
+
+
 def _draw(ax, label: str, cells: list[dict[str, Any]], x: str, y: str, dashed: bool, **style: Any) -> str:
     """A line through the cells' mean ``y`` against ``x``; with several seeds, ± one standard
     deviation as error bars and each seed's value as a point. ``style`` overrides matplotlib's
@@ -242,10 +278,11 @@ def _line_label(r: dict[str, Any]) -> str:
 
 def mqar_figure(best: list[dict[str, Any]], x: str = "d_model"):
     """MQAR accuracy vs ``x`` (``d_model``, or ``state_size``: inference bytes per sequence, log x,
-    zoology's recall-vs-state comparison), a line per backbone +- memory, a panel per (seq_len, pairs)."""
+    zoology's recall-vs-state comparison), a line per backbone +- memory, a panel per (seq_len, pairs),
+    one legend under the panels."""
     rows = [r for r in best if r.get("task") == "mqar" and r.get(x)]
     panels = sorted({(r["task.seq_len"], r["task.num_kv_pairs"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    fig, axes = _panels(len(panels))
     labels = sorted({_line_label(r) for r in rows})
     # hollow markers, each series smaller than the one before: series at the same point stay visible, nested
     styles = {
@@ -258,7 +295,7 @@ def mqar_figure(best: list[dict[str, Any]], x: str = "d_model"):
         }
         for i, label in enumerate(labels)
     }
-    for ax, (seq_len, pairs) in zip(axes[0], panels):
+    for ax, (seq_len, pairs) in zip(axes, panels):
         lines = defaultdict(list)
         for r in rows:
             if (r["task.seq_len"], r["task.num_kv_pairs"]) == (seq_len, pairs):
@@ -267,46 +304,60 @@ def mqar_figure(best: list[dict[str, Any]], x: str = "d_model"):
         if len({r[x] for cells in lines.values() for r in cells}) == 1:  # one x value: bars, not a line of one point
             _bars(ax, {label: lines[label][0] for label in labels if label in lines}, "test_acc", styles)
             value = next(iter(lines.values()))[0][x]
-            ax.set(title=f"{title}, {x} {value}", ylabel="MQAR test accuracy", ylim=(0, 1.02))
+            ax.set(title=f"{title}, {x} {value}", yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
             continue
         for label, cells in sorted(lines.items()):
             _draw(ax, label, cells, x, "test_acc", dashed="memory" in label, **styles[label])
         xlabel = "inference state per sequence (bytes)" if x == "state_size" else x
-        ax.set(title=title, xlabel=xlabel, ylabel="MQAR test accuracy", ylim=(0, 1.02))
+        ax.set(title=title, xlabel=xlabel, ylim=(0, 1.02))
         ax.set_xscale("log", base=10 if x == "state_size" else 2)
         _log_tick_labels(ax)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    _ylabel(axes, "MQAR test accuracy")
+    _shared_legend(fig, axes)
     return fig
 
 
 def _log_tick_labels(ax) -> None:
     """Tick labels of a log x axis, called once its data is drawn: the decades only when the data span
-    one or more (minor labels such as 2x10^5, 3x10^5 collide), else the minor ticks in human units
-    (k, M), which are then the only ticks in range."""
+    one or more (minor labels such as 2x10^5, 3x10^5 collide), else the ticks in human units (k, M):
+    every one over less than 3x, over more only 1, 2, 3 and 5 times a power of ten (600k, 700k, 800k,
+    900k and 1M collide in a panel)."""
     low, high = ax.dataLim.intervalx
     if high >= 10 * low:
         ax.xaxis.set_minor_formatter(NullFormatter())
-    else:
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: human(value, 2)))
-        ax.tick_params(axis="x", which="minor", labelsize=8)
+        return
+    shown = _round_tick if high >= 3 * low else (lambda value: True)
+    formatter = FuncFormatter(lambda value, _: human(value, 2) if shown(value) else "")
+    ax.xaxis.set_major_formatter(formatter)
+    ax.xaxis.set_minor_formatter(formatter)
+    ax.tick_params(axis="x", which="both", labelsize=8)
+
+
+def _round_tick(value: float) -> bool:
+    """Whether ``value`` is 1, 2, 3 or 5 times a power of ten."""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    return math.isclose(mantissa, round(mantissa)) and round(mantissa) in (1, 2, 3, 5)
 
 
 def _bars(ax, cells: dict[str, dict[str, Any]], y: str, styles: dict[str, dict[str, Any]]) -> None:
     """One bar per labelled cell (its mean ``y``; with several seeds ± one standard deviation and
-    each seed as a point), the value written on it, the labels under the bars."""
+    each seed as a point), the value written above the bar's error bar and points, the labels under
+    the bars; y from 0 with room above 1 for the values."""
     labels = list(cells)
     means = [cells[label][y] for label in labels]
     errors = [cells[label].get(f"{y}_std") or 0 for label in labels]
     colors = [styles[label]["color"] for label in labels]
     ax.bar(range(len(labels)), means, yerr=errors, color=colors, capsize=3)
+    tops = [mean + error for mean, error in zip(means, errors)]
     for i, label in enumerate(labels):
         if cells[label]["n"] > 1:  # each seed as a point
             seeds = [run[y] for run in cells[label]["runs"]]
             ax.scatter([i] * len(seeds), seeds, s=10, color="black", alpha=0.5, zorder=3)
-    for i, mean in enumerate(means):
-        ax.annotate(f"{mean:.3g}", (i, mean), ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=7)
+            tops[i] = max(tops[i], *seeds)
+    for i, (mean, top) in enumerate(zip(means, tops)):
+        ax.annotate(f"{mean:.3g}", (i, top), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
+    ax.set_ylim(0, 1.15 * max(1.0, *tops))
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
 
 
 def _flops_text(values: list[float]) -> str:
@@ -344,29 +395,29 @@ def capacity_figure(best: list[dict[str, Any]]):
     with the memory cells' test-set slot usage against parameters."""
     rows = [r for r in best if r.get("task") == "facts"]
     sizes = sorted({r["task.num_facts"] for r in rows})
-    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(5.2 * (len(sizes) + 1), 3.9), squeeze=False)
-    colors: dict[str, str] = {}
-    for ax, size in zip(axes[0], sizes):
+    fig, axes = _panels(len(sizes) + 1)
+    colors = {backbone: f"C{i}" for i, backbone in enumerate(sorted({r["backbone"] for r in rows}))}  # the same in every panel
+    for ax, size in zip(axes, sizes):
         cells = [r for r in rows if r["task.num_facts"] == size]
         for backbone in sorted({r["backbone"] for r in cells}):
             mine = [r for r in cells if r["backbone"] == backbone]
             memory = [r for r in mine if r["memory"] != "none"]
             if memory:
-                colors[backbone] = _draw(
+                _draw(
                     ax,
                     f"{backbone} + memory ({_flops_text([r['flops_per_token'] for r in memory])})",
                     memory,
                     "params",
                     "facts_recalled",
                     dashed=True,
-                    color=colors.get(backbone),
+                    color=colors[backbone],
                 )
             mlps = [r for r in mine if r["memory"] == "none"]
             cheapest = min((r["flops_per_token"] for r in mlps), default=0)
             for r in sorted(mlps, key=lambda r: r["flops_per_token"]):
                 wide = r["flops_per_token"] > 1.05 * cheapest
                 label = f"{backbone} {'wide ' if wide else ''}MLP ({r['flops_per_token'] / 1e3:.0f} kFLOP/tok)"
-                colors[backbone] = _draw(
+                _draw(
                     ax,
                     label,
                     [r],
@@ -375,21 +426,21 @@ def capacity_figure(best: list[dict[str, Any]]):
                     dashed=False,
                     marker="*" if wide else "s",
                     markersize=10 if wide else 7,
-                    color=colors.get(backbone),
+                    color=colors[backbone],
                 )
         ax.axhline(size, color="grey", linewidth=0.8, label="all facts")
         ax.set(title=f"{size} facts", xlabel="total parameters", ylabel="facts recalled (test)")
         ax.set_xscale("log")
         _log_tick_labels(ax)
-        ax.legend(fontsize=6)
-    usage_ax = axes[0][-1]
+        ax.legend(fontsize=LEGEND)
+    usage_ax = axes[-1]
     for backbone in sorted({r["backbone"] for r in rows}):
         memory = [r for r in rows if r["backbone"] == backbone and r["memory"] != "none" and usage_column(r)]
         for i, size in enumerate(sizes):  # a backbone's color, a marker and dash per knowledge-base size
             cells = [r for r in memory if r["task.num_facts"] == size]
             if cells:
                 column = usage_column(cells[0])
-                style = {"color": colors.get(backbone), "marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)]}
+                style = {"color": colors[backbone], "marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)]}
                 _draw(usage_ax, f"{backbone}, {size} facts", cells, "params", column, dashed=True, **style)
     usage_ax.set(
         title="memory slots read over the test set", xlabel="total parameters", ylabel="fraction of slots read", ylim=(0, 1.02)
@@ -397,8 +448,7 @@ def capacity_figure(best: list[dict[str, Any]]):
     usage_ax.set_xscale("log")
     _log_tick_labels(usage_ax)
     if usage_ax.get_legend_handles_labels()[0]:
-        usage_ax.legend(fontsize=6)
-    fig.tight_layout()
+        usage_ax.legend(fontsize=LEGEND)
     return fig
 
 
@@ -430,8 +480,8 @@ def knowledge_figure(best: list[dict[str, Any]]):
     rows = _knowledge_rows(best)
     backbones = sorted({r["backbone"] for r in rows})
     colors = {label: f"C{i}" for i, label in enumerate(_by_channel(rows))}  # a channel's color in every panel
-    fig, axes = plt.subplots(1, len(backbones), figsize=(4.6 * len(backbones), 3.9), squeeze=False, sharey=True)
-    for ax, backbone in zip(axes[0], backbones):
+    fig, axes = _panels(len(backbones), sharey=True)
+    for ax, backbone in zip(axes, backbones):
         mine = [r for r in rows if r["backbone"] == backbone]
         for label, cells in _by_channel(mine).items():
             flops = statistics.fmean(c["flops_per_token"] for c in cells) / 1e3
@@ -439,40 +489,45 @@ def knowledge_figure(best: list[dict[str, Any]]):
             _draw(ax, legend, cells, "task.num_facts", "knowledge_bits", dashed=label != "MLP", color=colors[label])
         ceiling = sorted({(r["task.num_facts"], r["knowledge_bits_max"]) for r in mine})
         ax.plot(*zip(*ceiling), color="grey", linewidth=0.8, label="all facts")
-        ax.set(title=backbone, xlabel="facts in the knowledge base", ylabel="knowledge (bits, test)")
+        ax.set(title=backbone, xlabel="facts in the knowledge base")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+        ax.legend(fontsize=LEGEND)
+    _ylabel(axes, "knowledge (bits, test)")
     return fig
 
 
 def capacity_bits_figure(best: list[dict[str, Any]]):
     """Capacity (the plateau: each channel's most knowledge bits over the ladder, mean ± std over
-    its seeds) against total parameters (log-log), a line per backbone through its MLP (square) and
-    memory tables (circles), with the 2 bits/parameter reference (Allen-Zhu & Li 2024)."""
+    its seeds) against total parameters (log-log): a line per backbone (a color, FLOPs per token in
+    its legend) through its channels, a marker per channel (MLP, memory 2^k) in a second legend,
+    hollow and smaller for each backbone than the one before, so points that coincide stay visible;
+    the 2 bits/parameter reference (Allen-Zhu & Li 2024). Both legends sit under the axes, clear of
+    the points and error bars."""
     rows = _knowledge_rows(best)
-    fig, ax = plt.subplots(figsize=(5.8, 4.2))
-    for backbone in sorted({r["backbone"] for r in rows}):
-        plateaus = [
-            max(cells, key=lambda c: c["knowledge_bits"])
-            for cells in _by_channel([r for r in rows if r["backbone"] == backbone]).values()
-        ]
-        flops = _flops_text([p["flops_per_token"] for p in plateaus])
-        color = _draw(ax, f"{backbone} ({flops})", plateaus, "params", "knowledge_bits", dashed=False)
-        mlp = [p for p in plateaus if p["memory"] == "none"]
-        ax.scatter([p["params"] for p in mlp], [p["knowledge_bits"] for p in mlp], marker="s", s=60, color=color, zorder=4)
+    shapes = ("s", "o", "^", "D", "v", "P", "X", "*")  # the first channel, the MLP, a square
+    markers = {label: shapes[i % len(shapes)] for i, label in enumerate(_by_channel(rows))}
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), layout="constrained")
+    for i, backbone in enumerate(sorted({r["backbone"] for r in rows})):
+        channels = _by_channel([r for r in rows if r["backbone"] == backbone])
+        plateaus = {label: max(cells, key=lambda c: c["knowledge_bits"]) for label, cells in channels.items()}
+        flops = _flops_text([p["flops_per_token"] for p in plateaus.values()])
+        color = _draw(ax, f"{backbone} ({flops})", list(plateaus.values()), "params", "knowledge_bits", dashed=False, marker="")
+        for label, p in plateaus.items():
+            style = {"marker": markers[label], "markersize": 12 - 2 * (i % 4), "markerfacecolor": "none", "markeredgewidth": 1.5}
+            ax.plot(p["params"], p["knowledge_bits"], color=color, linestyle="", zorder=4, **style)
     params = sorted(r["params"] for r in rows)
     if params:
         ax.plot([params[0], params[-1]], [2 * params[0], 2 * params[-1]], color="grey", linestyle=":", label="2 bits / parameter")
-    ax.set(
-        xlabel="total parameters", ylabel="capacity (knowledge bits, plateau)", title="at matched FLOPs per token (squares: MLP)"
-    )
+    ax.set(xlabel="total parameters", ylabel="capacity (knowledge bits, plateau)", title="at matched FLOPs per token")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _log_tick_labels(ax)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(loc="outside lower left", fontsize=LEGEND)
+    channels = [
+        Line2D([], [], color="black", linestyle="", markerfacecolor="none", marker=m, label=c) for c, m in markers.items()
+    ]
+    fig.legend(handles=channels, title="channel", loc="outside lower right", ncols=2, fontsize=LEGEND, title_fontsize=LEGEND)
     return fig
 
 
@@ -589,8 +644,8 @@ def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Pa
     rows = _lm_rows(best)
     backbones = sorted({r["backbone"] for r in rows})
     colors = {label: f"C{i}" for i, label in enumerate(_by_channel(rows))}
-    fig, axes = plt.subplots(1, len(backbones), figsize=(4.6 * len(backbones), 3.9), squeeze=False, sharey=True)
-    for ax, backbone in zip(axes[0], backbones):
+    fig, axes = _panels(len(backbones), sharey=True)
+    for ax, backbone in zip(axes, backbones):
         mine = [r for r in rows if r["backbone"] == backbone]
         budgets = {r["steps_planned"] for r in mine if r["memory"] != "none"} or {r["steps_planned"] for r in mine}
         for label, cells in _by_channel(mine).items():
@@ -600,11 +655,11 @@ def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Pa
         curve = sorted((r["train_flops"], r["val_bpb"]) for r in mine if r["memory"] == "none")
         if len(curve) > 1:
             ax.plot(*zip(*curve), marker="s", linestyle=":", color=colors.get("MLP", "grey"), label="MLP, final at each budget")
-        ax.set(title=backbone, xlabel="training FLOPs", ylabel="validation bits per byte")
+        ax.set(title=backbone, xlabel="training FLOPs")
         ax.set_xscale("log")
         _log_tick_labels(ax)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+    _ylabel(axes, "validation bits per byte")
+    _shared_legend(fig, axes)
     return fig
 
 
@@ -633,7 +688,7 @@ def write_report(records: list[dict[str, Any]], root: Path, overrides: Sequence[
         figures["lm_val_bpb_vs_train_flops"] = lm_compute_figure(best, dirs)
     with SummaryWriter(str(root / "tb")) as writer:
         for name, fig in figures.items():
-            path = atomic_write(root / f"{name}.png", lambda handle, fig=fig: fig.savefig(handle, dpi=110, format="png"))
+            path = atomic_write(root / f"{name}.png", lambda handle, fig=fig: fig.savefig(handle, dpi=DPI, format="png"))
             writer.add_figure(f"grid/{name}", fig, close=True)
             paths.append(path)
     return paths
