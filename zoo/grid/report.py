@@ -8,6 +8,7 @@ import csv
 import io
 import math
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -663,6 +664,32 @@ def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Pa
     return fig
 
 
+def figures(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path] | None = None) -> dict[str, Any]:
+    """The report's figures by file name, a set per task family present; the LM curves only with
+    ``dirs``, the run directories whose TensorBoard events they read."""
+    tasks = {r.get("task") for r in best}
+    out = {}
+    if "mqar" in tasks:
+        out["mqar_accuracy_vs_d_model"] = mqar_figure(best)
+        out["mqar_accuracy_vs_state_size"] = mqar_figure(best, x="state_size")
+    if _knowledge_rows(best):  # a knowledge ladder
+        out["knowledge_bits_vs_facts"] = knowledge_figure(best)
+        out["capacity_bits_vs_params"] = capacity_bits_figure(best)
+    elif "facts" in tasks:
+        out["facts_recalled"] = facts_figure(best)
+        out["facts_recalled_vs_params"] = capacity_figure(best)
+    if dirs is not None and "lm" in tasks:
+        out["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
+    if dirs is not None and _lm_rows(best):  # LM runs that recorded their training FLOPs and last validation
+        out["lm_val_bpb_vs_train_flops"] = lm_compute_figure(best, dirs)
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    """``fig`` as a PNG at ``path`` (written atomically)."""
+    return atomic_write(path, lambda handle: fig.savefig(handle, dpi=DPI, format="png"))
+
+
 def write_report(records: list[dict[str, Any]], root: Path, overrides: Sequence[str] = ()) -> list[Path]:
     """results.csv, summary.md, one PNG per task family present, and those figures in root/tb;
     ``overrides``: what the command line added to every cell, recorded in summary.md."""
@@ -671,24 +698,39 @@ def write_report(records: list[dict[str, Any]], root: Path, overrides: Sequence[
     paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary)]
     best = best_of_lr(aggregate(rows))
     dirs = {(r["study"], r["cell"]): Path(r["dir"]) for r in records}
-    tasks = {r.get("task") for r in best}
-    figures = {}
-    if "mqar" in tasks:
-        figures["mqar_accuracy_vs_d_model"] = mqar_figure(best)
-        figures["mqar_accuracy_vs_state_size"] = mqar_figure(best, x="state_size")
-    if _knowledge_rows(best):  # a knowledge ladder
-        figures["knowledge_bits_vs_facts"] = knowledge_figure(best)
-        figures["capacity_bits_vs_params"] = capacity_bits_figure(best)
-    elif "facts" in tasks:
-        figures["facts_recalled"] = facts_figure(best)
-        figures["facts_recalled_vs_params"] = capacity_figure(best)
-    if "lm" in tasks:
-        figures["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
-    if _lm_rows(best):  # LM runs that recorded their training FLOPs and last validation
-        figures["lm_val_bpb_vs_train_flops"] = lm_compute_figure(best, dirs)
     with SummaryWriter(str(root / "tb")) as writer:
-        for name, fig in figures.items():
-            path = atomic_write(root / f"{name}.png", lambda handle, fig=fig: fig.savefig(handle, dpi=DPI, format="png"))
+        for name, fig in figures(best, dirs).items():
+            paths.append(_save(fig, root / f"{name}.png"))
             writer.add_figure(f"grid/{name}", fig, close=True)
-            paths.append(path)
     return paths
+
+
+def _cell(text: str) -> int | float | str:
+    """A results.csv cell as ``row`` wrote it: an int, a float, or text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """results.csv's rows as ``row`` made them, less their empty cells (``None`` or absent)."""
+    with path.open(newline="") as handle:
+        return [{k: _cell(v) for k, v in r.items() if v != ""} for r in csv.DictReader(handle)]
+
+
+def redraw(root: Path) -> list[Path]:
+    """The figures of a finished grid redrawn from root/results.csv alone, in place; the LM curves,
+    which read each run's TensorBoard events, are left as they are."""
+    paths = []
+    for name, fig in figures(best_of_lr(aggregate(read_csv(root / "results.csv")))).items():
+        paths.append(_save(fig, root / f"{name}.png"))
+        plt.close(fig)
+    return paths
+
+
+if __name__ == "__main__":  # python -m zoo.grid.report results/<grid> ...: redraw committed figures
+    for root in sys.argv[1:]:
+        print(*redraw(Path(root)), sep="\n")
