@@ -236,3 +236,67 @@ def test_memzoo_eval_refuses_a_task_with_a_larger_vocabulary(uninterrupted, tmp_
     )
     assert done.returncode != 0
     assert "outside the model's vocabulary [0, 128)" in done.stderr
+
+
+SAVED = [arg for arg in RUN if not arg.startswith("trainer.max_steps=")] + ["trainer.max_steps=300"]  # not the default 1000
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_300(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("whole300")
+    subprocess.run([str(BIN / "memzoo-train"), *SAVED, f"hydra.run.dir={run_dir}"], check=True, capture_output=True, timeout=600)
+    return run_dir
+
+
+def test_resume_with_only_the_run_directory_continues_the_saved_run_bit_for_bit(uninterrupted_300, tmp_path):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    code, _ = stop_with(signal.SIGTERM, [str(BIN / "memzoo-train"), *SAVED, f"hydra.run.dir={tmp_path}"], last, after_step=40)
+    assert code == 143 and 40 <= checkpoint_step(last) < 300
+    config = (tmp_path / "config.yaml").read_bytes()
+
+    done = subprocess.run(
+        [str(BIN / "memzoo-train"), f"hydra.run.dir={tmp_path}", "ckpt=last"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "not resumable" not in done.stdout + done.stderr  # the loader's position is in the checkpoint
+    assert "resuming the saved run with its own config.yaml" in done.stderr
+    resumed = json.loads((tmp_path / "metrics.json").read_text())
+    whole = json.loads((uninterrupted_300 / "metrics.json").read_text())
+    assert resumed["steps"] == whole["steps"] == 300 and resumed["test"] == whole["test"]
+    a, b = torch.load(last, weights_only=True), torch.load(uninterrupted_300 / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
+    assert (tmp_path / "config.yaml").read_bytes() == config and not (tmp_path / "resumes.json").exists()
+
+
+def test_a_resume_that_would_change_the_model_is_refused_naming_the_key(uninterrupted_300):
+    config = (uninterrupted_300 / "config.yaml").read_bytes()
+    done = subprocess.run(
+        [str(BIN / "memzoo-train"), f"hydra.run.dir={uninterrupted_300}", "ckpt=last", "backbone.d_model=32", "optim.lr=0.01"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "would change backbone.d_model (16 -> 32), optim.lr (" in done.stderr
+    assert (uninterrupted_300 / "config.yaml").read_bytes() == config
+
+
+def test_more_steps_on_resume_keep_the_saved_schedule_and_are_recorded_beside_the_config(uninterrupted_300, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted_300, run_dir)
+    (run_dir / "metrics.json").unlink()
+    config = (run_dir / "config.yaml").read_bytes()
+    done = subprocess.run(
+        [str(BIN / "memzoo-train"), f"hydra.run.dir={run_dir}", "ckpt=last", "trainer.max_steps=310", "backbone.d_model=16"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "changed: trainer.max_steps 300 -> 310, optim.total_steps None -> 300" in done.stderr  # d_model restates the saved 16
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 310
+    assert (run_dir / "config.yaml").read_bytes() == config
+    record = json.loads((run_dir / "resumes.json").read_text())
+    assert record[0]["changes"] == {"trainer.max_steps": [300, 310], "optim.total_steps": [None, 300]}

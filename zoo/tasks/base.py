@@ -83,6 +83,26 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[skip:])
 
 
+class TrainLoader(DataLoader):
+    """The train split's ``DataLoader`` whose position in the epoch is part of the checkpoint, through
+    Lightning's stateful-loader protocol (``state_dict`` / ``load_state_dict``, what torchdata's
+    ``StatefulDataLoader`` offers): a run resumed from a mid-epoch checkpoint continues the epoch at
+    the next unseen example. ``batches_done()``: the batches trained so far in this epoch (the
+    trainer's count, which unlike the batches this loader yielded excludes the one prefetched)."""
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"examples_done": self.batches_done() * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        done = state["examples_done"]
+        if done < len(self.sampler):  # an epoch that ended starts the next one whole
+            self.sampler.skip = done
+
+
 class EvalShardSampler(DistributedSampler):
     """Evaluation order for rank r of W: examples r, r + W, ... once each. Ranks short of an example
     get one index past the dataset's end (``IgnoredPadding`` serves it with no target scored), so
@@ -184,14 +204,15 @@ class GeneratedDataModule(L.LightningDataModule):
         self.setup()
         trainer = self.trainer
         ranks = {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer else {"num_replicas": 1, "rank": 0}
-        # batches already trained in this epoch: nonzero when resuming from a mid-epoch checkpoint
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer else 0
         # a DistributedSampler even for one process: Lightning leaves it in place and sets its epoch
         sampler = ResumableSampler(self.datasets["train"], shuffle=True, seed=self.seed, drop_last=True, **ranks)
-        if done * self.batch_size < len(sampler):
-            sampler.skip = done * self.batch_size
-        return DataLoader(
-            self.datasets["train"], batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, drop_last=True
+        return TrainLoader(
+            self.datasets["train"],
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            drop_last=True,
+            batches_done=(lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer else (lambda: 0),
         )
 
     def eval_dataloader(self, split: str) -> DataLoader:

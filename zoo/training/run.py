@@ -32,7 +32,7 @@ from zoo.training.signals import CheckpointOnSignal, StopSignals
 from zoo.training.slices import generate_slices
 from zoo.training.stuck_ranks import collective_timeouts
 from zoo.training.throughput import RunThroughput
-from zoo.training.validation_lines import ValidationLines, validate_by_the_end
+from zoo.training.validation_lines import ValidationLines
 
 
 def check_run_config(cfg: DictConfig, budget: Budget | None = None) -> RunConfig:
@@ -109,9 +109,10 @@ def close_loggers(loggers: list[Logger], status: str) -> None:
             wandb.finish(exit_code=0 if status == "success" else 1)
 
 
-def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml: str, started: float) -> dict[str, Any]:
+def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml: str | None, started: float) -> dict[str, Any]:
     """A checked run in its claimed directory: data, trainer, model, fit, test; writes config.yaml
-    (``config_yaml``, the composed config), tb/, checkpoints/ and metrics.json; returns the metrics.
+    (``config_yaml``, the composed config; None: a resume keeps the saved one), tb/, checkpoints/ and
+    metrics.json; returns the metrics.
     SIGTERM or SIGINT saves checkpoints/last.ckpt at the current step and raises ``RunInterrupted``."""
     loggers, status = build_loggers(run.logger, run_dir), "failed"
     try:
@@ -134,7 +135,7 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
             throughput = RunThroughput(seq_len, run.throughput)
             quiet_bar = not run.trainer.get("enable_progress_bar", True)  # a grid's cell: a line per validation instead
             trainer = L.Trainer(
-                **with_distributed_checkpoints(validate_by_the_end(run.trainer), run.collective_timeout_s),
+                **with_distributed_checkpoints(run.trainer, run.collective_timeout_s),
                 default_root_dir=str(run_dir),
                 logger=loggers,
                 callbacks=[
@@ -159,7 +160,7 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
                 pretrained=run.init.pretrained,
             )
             start_from_pretrained(module.model, run.init, resume)
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and config_yaml is not None:
                 atomic_write_text(run_dir / "config.yaml", config_yaml)
             with stop.lightning_stops_as_interrupts(), collective_timeouts(trainer, run.collective_timeout_s):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
