@@ -214,17 +214,22 @@ def compose_cell(overrides: Sequence[str]) -> DictConfig:
 
 def check_cells(cells: list[Cell]) -> None:
     """Compose and check every cell (``zoo.training.train.check_run_config``) before any trains: a typo or an
-    impossible setting in the last cell fails at once, naming the cell. Raises ``ValueError``."""
+    impossible setting in the last cell fails at once, naming the cell. Raises ``ValueError``. Prints
+    each distinct notice of the cells (``RunConfig.notices``) once, with how many cells it concerns."""
     from zoo.training.train import check_run_config
 
+    notices: dict[str, int] = {}
     for cell in cells:
         try:
-            check_run_config(compose_cell(cell.overrides))
+            for notice in check_run_config(compose_cell(cell.overrides)).notices:
+                notices[notice] = notices.get(notice, 0) + 1
         except COMPOSITION_ERRORS as err:
             message = composition_error(err, "train", "memzoo-train", cell.overrides)
             raise ValueError(f"grid cell {cell.key} is invalid: {message}") from err
         except Exception as err:  # noqa: BLE001 - the checks raise several kinds
             raise ValueError(f"grid cell {cell.key} is invalid: {err}") from err
+    for notice, count in notices.items():  # once for the grid, not once per cell
+        print(f"{notice} ({count} of {len(cells)} cells)", flush=True)
 
 
 def check_dispatch(hydra_overrides: Sequence[str]) -> None:
@@ -267,7 +272,7 @@ class CellJob:
         try:
             run_cfg = compose_cell(overrides)
             with one_device_per_job(run_cfg, HydraConfig.get().job.num):
-                train(run_cfg, run_dir)
+                train(run_cfg, run_dir, notices=False)  # check_cells printed them once
             return "done"
         except RunInterrupted as stopped:  # past Hydra's runner (it catches Exception): the grid stops
             raise SignalExit(stopped.exit_code) from stopped

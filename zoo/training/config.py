@@ -23,9 +23,10 @@ from zoo.tasks import build_datamodule
 from zoo.tasks.base import GeneratedDataModule
 from zoo.training.optim import OptimConfig
 from zoo.training.pretrained_init import InitConfig
-from zoo.training.run_checks import check_run_options, check_schedule
+from zoo.training.run_checks import check_run_options, fit_schedule
 from zoo.training.slices import slice_datamodules
 from zoo.training.throughput import ThroughputConfig
+from zoo.training.validation_lines import validate_by_the_end
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -70,7 +71,9 @@ class RunConfig:
     the imported network's, with the memory group). optim, throughput, logger, checkpoint, init:
     their groups. task: the task's options (its datamodule checks them; ``name`` picks the task).
     trainer: ``lightning.Trainer`` keyword arguments (the ones memzoo reads are checked). seed,
-    ckpt, overwrite, size_check, collective_timeout_s, test_slices: ``train.yaml``'s.
+    ckpt, overwrite, size_check, collective_timeout_s, test_slices: ``train.yaml``'s. notices: what
+    the checks adjusted to keep a shortened run valid (a warmup as long as the schedule, a validation
+    interval beyond max_steps), one line each, printed once by the command that runs it.
     """
 
     model: ModelConfig
@@ -87,6 +90,7 @@ class RunConfig:
     size_check: bool
     collective_timeout_s: float
     test_slices: list[dict[str, Any]]
+    notices: list[str]
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> RunConfig:
@@ -96,9 +100,9 @@ class RunConfig:
         ``ValueError`` naming the first bad key, its value and what is allowed."""
         checkpoint = from_mapping(CheckpointConfig, cfg.checkpoint, "checkpoint")
         check_run_options(cfg.seed, cfg.size_check, cfg.overwrite, checkpoint.every_n_train_steps, cfg.collective_timeout_s)
-        trainer = plain(cfg.trainer)
         optim = from_mapping(OptimConfig, cfg.optim, "optim")
-        check_schedule(optim, trainer)
+        optim, warmup_notice = fit_schedule(optim, plain(cfg.trainer))
+        trainer, validation_notice = validate_by_the_end(plain(cfg.trainer))
         throughput = from_mapping(ThroughputConfig, cfg.throughput, "throughput")  # checks itself
         logger = from_mapping(LoggerConfig, cfg.logger, "logger")
         logger.check()
@@ -138,6 +142,7 @@ class RunConfig:
             size_check=cfg.size_check,
             collective_timeout_s=cfg.collective_timeout_s,
             test_slices=test_slices,
+            notices=[notice for notice in (warmup_notice, validation_notice) if notice],
         )
 
     @property

@@ -89,7 +89,7 @@ class OptimConfig:
 
     def validate(self) -> None:
         """Every field's type and range (``ValueError`` naming the first bad one); the schedule's
-        length against ``trainer.max_steps`` is ``zoo.training.run_checks.check_schedule``'s.
+        length against ``trainer.max_steps`` is ``zoo.training.run_checks.fit_schedule``'s.
 
         weight_decay: finite, >= 0, and ``lr * weight_decay < 1``: AdamW's decoupled decay multiplies
         every decayed weight by ``1 - lr * weight_decay`` each step (at the peak lr), which must stay

@@ -3,6 +3,7 @@ wrongly or not at all, and the run directory (never silently overwritten, writab
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import tempfile
@@ -16,22 +17,28 @@ from zoo.training.optim import OptimConfig, check_warmup_cosine, default_warmup
 RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints", "tb")  # what a started or finished run leaves
 
 
-def check_schedule(optim: OptimConfig, trainer: dict[str, Any]) -> None:
-    """Every ``optim`` field (``OptimConfig.validate``: lr and each ``group_lr`` positive and finite,
-    weight decay, betas, eps, warmup, min_lr_ratio, total_steps), the ``trainer`` fields a run's
-    schedule and logging read (max_steps, gradient clip, validation interval, logging interval),
-    and warmup shorter than the schedule; each ``ValueError`` names only the failing field."""
+def fit_schedule(optim: OptimConfig, trainer: dict[str, Any]) -> tuple[OptimConfig, str | None]:
+    """(``optim`` with a warmup shorter than the schedule, the notice when it had to be shortened, or
+    None) after checking every ``optim`` field (``OptimConfig.validate``: lr and each ``group_lr``
+    positive and finite, weight decay, betas, eps, warmup, min_lr_ratio, total_steps) and the
+    ``trainer`` fields a run's schedule and logging read (max_steps, gradient clip, validation
+    interval, logging interval); each ``ValueError`` names only the failing field. A warmup as long
+    as the schedule (a shortened trial of a run: ``trainer.max_steps=5``) becomes a tenth of it."""
     optim.validate()
     check_trainer(trainer)
     max_steps = trainer["max_steps"]
     total = max_steps if optim.total_steps is None else optim.total_steps
     warmup = default_warmup(optim.warmup_steps, total)
     check_warmup_cosine(warmup, total, optim.min_lr_ratio)
-    if warmup >= total:
-        raise ValueError(
-            f"optim.warmup_steps={warmup} must be < the schedule's {total} steps "
-            "(optim.total_steps, or trainer.max_steps when that is null)"
-        )
+    if warmup < total:
+        return optim, None
+    shorter = default_warmup(None, total)
+    notice = (
+        f"optim.warmup_steps={warmup} is not shorter than the schedule's {total} steps "
+        f"({'optim.total_steps' if optim.total_steps is not None else 'trainer.max_steps'}): warming up for {shorter} "
+        "steps instead, a tenth of it"
+    )
+    return dataclasses.replace(optim, warmup_steps=shorter), notice
 
 
 def check_trainer(trainer: dict[str, Any]) -> None:
