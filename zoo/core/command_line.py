@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -97,6 +97,8 @@ def composition_error(err: Exception, config_name: str, command: str, overrides:
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     cause = err.__cause__ if isinstance(err.__cause__, COMPOSITION_ERRORS) else err
+    if isinstance(cause, MissingConfigException) and cause.options and cause.missing_cfg_file:
+        return _unknown_choice(cause.missing_cfg_file, cause.options, command)
     key = getattr(cause, "full_key", None)
     if not (isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key):
         return _one_message(cause, key, overrides)
@@ -108,6 +110,15 @@ def composition_error(err: Exception, config_name: str, command: str, overrides:
     near = nearest_key(key, known)
     hint = f"; did you mean {near}?" if near else ""
     return f"{key} is not a key of the {command} config{hint} (`{command} --cfg job` prints them all)"
+
+
+def _unknown_choice(missing: str, options: Sequence[str], command: str) -> str:
+    """``backbone/mamaba`` not found among ``options`` -> one line with the nearest choice."""
+    group, _, choice = missing.rpartition("/")
+    near = difflib.get_close_matches(choice, options, n=1, cutoff=0.6)
+    hint = f"; did you mean {group}={near[0]}?" if near else ""
+    choices = ", ".join(options)
+    return f"{group}={choice} is not a choice of {group}{hint} (choices: {choices}; `{command} --help` lists the groups)"
 
 
 def _override_key(override: str) -> str:
