@@ -1,12 +1,15 @@
 """README is the front door and docs/ the rooms behind it: every command they show runs as shown.
 
-The ```bash blocks of README.md and docs/*.md are read line by line: the test command is the one CI
-runs; every memzoo-train / memzoo-eval line's overrides compose with Hydra; every memzoo-grid (or its
-older name memzoo-bench) line names a shipped grid whose cells compose with the line's extra
-overrides; every script named exists and has the flags given. The ```python blocks compile, every
+The ```bash blocks of README.md and docs/*.md are read line by line, and so is every memzoo command
+written in their running text (an inline code span): the test command is the one CI runs; every
+memzoo-train / memzoo-eval line's overrides compose with Hydra, and a memzoo-train line passes the
+checks memzoo-train makes before it starts; every memzoo-grid (or its older name memzoo-bench) line
+names a shipped grid whose studies' cells compose with the line's extra overrides and pass those
+checks; every script named exists and has the flags given. The ```python blocks compile, every
 relative link resolves, and every repository path quoted in backticks exists.
 """
 
+import importlib.util
 import re
 import shlex
 from functools import cache
@@ -36,6 +39,9 @@ PLACEHOLDERS = {
 SEPARATORS = {"&&", "||", ";", "|"}
 ENVIRONMENT = re.compile(r"[A-Z_][A-Z0-9_]*=\S*")  # OMP_NUM_THREADS=1 before a command
 HYDRA_ARGUMENT = re.compile(r"[+~]*hydra[./]")  # hydra.run.dir=..., hydra/launcher=...: for the launch, not the run
+INLINE_COMMAND = re.compile(r"`(memzoo-[a-z-]+ [^`]+)`")  # `memzoo-grid quick trainer.max_steps=5` in running text
+# a command in prose that is a template, not a command: DIR, FILE.yaml, GRID, backbone=B, task=<name>, task.<knob>=...
+TEMPLATE = re.compile(r"<[^>]*>|\.\.\.|=[A-Z]\b|\b[A-Z]{3,}\b")
 FENCE = re.compile(r"^([ \t]*)```(\w*)[ \t]*\n(.*?)^\1```", re.M | re.S)
 
 
@@ -74,13 +80,28 @@ def split_line(line: str) -> list[list[str]]:
 
 
 @cache
+def prose_commands() -> tuple[tuple[str, str], ...]:
+    """(page, line) of every memzoo command written in running text (an inline code span naming a
+    ``memzoo-`` command and its arguments), but templates the reader fills in (``TEMPLATE``)."""
+    found = []
+    for page in PAGES:
+        for span in INLINE_COMMAND.findall(FENCE.sub("", page.read_text())):
+            line = " ".join(span.split())
+            if not TEMPLATE.search(line):
+                found.append((where(page), line))
+    return tuple(found)
+
+
+@cache
 def commands() -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """(page, argv) of every command in the bash blocks of README.md and docs/*.md."""
+    """(page, argv) of every command in the bash blocks of README.md and docs/*.md, and in their prose."""
     found = []
     for page, code in code_blocks("bash"):
         for line in code.replace("\\\n", " ").splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
                 found += [(page, tuple(argv)) for argv in split_line(line)]
+    for page, line in prose_commands():
+        found += [(page, tuple(argv)) for argv in split_line(line)]
     return tuple(found)
 
 
@@ -118,6 +139,11 @@ def sweep_cases(overrides: list[str]) -> list[list[str]]:
     return cases
 
 
+def installed(cfg) -> bool:
+    """Whether the optional package a run's logger needs is installed (logger=wandb: the wandb extra)."""
+    return cfg.logger.name != "wandb" or importlib.util.find_spec("wandb") is not None
+
+
 @pytest.fixture(scope="module")
 def hydra_configs():
     from hydra import initialize_config_module
@@ -151,6 +177,8 @@ def test_every_command_in_readme_and_docs_is_one_the_test_knows():
 def test_every_memzoo_train_and_eval_command_composes(hydra_configs):
     from hydra import compose
 
+    from zoo.training.train import check_run_config
+
     checked = 0
     for page, argv in commands():
         if argv[0] not in CONFIG_OF:
@@ -159,15 +187,18 @@ def test_every_memzoo_train_and_eval_command_composes(hydra_configs):
         assert not positional, f"{page}: `{' '.join(argv)}`: {argv[0]} takes no positional argument {positional}"
         for case in sweep_cases(overrides) if multirun else [overrides]:
             try:
-                compose(CONFIG_OF[argv[0]], overrides=case)
-            except Exception as err:  # noqa: BLE001 - Hydra raises several kinds
-                pytest.fail(f"{page}: `{' '.join(argv)}` does not compose ({case}): {err}")
+                cfg = compose(CONFIG_OF[argv[0]], overrides=case)
+                if argv[0] == "memzoo-train" and not cfg.init.pretrained and installed(cfg):  # the story runs imports
+                    check_run_config(cfg)  # what memzoo-train checks before it starts: values, schedule, size
+            except Exception as err:  # noqa: BLE001 - Hydra and the checks raise several kinds
+                pytest.fail(f"{page}: `{' '.join(argv)}` does not compose or is refused ({case}): {err}")
         checked += 1
     assert checked >= 10, f"only {checked} memzoo-train / memzoo-eval commands found"
 
 
 def test_every_memzoo_grid_command_names_a_shipped_grid_whose_cells_compose(hydra_configs):
     from zoo.grid.runner import compose_cell, expand, load_grid, shipped_grids
+    from zoo.training.train import check_run_config
 
     shipped = shipped_grids()
     checked = 0
@@ -183,9 +214,9 @@ def test_every_memzoo_grid_command_names_a_shipped_grid_whose_cells_compose(hydr
             first_of_study.setdefault(cell.study, cell)
         for cell in first_of_study.values():  # every study's base with the line's extra overrides
             try:
-                compose_cell(cell.overrides)
-            except Exception as err:  # noqa: BLE001 - Hydra raises several kinds
-                pytest.fail(f"{page}: `{' '.join(argv)}`: cell {cell.key} does not compose: {err}")
+                check_run_config(compose_cell(cell.overrides))  # as memzoo-grid checks each cell before training
+            except Exception as err:  # noqa: BLE001 - Hydra and the checks raise several kinds
+                pytest.fail(f"{page}: `{' '.join(argv)}`: cell {cell.key} does not compose or is refused: {err}")
         checked += 1
     assert checked >= 3, f"only {checked} memzoo-grid commands found"
 
@@ -197,6 +228,12 @@ def test_every_memzoo_export_command_parses():
     assert lines, "no page shows memzoo-export"
     for argv in lines:
         parse(list(argv[1:]))  # known keys, ckpt and out given, a known format
+
+
+def test_commands_written_in_prose_are_found_and_checked_like_the_blocks():
+    lines = [line for _, line in prose_commands()]
+    assert "memzoo-grid quick trainer.max_steps=5" in lines  # docs/grids.md's trial, checked by the grid test above
+    assert not [line for line in lines if TEMPLATE.search(line)]
 
 
 def test_every_placeholder_marked_occurs_on_a_page():
