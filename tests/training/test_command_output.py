@@ -67,3 +67,13 @@ def test_hydra_full_error_brings_the_traceback_back(tmp_path):
         [*TRAIN, "backbone.pattern=X"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "1"}
     )
     assert done.returncode == 1 and "Traceback" in done.stderr and "unknown mixer letter 'X'" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["zoo.training.train", "zoo.training.evaluate"])
+def test_help_says_what_the_command_does_its_groups_keys_and_docs(tmp_path, command):
+    done = subprocess.run([sys.executable, "-m", command, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout
+    assert text.startswith(("memzoo-train: train one sequence model", "memzoo-eval: test a trained checkpoint"))
+    assert "task: compression, facts, fuzzy_icr, icr, lm, memorization, mqar" in text and "Most used keys:" in text
+    assert "--cfg job" in text and "docs/runs.md" in text and len(text.splitlines()) < 40  # not the full config dump

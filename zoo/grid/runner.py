@@ -340,7 +340,15 @@ def is_dispatch_override(override: str) -> bool:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        description="Train a benchmark grid, one Hydra job per cell, and write its tables and figures."
+        description=(
+            "Train a benchmark grid (backbones x memory x sizes x tasks, each cell one memzoo-train run), one Hydra job "
+            "per cell, skipping cells already done; write results.csv, summary.md and figures under OUT/<grid>/."
+        ),
+        epilog=(
+            "examples: memzoo-grid quick --list | memzoo-grid quick trainer.max_steps=5 (a shortened trial) | "
+            "memzoo-grid quick hydra/launcher=joblib hydra.launcher.n_jobs=2 (two cells at a time). "
+            "Docs: docs/grids.md (grid files, output, launchers), docs/results.md (what the shipped grids measured)."
+        ),
     )
     parser.add_argument("grid", help=f"a shipped grid (zoo/grid/specs/<name>.yaml: {', '.join(shipped_grids())}) or a .yaml path")
     parser.add_argument(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
@@ -144,7 +144,9 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
                     throughput,
                     LearningRateMonitor(logging_interval="step"),
                     *memory_callbacks(run.model.memory),
-                    *([ValidationLines("/".join(run_dir.parts[-2:]))] if quiet_bar else []),
+                    # a line per validation without a bar; with it, the tqdm bar ("Epoch 3: 40%"): the rich bar Lightning
+                    # picks where rich is installed counts epochs to max_epochs - 1, "Epoch 0/-2" in a run bounded by steps
+                    ValidationLines("/".join(run_dir.parts[-2:])) if quiet_bar else TQDMProgressBar(),
                 ],
                 plugins=[AtomicCheckpointIO()],
             )
