@@ -248,15 +248,19 @@ def uninterrupted_300(tmp_path_factory):
     return run_dir
 
 
+def resume_in(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``memzoo-train hydra.run.dir=RUN_DIR ckpt=last OVERRIDES``, as a user resumes: nothing else given."""
+    cmd = [str(BIN / "memzoo-train"), f"hydra.run.dir={run_dir}", "ckpt=last", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
 def test_resume_with_only_the_run_directory_continues_the_saved_run_bit_for_bit(uninterrupted_300, tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
     code, _ = stop_with(signal.SIGTERM, [str(BIN / "memzoo-train"), *SAVED, f"hydra.run.dir={tmp_path}"], last, after_step=40)
     assert code == 143 and 40 <= checkpoint_step(last) < 300
     config = (tmp_path / "config.yaml").read_bytes()
 
-    done = subprocess.run(
-        [str(BIN / "memzoo-train"), f"hydra.run.dir={tmp_path}", "ckpt=last"], capture_output=True, text=True, timeout=600
-    )
+    done = resume_in(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "not resumable" not in done.stdout + done.stderr  # the loader's position is in the checkpoint
     assert "resuming the saved run with its own config.yaml" in done.stderr
@@ -270,12 +274,7 @@ def test_resume_with_only_the_run_directory_continues_the_saved_run_bit_for_bit(
 
 def test_a_resume_that_would_change_the_model_is_refused_naming_the_key(uninterrupted_300):
     config = (uninterrupted_300 / "config.yaml").read_bytes()
-    done = subprocess.run(
-        [str(BIN / "memzoo-train"), f"hydra.run.dir={uninterrupted_300}", "ckpt=last", "backbone.d_model=32", "optim.lr=0.01"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = resume_in(uninterrupted_300, "backbone.d_model=32", "optim.lr=0.01")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "would change backbone.d_model (16 -> 32), optim.lr (" in done.stderr
     assert (uninterrupted_300 / "config.yaml").read_bytes() == config
@@ -288,12 +287,7 @@ def test_more_steps_on_resume_keep_the_saved_schedule_and_are_recorded_beside_th
     shutil.copytree(uninterrupted_300, run_dir)
     (run_dir / "metrics.json").unlink()
     config = (run_dir / "config.yaml").read_bytes()
-    done = subprocess.run(
-        [str(BIN / "memzoo-train"), f"hydra.run.dir={run_dir}", "ckpt=last", "trainer.max_steps=310", "backbone.d_model=16"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = resume_in(run_dir, "trainer.max_steps=310", "backbone.d_model=16")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "changed: trainer.max_steps 300 -> 310, optim.total_steps None -> 300" in done.stderr  # d_model restates the saved 16
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 310
