@@ -19,6 +19,7 @@ from zoo.grid.report import (  # noqa: E402
     capacity_figure,
     knowledge_figure,
     lm_compute_figure,
+    lm_curves,
     mqar_figure,
 )
 
@@ -109,7 +110,7 @@ def figures(tmp_path):
         "knowledge_bits_vs_facts": knowledge_figure(best(knowledge_rows())),
         "mqar_accuracy_vs_d_model": mqar_figure(best(mqar_rows())),
         "facts_recalled_vs_params": capacity_figure(best(facts_rows())),
-        "lm_val_bpb_vs_train_flops": lm_compute_figure(best(lm), dirs),
+        "lm_val_bpb_vs_train_flops": lm_compute_figure(best(lm), lm_curves(lm, dirs)),
     }
     yield made
     for fig in made.values():

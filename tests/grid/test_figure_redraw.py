@@ -1,5 +1,6 @@
 """A committed grid's figures redrawn from its results.csv alone: the rows read back as the report
-wrote them, every figure but the LM curves (which need the runs' TensorBoard events) rewritten."""
+wrote them, every figure but the LM curves rewritten when the grid has no curves.csv (their redraw
+from it: test_lm_curves.py)."""
 
 from zoo.grid.report import read_csv, redraw, write_csv
 
@@ -37,7 +38,7 @@ def test_results_csv_reads_back_as_the_rows_less_their_empty_cells(tmp_path):
     assert isinstance(read[0]["seed"], int) and isinstance(read[0]["lr"], float)
 
 
-def test_redraw_rewrites_the_figures_but_the_lm_curves(tmp_path):
+def test_redraw_without_curves_csv_rewrites_the_figures_but_the_lm_curves(tmp_path):
     rows = [run(task, m, 0, 0.5) for task in ("mqar", "lm") for m in ("none", "pkm")]
     write_csv(rows, tmp_path / "results.csv")
     (tmp_path / "lm_val_bpb_vs_train_flops.png").write_bytes(b"kept")

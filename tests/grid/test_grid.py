@@ -84,6 +84,8 @@ def test_grid_writes_a_row_per_cell_a_summary_and_the_figures(grid_run):
         "lm_val_bpb_vs_train_flops",
     ):
         assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    curves = list(csv.DictReader((root / "curves.csv").open()))  # the LM figures' curves, a row per validation
+    assert {r["study"] for r in curves} == {"lm"} and [int(r["step"]) for r in curves] == [2, 4]
 
 
 def test_best_of_lr_keeps_one_row_per_cell(grid_run):

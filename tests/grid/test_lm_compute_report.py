@@ -7,7 +7,7 @@ import math
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from zoo.grid.report import aggregate, best_of_lr, compute_multipliers, lm_compute_figure, summary_markdown
+from zoo.grid.report import aggregate, best_of_lr, compute_multipliers, lm_compute_figure, lm_curves, summary_markdown
 
 # MLP: val_bpb = 3.0 - 0.1 * log2(steps / 100) at 1e9 training FLOPs per step
 MLP = {100: [3.0], 200: [2.89, 2.90, 2.91], 400: [2.8], 800: [2.7]}
@@ -78,8 +78,8 @@ def test_summary_lists_the_multiplier_per_seed_and_mean_when_all_are_on_the_curv
 
 
 def test_figure_puts_validation_against_training_flops_with_the_mlp_curve(grid):
-    _, best, dirs = grid
-    (ax,) = lm_compute_figure(best, dirs).axes
+    rows, best, dirs = grid
+    (ax,) = lm_compute_figure(best, lm_curves(rows, dirs)).axes
     assert ax.get_xscale() == "log" and ax.get_title() == "transformer"
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert lines["MLP, final at each budget"].get_xydata().tolist() == [

@@ -1,6 +1,7 @@
 """A grid's records -> results.csv (one row per run), summary.md (per cell: mean ± std over its
-seeds, at the learning rate with the best mean), PNG figures (error bars and per-seed points when a
-cell has several seeds), and the figures as images in the grid's TensorBoard log."""
+seeds, at the learning rate with the best mean), curves.csv (the LM runs' validation curves), PNG
+figures (error bars and per-seed points when a cell has several seeds), and the figures as images in
+the grid's TensorBoard log."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ COLUMNS = 2  # panels per row: a figure under 900 px wide stays legible shown at
 PANEL = (4.0, 3.1)  # one panel, inches
 DPI = 110
 LEGEND = 7.5  # legend font size, points
+CURVE_COLUMNS = ("study", "cell", "step", "train_flops", "val_bpb")
+Curves = dict[tuple[str, str], list[dict[str, Any]]]  # (study, cell) -> a run's validations, in step order
 
 
 def row(record: dict[str, Any]) -> dict[str, Any]:
@@ -107,10 +110,11 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    columns: list[str] = []
-    for r in rows:
-        columns += [c for c in r if c not in columns]
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str] = ()) -> Path:
+    """``rows`` as CSV at ``path`` (atomically) under ``columns``, by default every key of the rows in
+    the order first seen."""
+    if not columns:
+        columns = list(dict.fromkeys(c for r in rows for c in r))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -543,15 +547,42 @@ def validation_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(points)
 
 
-def _draw_seed_curve(ax, cell: dict[str, Any], dirs: dict[tuple[str, str], Path], per_step, **style: Any) -> None:
-    """A cell's validation bits per byte, the mean over its seeds at each validation, against
-    ``step * per_step(run)`` (1: steps; training FLOPs per step: FLOPs), shaded ± one standard
-    deviation when it has several seeds; ``style`` goes to ``ax.plot`` (linestyle, color, label)."""
+def lm_curves(rows: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]) -> Curves:
+    """Each finished LM run's validation bits per byte from the TensorBoard events in its directory
+    (``dirs``), by (study, cell): a point per validation with its step and, when the run recorded its
+    training FLOPs, the training FLOPs up to it (step x training FLOPs per step)."""
+    curves = {}
+    for r in (r for r in rows if r.get("task") == "lm" and r["status"] == "done"):
+        per_step = r["train_flops"] / r["steps"] if r.get("train_flops") else None
+        points = curves[(r["study"], r["cell"])] = []
+        for step, value in validation_curve(dirs[(r["study"], r["cell"])], "val/bpb"):
+            flops = {"train_flops": step * per_step} if per_step else {}
+            points.append({"step": step, **flops, "val_bpb": value})
+    return curves
+
+
+def write_curves(curves: Curves, path: Path) -> Path:
+    """curves.csv: a row per run and validation (``CURVE_COLUMNS``), runs in (study, cell) order."""
+    rows = [{"study": study, "cell": cell, **point} for (study, cell), points in sorted(curves.items()) for point in points]
+    return write_csv(rows, path, CURVE_COLUMNS)
+
+
+def read_curves(path: Path) -> Curves:
+    """curves.csv's points back as ``lm_curves`` made them (a run without a validation is absent)."""
+    curves: Curves = defaultdict(list)
+    for r in read_csv(path):
+        curves[(r.pop("study"), r.pop("cell"))].append(r)
+    return dict(curves)
+
+
+def _draw_seed_curve(ax, cell: dict[str, Any], curves: Curves, x: str, **style: Any) -> None:
+    """A cell's validation bits per byte, the mean over its seeds at each validation, against its
+    runs' ``x`` (``step`` or ``train_flops``), shaded ± one standard deviation when it has several
+    seeds; ``style`` goes to ``ax.plot`` (linestyle, color, label)."""
     by_x = defaultdict(list)
     for run in cell["runs"]:
-        scale = per_step(run)
-        for step, value in validation_curve(dirs[(run["study"], run["cell"])], "val/bpb"):
-            by_x[step * scale].append(value)
+        for point in curves.get((run["study"], run["cell"]), []):
+            by_x[point[x]].append(point["val_bpb"])
     if not by_x:
         return
     xs = sorted(by_x)
@@ -563,14 +594,12 @@ def _draw_seed_curve(ax, cell: dict[str, Any], dirs: dict[tuple[str, str], Path]
         ax.fill_between(xs, low, high, color=line[0].get_color(), alpha=0.2)
 
 
-def lm_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
+def lm_figure(best: list[dict[str, Any]], curves: Curves):
     """LM validation bits per byte vs step, a line per backbone +- memory (the mean over seeds,
     shaded ± one standard deviation when there are several)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in sorted((r for r in best if r.get("task") == "lm"), key=_line_label):
-        _draw_seed_curve(
-            ax, r, dirs, per_step=lambda run: 1, linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r)
-        )
+        _draw_seed_curve(ax, r, curves, "step", linestyle="--" if r["memory"] != "none" else "-", label=_line_label(r))
     ax.set(xlabel="training step", ylabel="validation bits per byte")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -637,7 +666,7 @@ def multiplier_markdown(best: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]):
+def lm_compute_figure(best: list[dict[str, Any]], curves: Curves):
     """Validation bits per byte against training FLOPs (log x), a panel per backbone: a line per
     channel at the budget the memory cells train (the mean over seeds at each validation, shaded ±
     one standard deviation), and the MLP model's dense compute curve (its final validation at every
@@ -652,7 +681,7 @@ def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Pa
         for label, cells in _by_channel(mine).items():
             for cell in (c for c in cells if c["steps_planned"] in budgets):
                 style = {"linestyle": "-" if label == "MLP" else "--", "color": colors[label], "label": label}
-                _draw_seed_curve(ax, cell, dirs, per_step=lambda run: run["train_flops"] / run["steps"], **style)
+                _draw_seed_curve(ax, cell, curves, "train_flops", **style)
         curve = sorted((r["train_flops"], r["val_bpb"]) for r in mine if r["memory"] == "none")
         if len(curve) > 1:
             ax.plot(*zip(*curve), marker="s", linestyle=":", color=colors.get("MLP", "grey"), label="MLP, final at each budget")
@@ -664,9 +693,9 @@ def lm_compute_figure(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Pa
     return fig
 
 
-def figures(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path] | None = None) -> dict[str, Any]:
+def figures(best: list[dict[str, Any]], curves: Curves | None = None) -> dict[str, Any]:
     """The report's figures by file name, a set per task family present; the LM curves only with
-    ``dirs``, the run directories whose TensorBoard events they read."""
+    ``curves`` (``lm_curves`` from the runs' TensorBoard events, or ``read_curves`` from curves.csv)."""
     tasks = {r.get("task") for r in best}
     out = {}
     if "mqar" in tasks:
@@ -678,10 +707,10 @@ def figures(best: list[dict[str, Any]], dirs: dict[tuple[str, str], Path] | None
     elif "facts" in tasks:
         out["facts_recalled"] = facts_figure(best)
         out["facts_recalled_vs_params"] = capacity_figure(best)
-    if dirs is not None and "lm" in tasks:
-        out["lm_val_bpb_vs_step"] = lm_figure(best, dirs)
-    if dirs is not None and _lm_rows(best):  # LM runs that recorded their training FLOPs and last validation
-        out["lm_val_bpb_vs_train_flops"] = lm_compute_figure(best, dirs)
+    if curves is not None and "lm" in tasks:
+        out["lm_val_bpb_vs_step"] = lm_figure(best, curves)
+    if curves is not None and _lm_rows(best):  # LM runs that recorded their training FLOPs and last validation
+        out["lm_val_bpb_vs_train_flops"] = lm_compute_figure(best, curves)
     return out
 
 
@@ -691,15 +720,18 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_report(records: list[dict[str, Any]], root: Path, overrides: Sequence[str] = ()) -> list[Path]:
-    """results.csv, summary.md, one PNG per task family present, and those figures in root/tb;
-    ``overrides``: what the command line added to every cell, recorded in summary.md."""
+    """results.csv, summary.md, curves.csv when the grid has LM runs (the curves its LM figures draw),
+    one PNG per task family present, and those figures in root/tb; ``overrides``: what the command
+    line added to every cell, recorded in summary.md."""
     rows = [row(r) for r in records]
     summary = summary_markdown(rows, overrides)
     paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary)]
+    curves = lm_curves(rows, {(r["study"], r["cell"]): Path(r["dir"]) for r in records})
+    if curves:
+        paths.append(write_curves(curves, root / "curves.csv"))
     best = best_of_lr(aggregate(rows))
-    dirs = {(r["study"], r["cell"]): Path(r["dir"]) for r in records}
     with SummaryWriter(str(root / "tb")) as writer:
-        for name, fig in figures(best, dirs).items():
+        for name, fig in figures(best, curves).items():
             paths.append(_save(fig, root / f"{name}.png"))
             writer.add_figure(f"grid/{name}", fig, close=True)
     return paths
@@ -722,10 +754,12 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def redraw(root: Path) -> list[Path]:
-    """The figures of a finished grid redrawn from root/results.csv alone, in place; the LM curves,
-    which read each run's TensorBoard events, are left as they are."""
+    """The figures of a finished grid redrawn in place from root/results.csv and, for the LM curves,
+    root/curves.csv; without curves.csv (grids reported before it was written) the LM figures are
+    left as they are."""
+    curves = read_curves(root / "curves.csv") if (root / "curves.csv").is_file() else None
     paths = []
-    for name, fig in figures(best_of_lr(aggregate(read_csv(root / "results.csv")))).items():
+    for name, fig in figures(best_of_lr(aggregate(read_csv(root / "results.csv"))), curves).items():
         paths.append(_save(fig, root / f"{name}.png"))
         plt.close(fig)
     return paths
