@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from zoo.grid.report import validation_curve
 from zoo.grid.runner import expand, load_grid, main
 
 TINY = [
@@ -85,7 +86,10 @@ def test_grid_writes_a_row_per_cell_a_summary_and_the_figures(grid_run):
     ):
         assert (root / f"{name}.png").read_bytes().startswith(b"\x89PNG")
     curves = list(csv.DictReader((root / "curves.csv").open()))  # the LM figures' curves, a row per validation
-    assert {r["study"] for r in curves} == {"lm"} and [int(r["step"]) for r in curves] == [2, 4]
+    (lm_run,) = (root / "runs" / "lm").iterdir()
+    logged = validation_curve(lm_run, "val/bpb")
+    assert len(logged) == 2  # validations at steps 2 and 4 (logged by Lightning as 1 and 3)
+    assert [(r["study"], int(r["step"]), float(r["val_bpb"])) for r in curves] == [("lm", *point) for point in logged]
 
 
 def test_best_of_lr_keeps_one_row_per_cell(grid_run):
