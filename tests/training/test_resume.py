@@ -294,3 +294,17 @@ def test_more_steps_on_resume_keep_the_saved_schedule_and_are_recorded_beside_th
     assert (run_dir / "config.yaml").read_bytes() == config
     record = json.loads((run_dir / "resumes.json").read_text())
     assert record[0]["changes"] == {"trainer.max_steps": [300, 310], "optim.total_steps": [None, 300]}
+
+
+def test_a_group_choice_on_resume_changes_only_the_keys_that_differ_and_each_is_judged_alone():
+    from omegaconf import OmegaConf
+
+    from zoo.training.resume_config import resumed_config
+
+    saved = OmegaConf.create({"ckpt": None, "trainer": {"max_steps": 2, "devices": 2}, "optim": {"total_steps": 4}})
+    composed = OmegaConf.create({"ckpt": "last", "trainer": {"max_steps": 4, "devices": 2}, "optim": {"total_steps": 4}})
+    config, changes = resumed_config(saved, composed, ["trainer=ddp", "ckpt=last"])
+    assert changes == {"trainer.max_steps": [2, 4]} and config.trainer.max_steps == 4 and config.ckpt == "last"
+    composed.trainer.devices = 1  # a different world size changes the data each rank sees
+    with pytest.raises(ValueError, match=r"would change trainer\.devices \(2 -> 1\)"):
+        resumed_config(saved, composed, ["trainer=ddp", "ckpt=last"])

@@ -61,8 +61,14 @@ def saved_config(run_dir: Path) -> DictConfig | None:
         raise ValueError(f"{path}: not the config.yaml of a memzoo run ({type(err).__name__}: {err})") from err
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+def _changed_leaves(key: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """(path, old, new) of every value under ``key`` that differs between two configs' values there: a
+    group choice (``trainer=ddp``) is compared key by key, so it changes only what really differs."""
+    old = OmegaConf.to_container(old, resolve=True) if OmegaConf.is_config(old) else old
+    new = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [leaf for k in dict.fromkeys([*old, *new]) for leaf in _changed_leaves(f"{key}.{k}", old.get(k), new.get(k))]
+    return [] if old == new else [(key, old, new)]
 
 
 def resumed_config(saved: DictConfig, composed: DictConfig, overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any]]:
@@ -73,15 +79,13 @@ def resumed_config(saved: DictConfig, composed: DictConfig, overrides: Sequence[
     config = saved.copy()
     changes, refused = {}, []
     for key in override_keys(overrides):
-        old, new = _plain(OmegaConf.select(saved, key)), _plain(OmegaConf.select(composed, key))
-        if old == new:
-            continue
-        if not any(key == safe or key.startswith(f"{safe}.") for safe in RESUME_SAFE):
-            refused.append(f"{key} ({old!r} -> {new!r})")
-            continue
-        OmegaConf.update(config, key, OmegaConf.select(composed, key), merge=False, force_add=True)
-        if key != "ckpt":
-            changes[key] = [old, new]
+        for leaf, old, new in _changed_leaves(key, OmegaConf.select(saved, key), OmegaConf.select(composed, key)):
+            if not any(leaf == safe or leaf.startswith(f"{safe}.") for safe in RESUME_SAFE):
+                refused.append(f"{leaf} ({old!r} -> {new!r})")
+                continue
+            OmegaConf.update(config, leaf, new, merge=False, force_add=True)
+            if leaf != "ckpt":
+                changes[leaf] = [old, new]
     if refused:
         raise ValueError(
             f"resuming the saved run would change {', '.join(refused)}: these change its model, data or optimizer "
