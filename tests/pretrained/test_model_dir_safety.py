@@ -200,7 +200,7 @@ MEMZOO_HOSTILE = [
     (lambda d: fifo(d / "model.safetensors"), r"is a FIFO"),
     (
         lambda d: write_safetensors(d / "model.safetensors", {"embedding.weight": F32}, bytes(8)),
-        r"embedding\.weight has shape \(2,\)",
+        r"embedding\.weight: file \(2,\), model \(50, 32\)",
     ),
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +51,27 @@ def check_weights(path: str | os.PathLike, model_values: Any, shapes: dict[str, 
         want = model_shapes(model_values)
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
         raise ValueError(f"{where}: its hyper_parameters.model does not describe a model memzoo builds: {err}") from err
-    got = dict(shapes)  # a LitLanguageModel's state is its model's: any other entry is unexpected
-    problems = [f"missing {key}" for key in want if key not in got]
-    problems += [f"unexpected {key}" for key in got if key not in want]
-    problems += [
-        f"{key}: checkpoint {_shape(got[key])}, model {tuple(shape)}"
+    problems = weight_problems(want, shapes)  # a LitLanguageModel's state is its model's: any other entry is unexpected
+    if problems:
+        raise ValueError(f"{where}: its weights do not fit the model of its hyper_parameters.model: {problems}")
+
+
+def weight_problems(
+    want: Mapping[str, Any], got: Mapping[str, Any], source: str = "checkpoint", optional: Collection[str] = ()
+) -> str | None:
+    """The entries of ``got`` (key -> shape or tensor, from a ``source`` file) against ``want`` (key ->
+    the model's shape): each differently shaped one, missing one (but those ``optional``: tied weights
+    stored once) and unexpected one, the first 8 on one line; None when they fit."""
+    problems = [  # a shape that differs says most about what the file holds: named first
+        f"{key}: {source} {_shape(got[key])}, model {tuple(shape)}"
         for key, shape in want.items()
         if key in got and _shape(got[key]) != tuple(shape)
     ]
-    if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise ValueError(f"{where}: its weights do not fit the model of its hyper_parameters.model: {shown}")
+    problems += [f"missing {key}" for key in want if key not in got and key not in optional]
+    problems += [f"unexpected {key}" for key in got if key not in want]
+    if not problems:
+        return None
+    return "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
 
 
 def _shape(value: Any) -> tuple | str:

@@ -19,7 +19,7 @@ import torch
 from zoo.core.dir_lock import exclusive_dir
 from zoo.model.language_model import LanguageModel, build_model
 from zoo.model.loading import load_model as load_checkpoint_model
-from zoo.model.loading import one_process, stored_model_config
+from zoo.model.loading import one_process, stored_model_config, weight_problems
 from zoo.model.size_budget import Budget, check_model_size, host_memory
 from zoo.pretrained.files import CONFIG_MAX_BYTES, has_file, model_file, read_model_json, safetensors_header, tokenizer_file
 
@@ -50,7 +50,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """A model directory's ``config.json`` as a dict (a regular file inside it, at most
     ``CONFIG_MAX_BYTES``, nesting bounded); ``ValueError`` naming the file when there is none or it is
     not a JSON object."""
-    if not Path(path).is_dir() or not has_file(path, CONFIG_FILE):
+    if not is_model_dir(path):
         raise ValueError(f"{str(path)!r} is not a model directory: it has no {CONFIG_FILE}")
     config = read_model_json(path, CONFIG_FILE, "config", CONFIG_MAX_BYTES)
     if not isinstance(config, dict):
@@ -167,18 +167,12 @@ def check_state_fits(where: str | os.PathLike, state: dict[str, torch.Tensor], o
     """``state`` (meta tensors from headers) fits ``own`` (the model's state dict): no entry the model
     lacks, none of another shape, none of the model's missing but weights it shares with an entry
     ``state`` holds (tied weights stored once); ``ValueError`` naming ``where`` and the first entries
-    that differ, before any tensor is read."""
+    that differ (``zoo.model.loading.weight_problems``), before any tensor is read."""
     stored = {own[key].data_ptr() for key in state if key in own}
-    unexpected = [key for key in state if key not in own]
-    missing = [key for key, tensor in own.items() if key not in state and tensor.data_ptr() not in stored]
-    wrong = [
-        f"{key} has shape {tuple(state[key].shape)}, the model needs {tuple(own[key].shape)}"
-        for key in state
-        if key in own and state[key].shape != own[key].shape
-    ]
-    if unexpected or missing or wrong:
-        shown = wrong[:4] + [f"missing {k}" for k in missing[:4]] + [f"unexpected {k}" for k in unexpected[:4]]
-        raise ValueError(f"{where}: its weights do not fit the model of its config.json: {'; '.join(shown)}")
+    shared = [key for key, tensor in own.items() if key not in state and tensor.data_ptr() in stored]
+    problems = weight_problems({key: tensor.shape for key, tensor in own.items()}, state, "file", shared)
+    if problems:
+        raise ValueError(f"{where}: its weights do not fit the model of its config.json: {problems}")
 
 
 def device_budget(map_location: str | torch.device) -> Budget:

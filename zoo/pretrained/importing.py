@@ -18,6 +18,7 @@ import torch
 from zoo.core.dataclass_config import from_mapping
 from zoo.memory import MemoryConfig, memory_layers
 from zoo.model.language_model import LanguageModel, ModelConfig, build_model
+from zoo.model.loading import weight_problems
 from zoo.model.size_budget import check_model_size
 from zoo.pretrained import llama, mamba
 from zoo.pretrained.directory import TOKENIZER_FILES, WEIGHTS_FILE, read_config
@@ -194,18 +195,15 @@ def _imported(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, 
 
 def _check_mapped(model: LanguageModel, path: Path, mapped: dict[str, torch.Tensor]) -> None:
     """``mapped`` (the imported tensors in memzoo's names) fills every parameter of ``model`` but its
-    memory layers', each of the model's shape; ``ValueError`` naming the entries that do not."""
-    config, own = model.config, model.state_dict()
-    state = _imported(mapped, config)
-    memory_keys = {key for key in own if key.startswith(_memory_prefixes(model))}
-    unexpected = [key for key in state if key not in own or key in memory_keys]
-    missing = [key for key in own if key not in state and key not in memory_keys and not _tied_head(key, config)]
-    if unexpected or missing:
-        shown = [f"missing {k}" for k in missing[:6]] + [f"unexpected {k}" for k in unexpected[:6]]
-        raise ValueError(f"{path}: its weights do not map onto the {config.name} model of its config.json: {'; '.join(shown)}")
-    for key, value in state.items():
-        if own[key].shape != value.shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(own[key].shape)}")
+    memory layers' (and a tied head's), each of the model's shape; ``ValueError`` naming the entries
+    that do not (``zoo.model.loading.weight_problems``)."""
+    config = model.config
+    memory = _memory_prefixes(model)
+    want = {key: tensor.shape for key, tensor in model.state_dict().items() if not key.startswith(memory)}
+    tied = ["lm_head.weight"] if config.tie_embeddings else []
+    problems = weight_problems(want, _imported(mapped, config), "file", tied)
+    if problems:
+        raise ValueError(f"{path}: its weights do not map onto the {config.name} model of its config.json: {problems}")
 
 
 def _memory_prefixes(model: LanguageModel) -> tuple[str, ...]:
@@ -214,7 +212,3 @@ def _memory_prefixes(model: LanguageModel) -> tuple[str, ...]:
     memories = {id(layer) for layer in memory_layers(model).values()}
     prefixes = [f"{name}." for name, module in model.named_modules() if id(module) in memories]
     return (*prefixes, *(f"blocks.{i}.memory_norm." for i, block in enumerate(model.blocks) if block.memory_norm is not None))
-
-
-def _tied_head(key: str, config: ModelConfig) -> bool:
-    return key == "lm_head.weight" and config.tie_embeddings
