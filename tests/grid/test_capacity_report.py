@@ -3,6 +3,7 @@ backbone, MLP cells as squares and a wider (more FLOPs) MLP as a star, mean ± s
 the memory cells' test-set usage beside it; the capacity grid keeps FLOPs per token matched."""
 
 import pytest
+from helpers.grid_rows import finished_row
 from hydra import compose, initialize_config_module
 from matplotlib.container import ErrorbarContainer
 
@@ -15,12 +16,7 @@ from zoo.training.config import RunConfig
 
 def run(cell, seed, params, flops, recalled, memory="pkm", usage=None):
     r = {
-        "study": "s",
-        "cell": f"{cell}_seed={seed}",
-        "setting": cell,
-        "group": cell,
-        "seed": seed,
-        "status": "done",
+        **finished_row("s", cell, seed),
         "task": "facts",
         "backbone": "transformer",
         "memory": memory,

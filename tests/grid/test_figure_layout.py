@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+from helpers.grid_rows import finished_row
 from matplotlib.container import BarContainer  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
@@ -31,12 +32,7 @@ def run(backbone, slots, seed, **measured):
     """A finished run's results.csv row: ``backbone`` with an MLP (``slots`` None) or a memory."""
     cell = f"{backbone}_{slots}_{'_'.join(f'{k}={v}' for k, v in measured.items() if k.startswith('task.'))}"
     return {
-        "study": "s",
-        "cell": f"{cell}_seed={seed}",
-        "setting": cell,
-        "group": cell,
-        "seed": seed,
-        "status": "done",
+        **finished_row("s", cell, seed),
         "backbone": backbone,
         "memory": "none" if slots is None else "pkm",
         "slots": slots,

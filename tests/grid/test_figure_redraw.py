@@ -2,18 +2,15 @@
 wrote them, every figure but the LM curves rewritten when the grid has no curves.csv (their redraw
 from it: test_lm_curves.py)."""
 
+from helpers.grid_rows import finished_row
+
 from zoo.grid.report import read_csv, redraw, write_csv
 
 
 def run(task, memory, seed, acc):
     cell = f"{task}_{memory}"
     return {
-        "study": task,
-        "cell": f"{cell}_seed={seed}",
-        "setting": cell,
-        "group": cell,
-        "seed": seed,
-        "status": "done",
+        **finished_row(task, cell, seed),
         "task": task,
         "backbone": "transformer",
         "memory": memory,

@@ -3,6 +3,7 @@ channel, the all-facts diagonal) and capacity against parameters (the plateau of
 2 bits/parameter reference), mean ± std over seeds; summary.md lists the knowledge columns."""
 
 import pytest
+from helpers.grid_rows import finished_row
 from matplotlib.container import ErrorbarContainer
 
 from zoo.grid.report import aggregate, best_of_lr, capacity_bits_figure, knowledge_figure, summary_markdown
@@ -11,12 +12,7 @@ from zoo.grid.report import aggregate, best_of_lr, capacity_bits_figure, knowled
 def run(backbone, slots, facts, seed, bits, params):
     cell = f"{backbone}_{slots}_{facts}"
     return {
-        "study": f"facts_{facts}",
-        "cell": f"{cell}_seed={seed}",
-        "setting": cell,
-        "group": cell,
-        "seed": seed,
-        "status": "done",
+        **finished_row(f"facts_{facts}", cell, seed),
         "task": "facts",
         "backbone": backbone,
         "memory": "none" if slots is None else "pkm",

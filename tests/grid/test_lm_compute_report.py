@@ -5,6 +5,7 @@ per byte against training FLOPs."""
 import math
 
 import pytest
+from helpers.grid_rows import finished_row
 from torch.utils.tensorboard import SummaryWriter
 
 from zoo.grid.report import aggregate, best_of_lr, compute_multipliers, lm_compute_figure, lm_curves, summary_markdown
@@ -21,12 +22,7 @@ def run(tmp_path, study, steps, seed, bpb, slots=None):
         for step in (steps // 2, steps):
             writer.add_scalar("val/bpb", bpb + (0.3 if step < steps else 0.0), step)
     row = {
-        "study": study,
-        "cell": f"{cell}_seed={seed}",
-        "setting": cell,
-        "group": cell,
-        "seed": seed,
-        "status": "done",
+        **finished_row(study, cell, seed),
         "task": "lm",
         "backbone": "transformer",
         "memory": "none" if slots is None else "pkm",

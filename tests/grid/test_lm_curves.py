@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.grid_rows import finished_row
 from torch.utils.tensorboard import SummaryWriter
 
 from zoo.grid import report
@@ -42,8 +43,7 @@ def record(tmp_path, study, steps, seed, bpb, slots):
         "test": {"test/bpb": bpb},
         "val": {"val/bpb": bpb},
     }
-    run = {"study": study, "cell": f"{cell}_seed={seed}", "setting": cell, "group": cell, "seed": seed, "status": "done"}
-    return {**run, "dir": str(run_dir), "metrics": metrics}
+    return {**finished_row(study, cell, seed), "dir": str(run_dir), "metrics": metrics}
 
 
 def plotted(fig):
