@@ -50,8 +50,7 @@ class _RowSparseRead(torch.autograd.Function):
         table, slots, weights = ctx.saved_tensors
         needs = (ctx.needs_input_grad[2], ctx.needs_input_grad[0])
         grad_weights, unique, rows = ctx.ops.read_backward(table, slots, weights, grad_out, ctx.workspace, needs)
-        grad_table = row_gradient(unique, rows.to(table.dtype), table.shape) if needs[1] else None
-        return grad_table, None, grad_weights, None
+        return (row_gradient(unique, rows.to(table.dtype), table.shape) if needs[1] else None), None, grad_weights, None
 
 
 def row_gradient(unique: torch.Tensor, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -9,6 +9,7 @@ Each op's result does not depend on the thread count."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -70,9 +71,10 @@ def built() -> bool:
 
         _ninja_on_path()
         isa, flags = _instruction_set()
+        tree = hashlib.sha1(str(SOURCE).encode()).hexdigest()[:8]  # a build per checkout: two never rebuild each other's
         log.info("loading memzoo's CPU memory kernels (compiled on first use per machine and torch version: about 20 s)")
         cpp_extension.load(
-            name=f"memzoo_cpu_{isa}", sources=[str(SOURCE)], extra_cflags=BASE_FLAGS + flags, is_python_module=False
+            name=f"memzoo_cpu_{isa}_{tree}", sources=[str(SOURCE)], extra_cflags=BASE_FLAGS + flags, is_python_module=False
         )
     except Exception as err:  # no compiler, no headers, a failed build: the PyTorch path serves
         warnings.warn(
