@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def _build_folder(name: str) -> Path:
+    """Where the build of ``name`` goes, made if missing: ``TORCH_EXTENSIONS_DIR`` (else torch's default
+    build root), per Python and torch version, as torch's own default places it."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    folder = Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @functools.cache
 def built() -> bool:
     """Build (or load the cached build of) the kernels into ``torch.ops.memzoo_cpu``; False, with
@@ -71,10 +83,13 @@ def built() -> bool:
 
         _ninja_on_path()
         isa, flags = _instruction_set()
-        tree = hashlib.sha1(str(SOURCE).encode()).hexdigest()[:8]  # a build per checkout: two never rebuild each other's
-        log.info("loading memzoo's CPU memory kernels (compiled on first use per machine and torch version: about 20 s)")
+        name = f"memzoo_cpu_{isa}_{hashlib.sha1(str(SOURCE).encode()).hexdigest()[:8]}"  # a build per checkout
+        folder = _build_folder(name)
+        library = folder / f"{name}.so"
+        if not library.exists() or library.stat().st_mtime < SOURCE.stat().st_mtime:
+            log.info("compiling memzoo's CPU memory kernels (once per machine and torch version, about 20 s)")
         cpp_extension.load(
-            name=f"memzoo_cpu_{isa}_{tree}", sources=[str(SOURCE)], extra_cflags=BASE_FLAGS + flags, is_python_module=False
+            name=name, sources=[str(SOURCE)], extra_cflags=BASE_FLAGS + flags, build_directory=str(folder), is_python_module=False
         )
     except Exception as err:  # no compiler, no headers, a failed build: the PyTorch path serves
         warnings.warn(
