@@ -44,12 +44,19 @@ def test_the_embedding_bag_weight_backward_op_equals_autograds_weight_gradient()
     torch.testing.assert_close(dots, weights.grad.flatten()[order])
 
 
-def test_lightnings_batch_progress_and_hydras_callbacks_still_exist():
+def test_lightnings_batch_progress_and_hydras_callbacks_and_app_still_exist():
     """Used where they are: zoo/tasks/base.py (a resumed epoch's batches done, from the fit loop's
-    progress) and zoo/core/command_line.py (hydra._internal.callbacks.Callbacks)."""
+    progress), zoo/core/command_line.py (hydra._internal.callbacks.Callbacks, the Hydra object's
+    compose_config) and zoo/grid/runner.py (its multirun)."""
     import lightning as L
 
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     assert trainer.fit_loop.epoch_loop.batch_progress.current.processed == 0, "Lightning's batch progress moved"
     hydra_callbacks = importlib.import_module("hydra._internal.callbacks")
     assert hasattr(hydra_callbacks, "Callbacks"), "hydra._internal.callbacks.Callbacks is gone"
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
+        app = GlobalHydra.instance().hydra  # zoo/core/command_line.py and zoo/grid/runner.py call these
+        assert callable(app.compose_config) and callable(app.multirun), "Hydra's compose_config / multirun moved"
