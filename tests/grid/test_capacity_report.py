@@ -8,9 +8,10 @@ from hydra import compose, initialize_config_module
 from matplotlib.container import ErrorbarContainer
 
 from zoo import build_model
-from zoo.grid.report import aggregate, best_of_lr, capacity_figure, summary_markdown
 from zoo.grid.runner import expand, load_grid
+from zoo.grid.table import aggregate, best_of_lr, summary_markdown
 from zoo.model.flops import forward_flops_per_token
+from zoo.tasks.figures.facts import capacity_figure
 from zoo.training.config import RunConfig
 
 

@@ -12,17 +12,12 @@ from helpers.grid_rows import finished_row
 from matplotlib.container import BarContainer  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from zoo.grid.report import (  # noqa: E402
-    DPI,
-    aggregate,
-    best_of_lr,
-    capacity_bits_figure,
-    capacity_figure,
-    knowledge_figure,
-    lm_compute_figure,
-    lm_curves,
-    mqar_figure,
-)
+from zoo.grid.curves import lm_curves  # noqa: E402
+from zoo.grid.report import DPI  # noqa: E402
+from zoo.grid.table import aggregate, best_of_lr  # noqa: E402
+from zoo.tasks.figures.facts import capacity_bits_figure, capacity_figure, knowledge_figure  # noqa: E402
+from zoo.tasks.figures.lm import lm_compute_figure  # noqa: E402
+from zoo.tasks.figures.mqar import mqar_figure  # noqa: E402
 
 BACKBONES = ("gated_deltanet", "hybrid", "mamba2", "transformer")
 CHANNELS = (None, 2**12, 2**14, 2**16)  # the MLP, then memory tables

@@ -4,7 +4,8 @@ from it: test_lm_curves.py)."""
 
 from helpers.grid_rows import finished_row
 
-from zoo.grid.report import read_csv, redraw, write_csv
+from zoo.grid.report import redraw
+from zoo.grid.table import read_csv, write_csv
 
 
 def run(task, memory, seed, acc):

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from zoo.grid.report import validation_curve
+from zoo.grid.curves import validation_curve
 from zoo.grid.runner import expand, load_grid, main
 
 TINY = [

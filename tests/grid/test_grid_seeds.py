@@ -8,8 +8,9 @@ import pytest
 import yaml
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from zoo.grid.report import aggregate, best_of_lr, mqar_figure, row
 from zoo.grid.runner import collect, expand, load_grid, main
+from zoo.grid.table import aggregate, best_of_lr, row
+from zoo.tasks.figures.mqar import mqar_figure
 
 TINY = [
     "task.num_train=64",

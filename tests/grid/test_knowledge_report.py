@@ -6,7 +6,8 @@ import pytest
 from helpers.grid_rows import finished_row
 from matplotlib.container import ErrorbarContainer
 
-from zoo.grid.report import aggregate, best_of_lr, capacity_bits_figure, knowledge_figure, summary_markdown
+from zoo.grid.table import aggregate, best_of_lr, summary_markdown
+from zoo.tasks.figures.facts import capacity_bits_figure, knowledge_figure
 
 
 def run(backbone, slots, facts, seed, bits, params):

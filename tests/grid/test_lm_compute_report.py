@@ -8,7 +8,9 @@ import pytest
 from helpers.grid_rows import finished_row
 from torch.utils.tensorboard import SummaryWriter
 
-from zoo.grid.report import aggregate, best_of_lr, compute_multipliers, lm_compute_figure, lm_curves, summary_markdown
+from zoo.grid.curves import lm_curves
+from zoo.grid.table import aggregate, best_of_lr, compute_multipliers, summary_markdown
+from zoo.tasks.figures.lm import lm_compute_figure
 
 # MLP: val_bpb = 3.0 - 0.1 * log2(steps / 100) at 1e9 training FLOPs per step
 MLP = {100: [3.0], 200: [2.89, 2.90, 2.91], 400: [2.8], 800: [2.7]}

@@ -6,11 +6,12 @@ import csv
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers.grid_rows import finished_row
 from torch.utils.tensorboard import SummaryWriter
 
 from zoo.grid import report
+from zoo.grid.curves import lm_curves, read_curves
+from zoo.grid.table import row
 
 # (study, steps, seed, final val bpb, slots); values float32 cannot hold exactly, FLOPs per step not round
 RUNS = [("mlp", 100, 0, 3.01, None), ("mlp", 200, 0, 2.93, None), ("mlp", 200, 1, 2.87, None)]
@@ -19,21 +20,15 @@ FLOPS_PER_STEP = 987_654_321.123
 
 
 def record(tmp_path, study, steps, seed, bpb, slots):
-    """A finished LM run as the grid records it: config.yaml, metrics and a validation curve in tb/."""
+    """A finished LM run as the grid records it: its metrics.json (settings and metrics), a validation curve in tb/."""
     cell = f"max_steps={steps}"
     run_dir = tmp_path / "runs" / study / f"{cell}_seed={seed}"
     with SummaryWriter(str(run_dir / "tb")) as writer:
         for step in range(steps // 4, steps + 1, steps // 4):
             writer.add_scalar("val/bpb", bpb + 0.1 * (steps - step) / steps, step)
-    config = {
-        "seed": seed,
-        "backbone": {"name": "transformer", "d_model": 16, "n_layers": 2, "channel": "mlp"},
-        "memory": {"name": "none" if slots is None else "pkm", "n_keys": 256},
-        "task": {"name": "lm"},
-        "optim": {"lr": 0.003},
-        "trainer": {"max_steps": steps},
-    }
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    memory = "none" if slots is None else "pkm"
+    settings = {"seed": seed, "backbone": "transformer", "memory": memory, "slots": slots, "d_model": 16, "n_layers": 2}
+    settings.update(channel="mlp", task="lm", lr=0.003, steps_planned=steps, task_knobs={})
     metrics = {
         "params": {"total": 1000 if slots is None else 9000, "active": 1000},
         "flops_per_token": 100,
@@ -42,6 +37,7 @@ def record(tmp_path, study, steps, seed, bpb, slots):
         "throughput": {"train_flops": steps * FLOPS_PER_STEP},
         "test": {"test/bpb": bpb},
         "val": {"val/bpb": bpb},
+        "settings": settings,
     }
     return {**finished_row(study, cell, seed), "dir": str(run_dir), "metrics": metrics}
 
@@ -74,7 +70,7 @@ def grid(tmp_path, monkeypatch):
     removed): the results directory, the curves read from the events, the figures each drew by file name."""
     records = [record(tmp_path, *run) for run in RUNS]
     root = tmp_path / "results"
-    curves = report.lm_curves([report.row(r) for r in records], {(r["study"], r["cell"]): Path(r["dir"]) for r in records})
+    curves = lm_curves([row(r) for r in records], {(r["study"], r["cell"]): Path(r["dir"]) for r in records})
     from_events, from_csv = {}, {}
     save = report._save
     monkeypatch.setattr(report, "_save", keeping(from_events, save))
@@ -112,4 +108,4 @@ def test_curves_csv_holds_each_runs_validations_in_order_with_their_training_flo
 
 def test_curves_csv_reads_back_exactly_as_the_curves_read_from_tensorboard(grid):
     root, curves, _, _ = grid
-    assert report.read_curves(root / "curves.csv") == curves
+    assert read_curves(root / "curves.csv") == curves

@@ -1,12 +1,12 @@
 """The rows-only Adam update as it was before its buffers were reused (issue 29): the reference the
-optimised ``zoo.memory.optim.row_adam_update_`` is held equal to."""
+optimised ``zoo.memory.ops.reference.row_adam`` is held equal to."""
 
 import torch
 
 
 @torch.no_grad()
 def row_adam_reference_(param, exp_avg, exp_avg_sq, rows, grad, lr, beta1, beta2, eps, step) -> None:
-    """Lazy Adam on ``rows`` in place (see ``zoo.memory.optim.row_adam_update_``), one gather, update
+    """Lazy Adam on ``rows`` in place (see ``zoo.memory.ops.reference.row_adam``), one gather, update
     and scatter per state tensor, every temporary freshly allocated."""
     bias1, bias2 = 1 - beta1**step, 1 - beta2**step
     rowwise = exp_avg_sq.dim() == 1

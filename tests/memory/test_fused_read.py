@@ -9,11 +9,12 @@ import pytest
 import torch
 from helpers.scaled_close import assert_close_scaled as assert_close
 
-from zoo.memory import MemoryConfig, cpu_kernels, fused_read, product_keys
+from zoo.memory import MemoryConfig, fused_read, product_keys
 from zoo.memory.layer import MemoryPlus
+from zoo.memory.ops import cpu, memory_ops
 
 pytestmark = pytest.mark.skipif(
-    not cpu_kernels.enabled(torch.zeros(1)), reason="memzoo's CPU kernels did not build here (no C++ compiler?)"
+    memory_ops("cpu", torch.float32) is not cpu, reason="memzoo's CPU kernels did not build here (no C++ compiler?)"
 )
 CONFIGS = {
     "capacity": dict(heads=1, knn=32, k_dim=64, n_keys=32, query_norm="layernorm"),
@@ -36,7 +37,7 @@ def read_and_grads(layer: MemoryPlus, x: torch.Tensor, fused: bool, autocast: bo
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         q, keys = layer.keys.projected(x)
         if fused:
-            assert fused_read.serves(layer.keys, layer.values, q, keys)
+            assert layer.values.fuses_read(q, keys)
             out, slots, weights = fused_read.product_key_read(q, keys, layer.values, layer.config)
         else:
             slots, weights = layer.keys.select(*layer.keys.normalised(q, keys))
@@ -107,7 +108,7 @@ def test_fused_read_under_bf16_autocast_equals_the_composed_read():
 def test_layers_the_fused_read_leaves_to_the_composed_read(config):
     layer = MemoryPlus(32, 0, MemoryConfig(**config, layers=[0]))
     q, keys = layer.keys.projected(torch.randn(5, 32))
-    assert not fused_read.serves(layer.keys, layer.values, q, keys)
+    assert not layer.values.fuses_read(q, keys)
     layer(torch.randn(2, 5, 32)).sum().backward()  # and the layer reads all the same
     assert layer.values.weight.grad is not None
 
@@ -115,8 +116,8 @@ def test_layers_the_fused_read_leaves_to_the_composed_read(config):
 def test_fused_read_off_with_the_kernels(monkeypatch):
     layer = MemoryPlus(32, 0, MemoryConfig(layers=[0]))
     q, keys = layer.keys.projected(torch.randn(5, 32))
-    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
-    assert not fused_read.serves(layer.keys, layer.values, q, keys)
+    monkeypatch.setenv(cpu.KERNELS_ENV, "0")
+    assert not layer.values.fuses_read(q, keys)
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
@@ -126,19 +127,19 @@ def test_normalise_rows_equals_torchs_norm_and_its_gradient(norm, dtype):
     ref = product_keys.normalise(x, norm)
     grad = torch.randn_like(ref)
     (ref_grad,) = torch.autograd.grad(ref, x, grad)
-    y, rstd = cpu_kernels.ops().normalise_rows(x.detach(), norm, product_keys.norm_eps(norm, dtype))
+    y, rstd = cpu.kernels().normalise_rows(x.detach(), norm, product_keys.norm_eps(norm, dtype))
     assert_close(y, ref.detach(), dtype)
-    assert_close(cpu_kernels.ops().normalise_rows_backward(grad, y, rstd, norm), ref_grad, dtype)
+    assert_close(cpu.kernels().normalise_rows_backward(grad, y, rstd, norm), ref_grad, dtype)
 
 
 def test_normalise_rows_names_an_unknown_norm():
     with pytest.raises(RuntimeError, match="norm must be 'layernorm' or 'rmsnorm', got 'batchnorm'"):
-        cpu_kernels.ops().normalise_rows(torch.randn(2, 4), "batchnorm", 1e-5)
+        cpu.kernels().normalise_rows(torch.randn(2, 4), "batchnorm", 1e-5)
 
 
 def test_product_read_names_a_table_of_the_wrong_size():
     scores = torch.randn(4, 1, 2, 8)
     with pytest.raises(RuntimeError, match=r"table must be \(n\^2, v\) = \(64, v\)"):
-        cpu_kernels.ops().product_read(scores, torch.randn(63, 4), 4, 1.0)
+        cpu.kernels().product_read(scores, torch.randn(63, 4), 4, 1.0)
     with pytest.raises(RuntimeError, match="temperature must be > 0"):
-        cpu_kernels.ops().product_read(scores, torch.randn(64, 4), 4, 0.0)
+        cpu.kernels().product_read(scores, torch.randn(64, 4), 4, 0.0)

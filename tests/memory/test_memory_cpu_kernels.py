@@ -14,22 +14,21 @@ import torch
 from helpers.row_adam_reference import row_adam_reference_
 from helpers.scaled_close import TOL, assert_close_scaled
 
-from zoo.memory import MemoryConfig, cpu_kernels
-from zoo.memory.bags import bag_weight_grad, sorted_reads, sum_rows_by_slot
+from zoo.memory import MemoryConfig, ops
 from zoo.memory.layer import MemoryPlus
+from zoo.memory.ops import cpu, memory_ops, reference
 from zoo.memory.optim import coalesced
-from zoo.memory.product_keys import best_pairs
 from zoo.training.optim import build_optimizer, clip_grad_norm, param_groups
 
 pytestmark = pytest.mark.skipif(
-    not cpu_kernels.enabled(torch.zeros(1)), reason="memzoo's CPU kernels did not build here (no C++ compiler?)"
+    memory_ops("cpu", torch.float32) is not cpu, reason="memzoo's CPU kernels did not build here (no C++ compiler?)"
 )
 
 
 def reference_pairs(scores1, scores2, knn, offset):
-    top1, idx1 = scores1.topk(min(knn, scores1.shape[-1]), dim=-1)
-    top2, idx2 = scores2.topk(knn, dim=-1)
-    return best_pairs(top1, idx1 + offset, top2, idx2, knn)
+    """The reference's pair search over (t, n) scores (as one head)."""
+    idx, halves = reference.rank_pairs(scores1[:, None], scores2[:, None], knn, offset)
+    return idx[:, 0], halves[:, 0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -40,7 +39,7 @@ def reference_pairs(scores1, scores2, knn, offset):
 def test_pair_search_picks_the_reference_slots_with_the_same_scores(dtype, n1, n2, knn, offset):
     gen = torch.Generator().manual_seed(n1 * n2 + knn)
     scores1, scores2 = torch.randn(200, n1, generator=gen, dtype=dtype), torch.randn(200, n2, generator=gen, dtype=dtype)
-    idx, halves = cpu_kernels.ops().pair_topk(scores1, scores2, knn, offset)
+    idx, halves = cpu.kernels().pair_topk(scores1, scores2, knn, offset)
     ref_idx, ref_halves = reference_pairs(scores1, scores2, knn, offset)
     assert torch.equal(idx, ref_idx)
     assert torch.equal(halves, ref_halves)
@@ -52,7 +51,7 @@ def test_pair_search_with_tied_scores_keeps_the_best_sums_in_index_order():
     no pair is chosen twice."""
     gen = torch.Generator().manual_seed(0)
     scores1, scores2 = (torch.randint(0, 4, (100, 64), generator=gen).float() for _ in range(2))
-    idx, halves = cpu_kernels.ops().pair_topk(scores1, scores2, 16, 0)
+    idx, halves = cpu.kernels().pair_topk(scores1, scores2, 16, 0)
     _, ref_halves = reference_pairs(scores1, scores2, 16, 0)
     assert torch.equal(halves.sum(1), ref_halves.sum(1))
     assert torch.equal(scores1.gather(1, idx[:, 0]), halves[:, 0]) and torch.equal(scores2.gather(1, idx[:, 1]), halves[:, 1])
@@ -79,7 +78,7 @@ def test_pair_search_breaks_ties_in_index_order(dtype):
     exactly the stable order's slots."""
     gen = torch.Generator().manual_seed(3)
     scores1, scores2 = (torch.randint(0, 4, (100, 64), generator=gen).to(dtype) for _ in range(2))
-    idx, halves = cpu_kernels.ops().pair_topk(scores1, scores2, 16, 0)
+    idx, halves = cpu.kernels().pair_topk(scores1, scores2, 16, 0)
     ref_idx, ref_halves = stable_pairs(scores1, scores2, 16)
     assert torch.equal(idx, ref_idx)
     assert torch.equal(halves, ref_halves)
@@ -89,12 +88,12 @@ def test_pair_search_refuses_nan_scores():
     scores = torch.randn(4, 64)
     scores[2, 7] = float("nan")
     with pytest.raises(RuntimeError, match="NaN"):
-        cpu_kernels.ops().pair_topk(scores, torch.randn(4, 64), 8, 0)
+        cpu.kernels().pair_topk(scores, torch.randn(4, 64), 8, 0)
 
 
 def test_pair_search_refuses_more_pairs_than_there_are():
     with pytest.raises(RuntimeError, match="knn=50"):
-        cpu_kernels.ops().pair_topk(torch.randn(3, 5), torch.randn(3, 7), 50, 0)
+        cpu.kernels().pair_topk(torch.randn(3, 5), torch.randn(3, 7), 50, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -113,20 +112,20 @@ def test_bag_backward_equals_the_reference(dtype, n_slots, width, per_bag):
     weights = torch.rand(50, per_bag, generator=gen, dtype=dtype).masked_fill(slots < 0, 0.0)
     grad_out = torch.randn(50, width, generator=gen, dtype=dtype)
     buffer = torch.full((slots.numel(), width), float("nan"), dtype=dtype)
-    grad_weights, unique, rows = cpu_kernels.ops().bag_backward(table, slots, weights, grad_out, buffer)
-    reads = sorted_reads(slots)
-    ref_unique, ref_rows = sum_rows_by_slot(slots, weights, grad_out, reads)
+    grad_weights, unique, rows = cpu.kernels().bag_backward(table, slots, weights, grad_out, buffer)
+    reads = reference.sorted_reads(slots)
+    ref_unique, ref_rows = reference.sum_rows_by_slot(slots, weights, grad_out, reads)
     assert torch.equal(unique, ref_unique)
     torch.testing.assert_close(rows, ref_rows, **TOL[dtype])
     assert rows.data_ptr() == buffer.data_ptr()
-    torch.testing.assert_close(grad_weights, bag_weight_grad(slots, table, grad_out, reads), **TOL[dtype])
+    torch.testing.assert_close(grad_weights, reference.bag_weight_grad(slots, table, grad_out, reads), **TOL[dtype])
     assert torch.all(grad_weights[slots < 0] == 0)
 
 
 def test_bag_backward_refuses_a_slot_past_the_table():
     slots = torch.tensor([[0, 10]])
     with pytest.raises(RuntimeError, match="slot 10 outside the table's 10 rows"):
-        cpu_kernels.ops().bag_backward(torch.randn(10, 4), slots, torch.rand(1, 2), torch.randn(1, 4), None)
+        cpu.kernels().bag_backward(torch.randn(10, 4), slots, torch.rand(1, 2), torch.randn(1, 4), None)
 
 
 @pytest.mark.parametrize("rowwise", [False, True])
@@ -139,7 +138,7 @@ def test_row_adam_equals_the_reference_over_steps(rowwise, dtype):
     for step in range(1, 6):
         rows = torch.randperm(500, generator=gen)[:120].sort().values
         grad = torch.randn(120, 40, generator=gen, dtype=dtype)
-        cpu_kernels.ops().row_adam(param, *states[0], rows, grad, 1e-2, 0.9, 0.95, 1e-8, step)
+        cpu.kernels().row_adam(param, *states[0], rows, grad, 1e-2, 0.9, 0.95, 1e-8, step)
         row_adam_reference_(ref_param, *states[1], rows, grad, 1e-2, 0.9, 0.95, 1e-8, step)
         torch.testing.assert_close(param, ref_param, **TOL[dtype])
         for mine, ref in zip(states[0], states[1]):
@@ -150,7 +149,7 @@ def test_row_adam_refuses_rows_past_the_table():
     param = torch.zeros(4, 2)
     with pytest.raises(RuntimeError, match="row 4 outside"):
         moments = torch.zeros(4, 2), torch.zeros(4, 2)
-        cpu_kernels.ops().row_adam(param, *moments, torch.tensor([4]), torch.ones(1, 2), 0.1, 0.9, 0.99, 1e-8, 1)
+        cpu.kernels().row_adam(param, *moments, torch.tensor([4]), torch.ones(1, 2), 0.1, 0.9, 0.99, 1e-8, 1)
 
 
 def layer_outputs_and_grads(layer, x, autocast):
@@ -188,9 +187,9 @@ def test_memory_layer_with_kernels_equals_the_pytorch_path(monkeypatch, dtype, a
     layer, reference = (twin(MemoryConfig(**config, layers=[0]), dtype) for _ in range(2))
     x = torch.randn(3, 20, 32, dtype=dtype)
     out, grad_x, grads = layer_outputs_and_grads(layer, x, autocast)
-    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
+    monkeypatch.setenv(cpu.KERNELS_ENV, "0")
     ref_out, ref_grad_x, ref_grads = layer_outputs_and_grads(reference, x, autocast)
-    monkeypatch.delenv(cpu_kernels.KERNELS_ENV)
+    monkeypatch.delenv(cpu.KERNELS_ENV)
     assert torch.equal(layer.usage.counts, reference.usage.counts)
     tol = TOL[dtype] if not autocast else dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out, ref_out, **tol)
@@ -204,7 +203,7 @@ def test_memory_layer_with_kernels_equals_the_pytorch_path(monkeypatch, dtype, a
     optimizers = [build_optimizer(param_groups(m, lr=1e-2, weight_decay=0.1)) for m in (layer, reference)]
     for step in range(3):
         for use_kernels, model, opt in zip((True, False), (layer, reference), optimizers):
-            monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "1" if use_kernels else "0")
+            monkeypatch.setenv(cpu.KERNELS_ENV, "1" if use_kernels else "0")
             opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 loss = model(x + step).float().square().mean()
@@ -218,17 +217,6 @@ def test_memory_layer_with_kernels_equals_the_pytorch_path(monkeypatch, dtype, a
         torch.testing.assert_close(p, q, **step_tol, msg=name)
 
 
-def test_kernels_off_by_environment(monkeypatch):
-    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
-    assert not cpu_kernels.enabled(torch.zeros(1))
-
-
-def test_kernels_serve_only_float32_and_float64_cpu_tensors():
-    assert cpu_kernels.enabled(torch.zeros(1, dtype=torch.float64))
-    assert not cpu_kernels.enabled(torch.zeros(1, dtype=torch.bfloat16))
-    assert not cpu_kernels.enabled(torch.zeros(1), torch.zeros(1, dtype=torch.float64))
-
-
 def test_a_failed_build_warns_once_and_the_memory_runs_its_pytorch_path(monkeypatch):
     """Without a compiler (the build raises) the layer still trains, on the PyTorch path."""
     from torch.utils import cpp_extension
@@ -237,17 +225,19 @@ def test_a_failed_build_warns_once_and_the_memory_runs_its_pytorch_path(monkeypa
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    cpu_kernels._built.cache_clear()
+    cpu.built.cache_clear()
+    ops._choose.cache_clear()
     try:
         with pytest.warns(UserWarning, match="did not build .*no C\\+\\+ compiler found"):
-            assert not cpu_kernels.enabled(torch.zeros(1))
+            assert memory_ops("cpu", torch.float32) is reference
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the failure is remembered: no second warning
             layer = MemoryPlus(16, 0, MemoryConfig(heads=1, knn=4, k_dim=16, n_keys=8, layers=[0]))
             layer(torch.randn(2, 5, 16)).sum().backward()
         assert layer.values.weight.grad is not None
     finally:
-        cpu_kernels._built.cache_clear()
+        cpu.built.cache_clear()
+        ops._choose.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -257,7 +247,7 @@ def test_squared_norm_equals_an_exact_sum(dtype, shape):
     to float64 tolerance, also for float32 input."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
     exact = math.fsum(v * v for v in x.double().flatten().tolist())
-    total = cpu_kernels.ops().squared_norm(x)
+    total = cpu.kernels().squared_norm(x)
     assert total.dtype == torch.float64 and total.dim() == 0
     assert total.item() == pytest.approx(exact, rel=1e-13)
 
@@ -285,7 +275,7 @@ def test_as_coalesced_flags_ascending_rows_and_coalesces_the_rest(name):
     copy), any other gradient is coalesce()'s result (duplicates summed)."""
     grad = row_gradient_cases()[name]
     assert not grad.is_coalesced()
-    out = cpu_kernels.ops().as_coalesced(grad)
+    out = cpu.kernels().as_coalesced(grad)
     ref = grad.coalesce()
     assert out.is_coalesced()
     assert torch.equal(out._indices(), ref._indices()) and torch.equal(out._values(), ref._values())
@@ -295,16 +285,16 @@ def test_as_coalesced_flags_ascending_rows_and_coalesces_the_rest(name):
 
 def test_as_coalesced_returns_a_flagged_gradient_itself_and_refuses_a_dense_one():
     grad = row_gradient_cases()["unsorted"].coalesce()
-    assert cpu_kernels.ops().as_coalesced(grad) is grad
+    assert cpu.kernels().as_coalesced(grad) is grad
     with pytest.raises(RuntimeError, match="as_coalesced: grad must be a sparse COO CPU tensor"):
-        cpu_kernels.ops().as_coalesced(torch.zeros(8, 3))
+        cpu.kernels().as_coalesced(torch.zeros(8, 3))
 
 
 @pytest.mark.parametrize("name", ["ascending", "unsorted", "repeated", "2-d index"])
 def test_coalesced_with_kernels_equals_the_pytorch_path(monkeypatch, name):
     results = []
     for flag in ("1", "0"):
-        monkeypatch.setenv(cpu_kernels.KERNELS_ENV, flag)
+        monkeypatch.setenv(cpu.KERNELS_ENV, flag)
         out = coalesced(row_gradient_cases()[name])
         results.append((out.is_coalesced(), out._indices(), out._values()))
     (flag_k, rows_k, values_k), (flag_ref, rows_ref, values_ref) = results
@@ -316,7 +306,7 @@ def test_clipping_with_kernels_scales_the_gradients_as_the_pytorch_path(monkeypa
     gen = torch.Generator().manual_seed(4)
     clipped = []
     for flag in ("1", "0"):
-        monkeypatch.setenv(cpu_kernels.KERNELS_ENV, flag)
+        monkeypatch.setenv(cpu.KERNELS_ENV, flag)
         dense, table = torch.nn.Parameter(torch.zeros(300, 70)), torch.nn.Parameter(torch.zeros(1000, 64))
         gen.manual_seed(4)
         dense.grad = torch.randn(300, 70, generator=gen)
@@ -333,22 +323,16 @@ def test_clipping_dense_gradients_never_asks_for_the_kernels(monkeypatch):
     """A model without memory has only dense gradients: clipping them keeps ``vector_norm`` (the
     numbers of before, bit for bit) and never builds memzoo's kernels."""
 
-    def no_build(*tensors):
-        raise AssertionError("clipping dense gradients asked for the CPU kernels")
+    def no_build(*args):
+        raise AssertionError("clipping dense gradients asked for a memory backend")
 
-    monkeypatch.setattr(cpu_kernels, "enabled", no_build)
+    monkeypatch.setattr("zoo.training.optim.memory_ops", no_build)
     param = torch.nn.Parameter(torch.zeros(50, 8))
     param.grad = torch.randn(50, 8, generator=torch.Generator().manual_seed(5))
     grad, norm = param.grad.clone(), torch.linalg.vector_norm(param.grad, dtype=torch.float64)
     total = clip_grad_norm([param], 1.0)
     torch.testing.assert_close(total, norm.float())
     torch.testing.assert_close(param.grad, grad * (1.0 / (norm + 1e-6)).float())
-
-
-def test_a_bad_kernels_setting_is_refused_naming_it(monkeypatch):
-    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "yes")
-    with pytest.raises(ValueError, match="MEMZOO_CPU_KERNELS='yes'; allowed: 1 .*, baseline .*, 0 "):
-        cpu_kernels.enabled(torch.zeros(1))
 
 
 def test_results_do_not_depend_on_the_thread_count():
@@ -367,19 +351,19 @@ def test_results_do_not_depend_on_the_thread_count():
 
     def run_all():
         scores = torch.einsum("thsd,hsnd->thsn", read_q, read_keys)
-        read = cpu_kernels.ops().product_read(scores, read_table, 8, 0.5)
-        read_back = cpu_kernels.ops().product_read_backward(
+        read = cpu.kernels().product_read(scores, read_table, 8, 0.5)
+        read_back = cpu.kernels().product_read_backward(
             read_q, read_keys, read_table, read[3], read[1], read[2], read_grad, 0.5, None
         )
         param, moments = table.clone(), (torch.zeros_like(table), torch.zeros_like(table))
-        cpu_kernels.ops().row_adam(param, *moments, rows, row_grad, 1e-2, 0.9, 0.95, 1e-8, 1)
+        cpu.kernels().row_adam(param, *moments, rows, row_grad, 1e-2, 0.9, 0.95, 1e-8, 1)
         return [
-            *cpu_kernels.ops().pair_topk(scores1, scores2, 32, 0),
-            *cpu_kernels.ops().selected_scores_backward(q, keys, idx, grad, 64),
-            *cpu_kernels.ops().bag_backward(table, slots, weights, grad_out, None),
+            *cpu.kernels().pair_topk(scores1, scores2, 32, 0),
+            *cpu.kernels().selected_scores_backward(q, keys, idx, grad, 64),
+            *cpu.kernels().bag_backward(table, slots, weights, grad_out, None),
             param,
             *moments,
-            cpu_kernels.ops().squared_norm(norm_input),
+            cpu.kernels().squared_norm(norm_input),
             *read,
             *read_back,
         ]
@@ -397,13 +381,13 @@ def test_results_do_not_depend_on_the_thread_count():
 
 BASELINE_CHECK = """
 import torch
-from zoo.memory import cpu_kernels
-from zoo.memory.product_keys import best_pairs
-assert cpu_kernels._instruction_set()[0] == "baseline" and cpu_kernels.enabled(torch.zeros(1))
+from zoo.memory.ops import cpu, memory_ops
+from zoo.memory.ops.reference import best_pairs
+assert cpu._instruction_set()[0] == "baseline" and memory_ops("cpu", torch.float32) is cpu
 gen = torch.Generator().manual_seed(7)
 for n1, n2, knn in [(256, 256, 32), (91, 91, 32), (5, 7, 4)]:
     s1, s2 = torch.randn(100, n1, generator=gen), torch.randn(100, n2, generator=gen)
-    idx, halves = cpu_kernels.ops().pair_topk(s1, s2, knn, 0)
+    idx, halves = cpu.kernels().pair_topk(s1, s2, knn, 0)
     top1, i1 = s1.topk(min(knn, n1), dim=-1)
     top2, i2 = s2.topk(min(knn, n2), dim=-1)
     ref_idx, ref_halves = best_pairs(top1, i1, top2, i2, knn)
@@ -415,6 +399,6 @@ print("baseline ok")
 def test_the_baseline_build_picks_the_reference_slots():
     """The build a CPU without AVX2 gets (scalar compaction instead of AVX2 bit masks), compiled and
     run in its own process (one build per process): the same slots and scores as the reference."""
-    env = {**os.environ, cpu_kernels.KERNELS_ENV: "baseline"}
+    env = {**os.environ, cpu.KERNELS_ENV: "baseline"}
     done = subprocess.run([sys.executable, "-c", BASELINE_CHECK], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0 and "baseline ok" in done.stdout, done.stderr[-3000:]

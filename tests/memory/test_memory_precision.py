@@ -25,7 +25,7 @@ def layer_and_input(**overrides):
 def outputs_and_grads(layer, x, autocast_dtype=None):
     layer.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        slots, weights = layer.keys(x.flatten(0, 1))
+        slots, weights = layer.keys(x.flatten(0, 1), layer.values.search)
         out = layer(x)
     out.float().square().sum().backward()
     grads = {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).float() for n, p in layer.named_parameters()}
@@ -44,6 +44,12 @@ def recording(search, found):
     return run
 
 
+def read_through(layer, search):
+    """``layer`` searching by ``search`` in the composed read (the fused read searches in its kernel)."""
+    layer.values.search = search
+    layer.values.fuses_read = lambda q, keys: False
+
+
 def pinned(idx):
     """A search that returns the pairs ``idx`` (T, H, 2, k), scored in the caller's precision."""
 
@@ -59,17 +65,17 @@ def pinned(idx):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_memory_under_autocast_equals_float32_within_low_precision_tolerance(dtype):
     layer, x = layer_and_input()
-    search = layer.keys.search
+    search = layer.values.search
     ref_slots = outputs_and_grads(layer, x)[0]
     found = []
-    layer.keys.search = recording(search, found)
+    read_through(layer, recording(search, found))
     slots, weights, out, grads = outputs_and_grads(layer, x, dtype)
     # only the query projection runs in low precision: it may flip a near-tie, rarely
     same = (slots.sort(-1).values == ref_slots.sort(-1).values).all(-1)
     assert same.float().mean() >= 0.9, same
     assert weights.dtype == torch.float32 and out.dtype == torch.float32
     # the same pairs in float32 (the selection pinned to the one autocast made)
-    layer.keys.search = pinned(found[0])
+    read_through(layer, pinned(found[0]))
     _, ref_weights, ref_out, ref_grads = outputs_and_grads(layer, x)
     torch.testing.assert_close(weights, ref_weights, rtol=0.05, atol=0.02)
     torch.testing.assert_close(out, ref_out, rtol=0.05, atol=0.02 * ref_out.abs().max().item())

@@ -1,4 +1,4 @@
-"""Triton value-table kernels (zoo/memory/triton_ops.py) against float64 PyTorch references.
+"""Triton value-table kernels (zoo/memory/ops/triton.py) against float64 PyTorch references.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set by
 tests/conftest.py before triton is imported). With a GPU and TRITON_INTERPRET unset they run on CUDA.
@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from zoo.memory import triton_ops
+from zoo.memory.ops import reference
+from zoo.memory.ops import triton as triton_ops
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -58,7 +59,7 @@ def test_memzoo_imports_without_triton_and_reports_it_unavailable():
     code = (
         "import sys\n"
         "sys.modules['triton'] = None  # any import of triton now fails\n"
-        "import zoo, zoo.memory.triton_ops as ops\n"
+        "import zoo, zoo.memory.ops.triton as ops\n"
         "assert not ops.available()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -70,7 +71,7 @@ def test_bag_read_equals_weighted_row_sum_skipping_negative_slots(dtype, d):
     T, R, N = 21, 5, 30  # T, R, d not multiples of the blocks; d=200 spans two column blocks
     slots, weights = bags(T, R, N)
     table = torch.randn(N, d).to(dtype)
-    out = triton_ops.bag_read(*on(slots, weights, table))
+    out = triton_ops.read(*on(slots, weights, table))
     assert out.dtype == torch.float32 and out.shape == (T, d)
     expected = reference_read(slots, weights.double(), table.double())
     torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=1e-5)
@@ -141,7 +142,7 @@ def adam_run(second_moment: str, dtype: torch.dtype, N: int, d: int, steps: int 
         before = [x.cpu().clone() for x in state]
         if dtype != torch.float32:
             ref[0].copy_(before[0])
-        triton_ops.row_adam_(*state, *on(rows, grad), lr=lr, beta1=0.9, beta2=0.99, eps=1e-8, step=step)
+        triton_ops.row_adam(*state, *on(rows, grad), lr=lr, beta1=0.9, beta2=0.99, eps=1e-8, step=step)
         reference_adam_(*ref, rows, grad, lr=lr, beta1=0.9, beta2=0.99, eps=1e-8, step=step)
         yield rows, before, [x.cpu() for x in state], ref
 
@@ -176,7 +177,7 @@ def test_row_adam_on_bfloat16_param_stays_within_one_bfloat16_ulp_of_the_float64
 def test_row_adam_rejects_moments_of_the_wrong_shape():
     p = torch.zeros(4, 8)
     with pytest.raises(ValueError, match=r"exp_avg_sq must be contiguous \(N, d\) or \(N,\)"):
-        triton_ops.row_adam_(
+        triton_ops.row_adam(
             p,
             torch.zeros(4, 8),
             torch.zeros(8),
@@ -203,14 +204,14 @@ def test_value_table_read_through_the_triton_kernels_equals_the_pytorch_path(mon
     grad_out = torch.randn(9, 12, device=DEVICE)
 
     def run(kernels):
-        monkeypatch.setattr(values, "fast_kernels", lambda t: kernels)
+        monkeypatch.setattr(values, "memory_ops", lambda device, dtype: kernels)
         table.zero_grad(set_to_none=True)
         weights.grad = None
         out = table.read(slots, weights)
         out.backward(grad_out)
         return out.detach(), table.weight.grad.coalesce(), weights.grad.clone()
 
-    ref_out, ref_grad, ref_wgrad = run(None)
+    ref_out, ref_grad, ref_wgrad = run(reference)
     out, grad, wgrad = run(triton_ops)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     assert torch.equal(grad.indices(), ref_grad.indices())
@@ -227,12 +228,12 @@ def test_row_adam_through_the_triton_kernel_equals_the_pytorch_update(monkeypatc
     tables = [torch.nn.Parameter(torch.randn(30, 6, device=DEVICE)) for _ in range(2)]
     tables[1].data.copy_(tables[0].data)
     optimizers = [optim.RowAdam([t], lr=0.05, second_moment=second_moment) for t in tables]
-    updates = [optim.row_adam_update_, triton_ops.row_adam_]  # reference, kernel
+    backends = [reference, triton_ops]
     for _ in range(3):
         rows = torch.randperm(30)[:7].sort().values.to(DEVICE)
         grad = torch.randn(7, 6, device=DEVICE)
-        for t, opt, update in zip(tables, optimizers, updates):
+        for t, opt, backend in zip(tables, optimizers, backends):
             t.grad = torch.sparse_coo_tensor(rows[None], grad, t.shape, is_coalesced=True)
-            monkeypatch.setattr(optim, "row_update", lambda param, exp_avg, workspace, update=update: update)
+            monkeypatch.setattr(optim, "memory_ops", lambda device, dtype, backend=backend: backend)
             opt.step()
     torch.testing.assert_close(tables[1].detach(), tables[0].detach(), rtol=1e-5, atol=1e-6)

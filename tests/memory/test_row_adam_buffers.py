@@ -7,6 +7,7 @@ import torch
 from helpers.row_adam_reference import row_adam_reference_
 
 from zoo.memory import optim
+from zoo.memory.ops import reference
 from zoo.memory.workspace import Workspace
 
 
@@ -20,16 +21,16 @@ def _states(n_rows: int, width: int, rowwise: bool, dtype: torch.dtype, seed: in
 
 @pytest.mark.parametrize("rowwise", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("chunk_elements", [optim.ROW_CHUNK_ELEMENTS, 7 * 16])  # one chunk; many, the last partial
+@pytest.mark.parametrize("chunk_elements", [reference.ROW_CHUNK_ELEMENTS, 7 * 16])  # one chunk; many, the last partial
 def test_row_update_equals_the_reference_over_steps(monkeypatch, rowwise, dtype, chunk_elements):
-    monkeypatch.setattr(optim, "ROW_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(reference, "ROW_CHUNK_ELEMENTS", chunk_elements)
     ours, ref = _states(300, 16, rowwise, dtype), _states(300, 16, rowwise, dtype)
     workspace = Workspace()
     gen = torch.Generator().manual_seed(1)
     for step in range(1, 5):
         rows = torch.randperm(300, generator=gen)[:90].sort().values
         grad = torch.randn(90, 16, generator=gen)
-        optim.row_adam_update_(*ours, rows, grad, 1e-2, 0.9, 0.999, 1e-8, step, workspace=workspace)
+        reference.row_adam(*ours, rows, grad, 1e-2, 0.9, 0.999, 1e-8, step, workspace=workspace)
         row_adam_reference_(*ref, rows, grad, 1e-2, 0.9, 0.999, 1e-8, step)
         for got, want in zip(ours, ref):
             assert torch.equal(got, want), f"step {step}: {(got.float() - want.float()).abs().max()}"
@@ -40,7 +41,7 @@ def test_rows_not_in_the_gradient_are_left_alone():
     param, exp_avg, exp_avg_sq = _states(50, 8, False, torch.float32)
     before = [t.clone() for t in (param, exp_avg, exp_avg_sq)]
     rows = torch.tensor([3, 17, 40])
-    optim.row_adam_update_(param, exp_avg, exp_avg_sq, rows, torch.randn(3, 8), 1e-2, 0.9, 0.999, 1e-8, 1)
+    reference.row_adam(param, exp_avg, exp_avg_sq, rows, torch.randn(3, 8), 1e-2, 0.9, 0.999, 1e-8, 1)
     untouched = torch.ones(50, dtype=torch.bool)
     untouched[rows] = False
     for now, then in zip((param, exp_avg, exp_avg_sq), before):

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from zoo.grid.report import validation_curve
+from zoo.grid.curves import validation_curve
 from zoo.training.train import train
 
 TINY = [

@@ -45,11 +45,11 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.tensor import DTensor
 
 from zoo.core.io import atomic_write
+from zoo.core.private_api import DCP_PRIVATE_GLOBALS, DCP_STORAGE_INFO
 from zoo.core.safe_read import regular_file_inside
 from zoo.core.value_checks import is_int
 
@@ -68,14 +68,8 @@ _METADATA_GLOBALS = {
         "ChunkStorageMetadata",
         "MetadataIndex",
         "StorageMeta",
-        "_MEM_FORMAT_ENCODING",
     )
-} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("pathlib", "PosixPath"),
-}
+} | {("torch", "Size"), ("pathlib", "PosixPath"), *DCP_PRIVATE_GLOBALS}
 
 
 def is_distributed_checkpoint(path: str | os.PathLike) -> bool:
@@ -280,7 +274,7 @@ def _check_storage(metadata: Metadata, data_dir: Path) -> dict[str, int]:
         raise UnsafeCheckpoint(f"checkpoint {str(data_dir)!r}: {METADATA_FILE} has no storage table")
     sizes: dict[str, int] = {}
     for index, info in entries.items():
-        if not isinstance(info, _StorageInfo):
+        if (type(info).__module__, type(info).__name__) != DCP_STORAGE_INFO:  # by name: DCP exports no public one
             raise UnsafeCheckpoint(
                 f"checkpoint {str(data_dir)!r}: {METADATA_FILE} has a storage entry of type {type(info).__name__}"
             )

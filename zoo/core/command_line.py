@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 COMPOSITION_ERRORS = (HydraException, OmegaConfBaseException)  # what composing a config with bad overrides raises
 USAGE_EXIT = 2  # the exit code of a command-line error, as argparse and the shells use it
+T = TypeVar("T")
 
 
 def full_errors() -> bool:
@@ -62,31 +63,45 @@ def nearest_key(key: str, keys: Sequence[str]) -> str | None:
     return near[0] if near else None
 
 
-def check_overrides(
-    config_name: str, command: str, argv: Sequence[str], check: Callable[[DictConfig], object] | None = None
-) -> None:
-    """Compose ``config_name`` (``zoo/configs``) with the override arguments before Hydra runs them
-    (and makes a run directory); a key that does not exist, a value the config's type refuses or one
-    ``check(cfg)`` refuses with a ``ValueError`` exits with code 2 and one message
-    (``composition_error``, or the check's). Command lines with Hydra flags (``--cfg``, ``--multirun``,
-    ``--help``, ...) are left to Hydra, which handles those; so are all of them under ``HYDRA_FULL_ERROR=1``."""
-    from hydra import compose, initialize_config_module
+def hydra_flags(argv: Sequence[str]) -> bool:
+    """A command line with Hydra's own flags (``--cfg``, ``--help``, ``--multirun``, ...): Hydra runs it."""
+    return any(arg.startswith("-") for arg in argv)
+
+
+def run_composed(
+    config_name: str, command: str, argv: Sequence[str], check: Callable[[DictConfig], T], job: Callable[[T], object]
+) -> object:
+    """Compose ``config_name`` (``zoo/configs``) with the override arguments once, as ``hydra.main``
+    would, pass it (less its ``hydra`` node) to ``check``, and run ``job(checked)`` as Hydra's job:
+    in the run directory Hydra makes then (``HydraConfig`` set, its ``.hydra/`` record written). A key
+    that does not exist or a value the config's type refuses (``composition_error``), or one ``check``
+    refuses with a ``ValueError``, exits with code 2 and one message before any directory is made;
+    under ``HYDRA_FULL_ERROR=1`` they raise. Returns what ``job`` returned; its exception propagates."""
+    from hydra import initialize_config_module
+    from hydra._internal.callbacks import Callbacks  # private: Hydra.run builds the same for its run_job
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
 
     overrides = list(argv)
-    if full_errors() or any(arg.startswith("-") for arg in overrides) or GlobalHydra.instance().is_initialized():
-        return
-    with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
+    with initialize_config_module(config_module="zoo.configs", version_base="1.3", job_name=config_name):
+        app = GlobalHydra.instance().hydra
         try:
-            cfg = compose(config_name, overrides=overrides)
-            if check is not None:
-                check(cfg)
-            return
+            cfg = app.compose_config(config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=True)
+            checked = check(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))
         except COMPOSITION_ERRORS as err:
-            message = composition_error(err, config_name, command, overrides)
+            if full_errors():
+                raise
+            exit_usage(command, composition_error(err, config_name, command, overrides))
         except ValueError as bad:  # memzoo's checks: the key, the value, what is allowed
-            message = str(bad)
-    exit_usage(command, message)
+            if full_errors():
+                raise
+            exit_usage(command, str(bad))
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(cfg))
+        context.callbacks.on_run_start(config=cfg, config_name=config_name)
+        done = run_job(lambda _: job(checked), cfg, job_dir_key="hydra.run.dir", job_subdir_key=None, hydra_context=context)
+        context.callbacks.on_run_end(config=cfg, config_name=config_name, job_return=done)
+        return done.return_value  # raises the job's exception
 
 
 def composition_error(err: Exception, config_name: str, command: str, overrides: Sequence[str]) -> str:

@@ -11,10 +11,9 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
-from omegaconf import DictConfig
 
 LOCK_DIR = Path(tempfile.gettempdir()) / "memzoo-devices"
 
@@ -39,18 +38,19 @@ def claim(keys: Sequence[str], lock_dir: Path, fallback: int) -> tuple[int, IO]:
 
 
 @contextmanager
-def one_device_per_job(cfg: DictConfig, job_num: int) -> Iterator[None]:
-    """Inside, a run set for one CUDA device (``trainer.accelerator`` gpu / cuda, ``trainer.devices``
-    1) trains on a claimed device (``cfg.trainer.devices = [i]``) when more than one is visible;
-    any other run is left as it is. ``job_num`` picks the device to wait for when all are claimed."""
-    count = torch.cuda.device_count() if cfg.trainer.accelerator in ("gpu", "cuda") and str(cfg.trainer.devices) == "1" else 0
+def one_device_per_job(trainer: dict[str, Any], job_num: int) -> Iterator[None]:
+    """Inside, a run whose ``trainer`` settings ask for one CUDA device (``accelerator`` gpu / cuda,
+    ``devices`` 1) trains on a claimed device (``trainer["devices"] = [i]``) when more than one is
+    visible; any other run is left as it is. ``job_num`` picks the device to wait for when all are claimed."""
+    one_cuda = trainer.get("accelerator") in ("gpu", "cuda") and str(trainer.get("devices")) == "1"
+    count = torch.cuda.device_count() if one_cuda else 0
     if count < 2:
         yield
         return
     keys = [str(torch.cuda.get_device_properties(i).uuid) for i in range(count)]
     index, handle = claim(keys, LOCK_DIR, job_num % count)
     try:
-        cfg.trainer.devices = [index]
+        trainer["devices"] = [index]
         yield
     finally:
         handle.close()

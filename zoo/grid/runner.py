@@ -52,6 +52,7 @@ from zoo.core.command_line import COMPOSITION_ERRORS, composition_error, usage_e
 from zoo.core.dir_lock import exclusive_dir
 from zoo.core.io import atomic_write_json
 from zoo.grid.safe_yaml import MAX_BYTES, load_bounded_yaml
+from zoo.training.config import RunConfig
 from zoo.training.signals import RunInterrupted, SignalExit, exit_on_signals
 
 GRID_KEYS = {"name", "studies"}
@@ -212,24 +213,27 @@ def compose_cell(overrides: Sequence[str]) -> DictConfig:
     return compose("train", overrides=list(overrides))
 
 
-def check_cells(cells: list[Cell]) -> None:
+def check_cells(cells: list[Cell]) -> dict[str, RunConfig]:
     """Compose and check every cell (``zoo.training.train.check_run_config``) before any trains: a typo or an
     impossible setting in the last cell fails at once, naming the cell. Raises ``ValueError``. Prints
-    each distinct notice of the cells (``RunConfig.notices``) once, with how many cells it concerns."""
+    each distinct notice of the cells (``RunConfig.notices``) once, with how many cells it concerns.
+    Returns each cell's checked run by its key: what its job trains, composed and checked only here."""
     from zoo.training.train import check_run_config
 
-    notices: dict[str, int] = {}
+    runs, notices = {}, {}
     for cell in cells:
         try:
-            for notice in check_run_config(compose_cell(cell.overrides)).notices:
-                notices[notice] = notices.get(notice, 0) + 1
+            runs[cell.key] = check_run_config(compose_cell(cell.overrides))
         except COMPOSITION_ERRORS as err:
             message = composition_error(err, "train", "memzoo-train", cell.overrides)
             raise ValueError(f"grid cell {cell.key} is invalid: {message}") from err
         except Exception as err:  # noqa: BLE001 - the checks raise several kinds
             raise ValueError(f"grid cell {cell.key} is invalid: {err}") from err
+        for notice in runs[cell.key].notices:
+            notices[notice] = notices.get(notice, 0) + 1
     for notice, count in notices.items():  # once for the grid, not once per cell
         print(f"{notice} ({count} of {len(cells)} cells)", flush=True)
+    return runs
 
 
 def check_dispatch(hydra_overrides: Sequence[str]) -> None:
@@ -253,12 +257,13 @@ def prepare(cell: Cell, run_dir: Path) -> None:
 
 
 class CellJob:
-    """The task function of memzoo-grid's multirun: trains the cell its job config names (``cell``)
-    from the overrides in that cell's ``cell.json``; a failure is written to ``error.json``. It holds
-    only the grid's directory, so launchers pickle it cheaply to other processes and machines."""
+    """The task function of memzoo-grid's multirun: trains the cell its job config names (``cell``),
+    the run ``check_cells`` composed and checked for it; a failure is written to ``error.json``. It
+    holds the grid's directory and the checked runs (typed settings, their datamodules before any
+    data is made: a few kB each), which launchers pickle to other processes and machines."""
 
-    def __init__(self, root: Path, verbose: bool = False):
-        self.root, self.verbose = root, verbose
+    def __init__(self, root: Path, runs: dict[str, RunConfig], verbose: bool = False):
+        self.root, self.runs, self.verbose = root, runs, verbose
 
     def __call__(self, cfg: DictConfig) -> str:
         from zoo.core.quiet import quiet_dependencies
@@ -270,9 +275,9 @@ class CellJob:
         overrides = json.loads((run_dir / "cell.json").read_text())["overrides"]
         started = time.perf_counter()
         try:
-            run_cfg = compose_cell(overrides)
-            with one_device_per_job(run_cfg, HydraConfig.get().job.num):
-                train(run_cfg, run_dir, notices=False)  # check_cells printed them once
+            run = self.runs[cfg.cell]
+            with one_device_per_job(run.trainer, HydraConfig.get().job.num):
+                train(run, run_dir, notices=False)  # check_cells printed them once
             return "done"
         except RunInterrupted as stopped:  # past Hydra's runner (it catches Exception): the grid stops
             raise SignalExit(stopped.exit_code) from stopped
@@ -288,10 +293,13 @@ class CellJob:
             return "failed"
 
 
-def launch(cells: list[Cell], root: Path, hydra_overrides: Sequence[str], total: int, verbose: bool = False) -> None:
-    """One Hydra multirun job per cell, run by the launcher ``hydra_overrides`` choose, with a line of
-    progress per finished cell (of ``total`` in the grid); ``verbose``: the dependencies' logging and
-    the launcher's job listing as they come (``zoo.core.quiet``); inside memzoo-grid's initialized Hydra.
+def launch(
+    cells: list[Cell], runs: dict[str, RunConfig], root: Path, hydra_overrides: Sequence[str], total: int, verbose: bool = False
+) -> None:
+    """One Hydra multirun job per cell (training its checked run of ``runs``), run by the launcher
+    ``hydra_overrides`` choose, with a line of progress per finished cell (of ``total`` in the grid);
+    ``verbose``: the dependencies' logging and the launcher's job listing as they come
+    (``zoo.core.quiet``); inside memzoo-grid's initialized Hydra.
     Hydra has no public call for a multirun of a given task function (``hydra.main`` wraps one
     around ``sys.argv``), so this is the one its ``main`` makes."""
     from zoo.grid.progress import GridProgress
@@ -305,7 +313,7 @@ def launch(cells: list[Cell], root: Path, hydra_overrides: Sequence[str], total:
     watched = [(cell.key, root / "runs" / cell.key) for cell in cells]
     title = f"{root.name}: {total} cells in {root}"
     with GridProgress(watched, total, finished=lambda key, run_dir: is_done(by_key[key], run_dir), title=title):
-        GlobalHydra.instance().hydra.multirun(config_name="grid", task_function=CellJob(root, verbose), overrides=overrides)
+        GlobalHydra.instance().hydra.multirun(config_name="grid", task_function=CellJob(root, runs, verbose), overrides=overrides)
 
 
 def collect(cells: list[Cell], root: Path) -> list[dict[str, Any]]:
@@ -383,13 +391,13 @@ def main(argv=None) -> None:
     stopped = launcher_error = None
     with initialize_config_module(config_module="zoo.configs", version_base="1.3", job_name="memzoo-grid"):
         check_dispatch(hydra_overrides)
-        check_cells(cells)
+        runs = check_cells(cells)
         with exclusive_dir(root, what="grid", choose="pass another --out"):  # one memzoo-grid per grid directory
             pending = [c for c in cells if not is_done(c, root / "runs" / c.study / c.name)]
             with exit_on_signals():
                 try:
                     if pending:
-                        launch(pending, root, hydra_overrides, len(cells), args.verbose)
+                        launch(pending, runs, root, hydra_overrides, len(cells), args.verbose)
                 except SignalExit as stop:
                     stopped = stop
                 except Exception as err:  # noqa: BLE001 - e.g. a submitit job that died: report what finished

@@ -1,29 +1,17 @@
-"""The memory read as one autograd step on CPU: query and sub-key normalisation -> sub-key scores ->
-pair search -> softmax weights -> weighted value rows, and back, in a few calls of memzoo's CPU
-kernels (``normalise_rows``, ``product_read`` and their backward) where the composed path
-(``ProductKeys.normalised`` + ``select`` + ``ValueTable.read``, the reference) runs three autograd
-functions and a dozen small ops. Same numbers up to summation order."""
+"""The memory read as one autograd step on CPU (where ``ValueTable.fuses_read``): query and sub-key
+normalisation -> sub-key scores -> pair search -> softmax weights -> weighted value rows, and back,
+in a few calls of memzoo's CPU kernels (``normalise_rows``, ``product_read`` and their backward)
+where the composed path (``ProductKeys.normalised`` + ``select`` + ``ValueTable.read``, the
+reference) runs three autograd functions and a dozen small ops. Same numbers up to summation order."""
 
 from __future__ import annotations
 
 import torch
 
-from zoo.memory import cpu_kernels
 from zoo.memory.config import MemoryConfig
-from zoo.memory.product_keys import ProductKeys, in_token_chunks, local_search, norm_eps, subkey_scores
+from zoo.memory.ops.cpu import kernels
+from zoo.memory.product_keys import in_token_chunks, norm_eps, subkey_scores
 from zoo.memory.values import ValueTable, row_gradient
-
-
-def serves(keys: ProductKeys, values, q: torch.Tensor, sub_keys: torch.Tensor) -> bool:
-    """Whether the fused read serves this layer: this process's whole table (no sharded search or
-    values) with rows-only gradients, and the kernels serving the queries', sub-keys' and table's
-    dtype (float32 or float64 alike, on the CPU)."""
-    return (
-        keys.search is local_search
-        and isinstance(values, ValueTable)
-        and values.sparse
-        and cpu_kernels.enabled(q, sub_keys, values.weight)
-    )
 
 
 def product_key_read(
@@ -43,7 +31,7 @@ def _normalised_rows(x: torch.Tensor, norm: str) -> tuple[torch.Tensor, torch.Te
     and the rows' 1 / sqrt(variance + eps) (None for ``none``)."""
     if norm == "none":
         return x, None
-    y, rstd = cpu_kernels.ops().normalise_rows(x.reshape(-1, x.shape[-1]), norm, norm_eps(norm, x.dtype))
+    y, rstd = kernels().normalise_rows(x.reshape(-1, x.shape[-1]), norm, norm_eps(norm, x.dtype))
     return y.view_as(x), rstd
 
 
@@ -52,7 +40,7 @@ def _normalised_rows_backward(grad: torch.Tensor, y: torch.Tensor, rstd: torch.T
     if norm == "none":
         return grad
     d = y.shape[-1]
-    return cpu_kernels.ops().normalise_rows_backward(grad.reshape(-1, d), y.reshape(-1, d), rstd, norm).view_as(y)
+    return kernels().normalise_rows_backward(grad.reshape(-1, d), y.reshape(-1, d), rstd, norm).view_as(y)
 
 
 class _ProductKeyRead(torch.autograd.Function):
@@ -67,7 +55,7 @@ class _ProductKeyRead(torch.autograd.Function):
         sub_keys, keys_rstd = _normalised_rows(sub_keys, norm)
 
         def read(part: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return cpu_kernels.ops().product_read(subkey_scores(part, sub_keys), table, knn, temperature)
+            return kernels().product_read(subkey_scores(part, sub_keys), table, knn, temperature)
 
         with torch.no_grad():
             out, slots, weights, idx = in_token_chunks(q, 2 * sub_keys.shape[2], read)
@@ -81,7 +69,7 @@ class _ProductKeyRead(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_slots, _grad_weights):
         q, sub_keys, table, idx, slots, weights, q_rstd, keys_rstd = ctx.saved_tensors
         rows_out = ctx.workspace.take(slots.numel(), table.shape[1], table.dtype)
-        grad_q, grad_keys, unique, rows = cpu_kernels.ops().product_read_backward(
+        grad_q, grad_keys, unique, rows = kernels().product_read_backward(
             q, sub_keys, table, idx, slots, weights, grad_out, ctx.temperature, rows_out
         )
         grad_q = _normalised_rows_backward(grad_q, q, q_rstd, ctx.norm)

@@ -64,10 +64,10 @@ class MemoryPlus(nn.Module):
         the read of this process's whole table (the query normalisation too) go as one autograd step
         (``fused_read``)."""
         q, keys = self.keys.projected(x)
-        if fused_read.serves(self.keys, self.values, q, keys):
+        if self.values.fuses_read(q, keys):
             out, slots, weights = fused_read.product_key_read(q, keys, self.values, self.config)
         else:
-            slots, weights = self.keys.select(*self.keys.normalised(q, keys))  # (T, H, k) each
+            slots, weights = self.keys.select(*self.keys.normalised(q, keys), self.values.search)  # (T, H, k) each
             out = self.values.read(slots.flatten(1), weights.flatten(1))
         self.usage.update(slots, weights, self.config.n_slots)
         return out

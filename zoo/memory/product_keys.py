@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -10,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.core.tags import mark_no_reinit, tag_optim
-from zoo.memory import cpu_kernels
-from zoo.memory.bags import bag_read, sum_rows_by_slot, work_dtype
 from zoo.memory.config import MemoryConfig
+from zoo.memory.ops import memory_ops
+from zoo.memory.ops.reference import rank_pairs, work_dtype
 
 SEARCH_CHUNK_ELEMENTS = 1 << 22  # half scores materialised at once during the search (16 MiB fp32)
 
@@ -32,38 +31,6 @@ def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
     return x
 
 
-@functools.cache
-def candidate_pairs(k1: int, k2: int, knn: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions (i, j) in two descending-sorted candidate lists that can be among the ``knn`` best
-    pairs: those with ``(i + 1) * (j + 1) <= knn``. Every pair (i', j') with i' <= i and j' <= j scores
-    at least as much as (i, j), so a pair with more than ``knn`` such pairs is never needed: about
-    knn * ln(knn) candidates remain instead of k1 * k2 (119 instead of 1024 at knn = 32).
-    Returns (first positions, second positions), each (C,) long."""
-    pairs = [(i, j) for i in range(k1) for j in range(k2) if (i + 1) * (j + 1) <= knn]
-    first, second = zip(*pairs)
-    return torch.tensor(first, device=device), torch.tensor(second, device=device)
-
-
-def best_pairs(
-    top1: torch.Tensor, idx1: torch.Tensor, top2: torch.Tensor, idx2: torch.Tensor, knn: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each half's best candidates -> the ``knn`` best pairs by summed score.
-
-    top1, idx1: (..., k1) scores sorted descending and sub-key indices of the first half; top2, idx2:
-    (..., k2) of the second. Returns (pair sub-key indices (..., 2, knn), pair half scores
-    (..., 2, knn)), pairs sorted by decreasing ``half1 + half2``. Requires ``knn <= k1 * k2``.
-    """
-    first, second = candidate_pairs(top1.shape[-1], top2.shape[-1], knn, top1.device)
-    first, second = first.expand(*top1.shape[:-1], -1), second.expand(*top2.shape[:-1], -1)
-    # gather with an expanded index: torch's CPU index_select along the last dim is ~15x slower
-    top1, idx1 = top1.gather(-1, first), idx1.gather(-1, first)  # (..., C)
-    top2, idx2 = top2.gather(-1, second), idx2.gather(-1, second)
-    best = (top1 + top2).topk(knn, dim=-1).indices
-    idx = torch.stack([idx1.gather(-1, best), idx2.gather(-1, best)], dim=-2)
-    halves = torch.stack([top1.gather(-1, best), top2.gather(-1, best)], dim=-2)
-    return idx, halves
-
-
 def product_topk(scores1: torch.Tensor, scores2: torch.Tensor, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of ``scores1[..., i] + scores2[..., j]`` over all (i, j) pairs.
 
@@ -71,9 +38,7 @@ def product_topk(scores1: torch.Tensor, scores2: torch.Tensor, knn: int) -> tupl
     sorted by decreasing score. The best k sums can only use each half's own top k, so only k*k
     candidate sums are formed.
     """
-    top1, idx1 = scores1.topk(knn, dim=-1)
-    top2, idx2 = scores2.topk(knn, dim=-1)
-    idx, halves = best_pairs(top1, idx1, top2, idx2, knn)
+    idx, halves = rank_pairs(scores1, scores2, knn)
     return halves.sum(-2), idx[..., 0, :] * scores1.shape[-1] + idx[..., 1, :]
 
 
@@ -92,7 +57,7 @@ def search_pairs(
     def search(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores1 = torch.einsum("thd,hnd->thn", part[:, :, 0], keys_first)
         scores2 = torch.einsum("thd,hnd->thn", part[:, :, 1], keys_second)
-        return rank_pairs(scores1, scores2, knn, first_offset)
+        return memory_ops(scores1.device, scores1.dtype).rank_pairs(scores1, scores2, knn, first_offset)
 
     return in_token_chunks(q, keys_first.shape[1] + keys_second.shape[1], search)
 
@@ -105,34 +70,14 @@ def subkey_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def local_search(q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Search over every slot on this process: q (T, H, 2, d), keys (H, 2, n, d) -> (sub-key indices,
-    half scores), each (T, H, 2, knn), as ``search_pairs`` gives them. Both halves are scored by one
-    batched matmul and ranked by one top-k (the halves have the same n here), in token chunks."""
+    """The local and column layouts' ``search`` over every slot: q (T, H, 2, d), keys (H, 2, n, d) ->
+    ``search_pairs``' (T, H, 2, knn) pairs, both halves scored by one batched matmul, in token chunks."""
 
     def search(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = subkey_scores(part, keys)  # (t, H, 2, n)
-        if cpu_kernels.enabled(scores):
-            return rank_pairs(scores[:, :, 0], scores[:, :, 1], knn)
-        top, idx = scores.topk(knn, dim=-1)  # (t, H, 2, knn) each
-        return best_pairs(top[:, :, 0], idx[:, :, 0], top[:, :, 1], idx[:, :, 1], knn)
+        return memory_ops(scores.device, scores.dtype).top_pairs(scores, knn)
 
     return in_token_chunks(q, 2 * keys.shape[2], search)
-
-
-def rank_pairs(
-    scores1: torch.Tensor, scores2: torch.Tensor, knn: int, first_offset: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-key scores of both halves, scores1 (t, H, n1) and scores2 (t, H, n2) -> the ``knn`` best
-    pairs as ``best_pairs`` gives them, (sub-key indices, half scores) (t, H, 2, knn), first-half
-    indices shifted by ``first_offset``: one pass of memzoo's CPU kernel per (token, head) where it
-    serves, else each half's top-k and ``best_pairs``."""
-    if cpu_kernels.enabled(scores1, scores2):
-        t, heads = scores1.shape[:2]
-        idx, halves = cpu_kernels.ops().pair_topk(scores1.flatten(0, 1), scores2.flatten(0, 1), knn, first_offset)
-        return idx.view(t, heads, 2, knn), halves.view(t, heads, 2, knn)
-    top1, idx1 = scores1.topk(min(knn, scores1.shape[-1]), dim=-1)
-    top2, idx2 = scores2.topk(knn, dim=-1)
-    return best_pairs(top1, idx1 + first_offset, top2, idx2, knn)
 
 
 def in_token_chunks(q: torch.Tensor, keys_per_head: int, search) -> tuple[torch.Tensor, ...]:
@@ -161,22 +106,8 @@ class _SelectedScores(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, keys, idx = ctx.saved_tensors
-        heads, halves, n_keys, dim = keys.shape
-        rows = grad.flatten(0, 2)  # (T*H*2, k): row t*H*2 + h*2 + s scores keys[h, s]
-        if cpu_kernels.enabled(q, keys, rows):
-            grad_q, grad_keys = cpu_kernels.ops().selected_scores_backward(
-                q.reshape(-1, dim), keys.reshape(-1, dim), idx.flatten(0, 2), rows, n_keys
-            )
-            return grad_q.view_as(q), grad_keys.view_as(keys), None, None
-        offset = torch.arange(heads * halves, device=idx.device).view(1, heads, halves, 1) * n_keys
-        flat_idx = (idx + offset).flatten(0, 2)  # (T*H*2, k) rows of keys.view(H*2*n, d)
-        grad_q = grad_keys = None
-        if ctx.needs_input_grad[0]:
-            grad_q = bag_read(flat_idx, rows, keys.reshape(-1, dim)).view_as(q)
-        if ctx.needs_input_grad[1]:
-            unique, summed = sum_rows_by_slot(flat_idx, rows, q.reshape(-1, dim))
-            grad_keys = torch.zeros_like(keys).view(-1, dim).index_copy_(0, unique, summed).view_as(keys)
-        return grad_q, grad_keys, None, None
+        ops = memory_ops(q.device, q.dtype)
+        return *ops.selected_scores_backward(q, keys, idx, grad, tuple(ctx.needs_input_grad[:2])), None, None
 
 
 class ProductKeys(nn.Module):
@@ -196,9 +127,6 @@ class ProductKeys(nn.Module):
         if self.query.bias is not None:
             mark_no_reinit(tag_optim(self.query.bias, weight_decay=0.0))
         mark_no_reinit(tag_optim(self.sub_keys, weight_decay=0.0))
-        # (q (T, H, 2, d), keys (H, 2, n, d), knn) -> (indices, half scores) (T, H, 2, knn); the row
-        # layout swaps in a search over sharded slots
-        self.search = local_search
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -222,20 +150,21 @@ class ProductKeys(nn.Module):
         with torch.autocast(device_type=q.device.type, enabled=False):
             return normalise(q, self.config.query_norm), normalise(keys, self.config.query_norm)
 
-    def select(self, q: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, q: torch.Tensor, keys: torch.Tensor, search=local_search) -> tuple[torch.Tensor, torch.Tensor]:
         """``normalised``' (q, keys) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn)).
 
-        The search (``self.search``: this process's slots, or a sharded search) runs without
-        autograd; gradients reach the query and the sub-keys through the selected pairs only.
+        ``search`` (the value table's layout's), (q (T, H, 2, d), keys (H, 2, n, d), knn) -> (indices,
+        half scores) (T, H, 2, knn), runs without autograd; gradients reach the query and the
+        sub-keys through the selected pairs only.
         """
         cfg = self.config
         with torch.autocast(device_type=q.device.type, enabled=False):
-            idx, halves = self.search(q.detach(), keys.detach(), cfg.knn)  # (T, H, 2, knn) each
+            idx, halves = search(q.detach(), keys.detach(), cfg.knn)  # (T, H, 2, knn) each
             halves = _SelectedScores.apply(q, keys, idx, halves)
             weights = torch.softmax(halves.sum(2) / cfg.temperature, dim=-1)
         return idx[:, :, 0] * cfg.n_keys + idx[:, :, 1], weights
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, search=local_search) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (T, D) -> (slot indices (T, H, knn) long, softmax weights (T, H, knn) in at least float32):
-        ``select(*normalised(*projected(x)))``."""
-        return self.select(*self.normalised(*self.projected(x)))
+        ``select(*normalised(*projected(x)), search)``."""
+        return self.select(*self.normalised(*self.projected(x)), search)

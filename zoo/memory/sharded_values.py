@@ -1,5 +1,5 @@
-"""Value tables split across ranks (``memory.parallel``): the same ``read(slots, weights)`` as the
-local ``ValueTable``, and the product-key search over row-sharded slots.
+"""Value tables split across ranks (``memory.parallel``): layouts with the local ``ValueTable``'s
+``search``, ``read`` and ``fuses_read`` (the row layout's search spans ranks).
 
 Each rank materialises only its part of the table, drawn from the table's seed (``draw_values_``), so
 the parts assemble to the table one process builds, for any world size. ``state_dict()`` holds the
@@ -19,9 +19,9 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from zoo.checkpoint.distributed import SavedShards
 from zoo.core.tags import Shard, mark_no_reinit, mark_sharded, optim_tags, shard_of, tag_optim
-from zoo.memory.bags import work_dtype
 from zoo.memory.collectives import gather_tokens, send_to_owners, token_counts
-from zoo.memory.product_keys import search_pairs
+from zoo.memory.ops.reference import work_dtype
+from zoo.memory.product_keys import local_search, search_pairs
 from zoo.memory.values import ValueTable, draw_values_, read_rows
 
 
@@ -84,12 +84,12 @@ def table_part(table: ValueTable, shard: Shard) -> torch.Tensor:
     shape[shard.dim] //= shard.world
     start = [0, 0]
     start[shard.dim] = shard.rank * shape[shard.dim]
-    part = torch.empty(shape, dtype=table.weight.dtype)
+    part = torch.empty(shape, dtype=table.weight.dtype, device="cpu")  # drawn on the CPU generator
     return draw_values_(part, table.init_seed, table.n_slots, table.v_dim, *start)
 
 
 class ShardedValues(nn.Module):
-    """One rank's part of a ``ValueTable`` (split along ``shard_dim``); subclasses implement ``read``."""
+    """One rank's part of a ``ValueTable`` (split along ``shard_dim``); subclasses give ``search``, ``read``."""
 
     shard_dim: int
 
@@ -109,12 +109,37 @@ class ShardedValues(nn.Module):
         weights = weights.to(work_dtype(self.weight))
         return counts, gather_tokens(slots, counts, self.group), gather_tokens(weights, counts, self.group)
 
+    def fuses_read(self, q: torch.Tensor, sub_keys: torch.Tensor) -> bool:
+        """False: a sharded table is read by the composed path (``ProductKeys.select``, ``read``)."""
+        return False
+
 
 class RowShardedValues(ShardedValues):
     """Rows ``[rank * N/W, (rank + 1) * N/W)`` of the table: this rank serves the reads of those slots
     for every rank's tokens; the partial sums return to the tokens' owners and add up there."""
 
     shard_dim = 0
+
+    def search(self, q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Product-key search when this rank owns first sub-key indices ``[r * n/W, (r + 1) * n/W)``:
+        q (T_r, H, 2, d), keys (H, 2, n, d) -> (indices, half scores) (T_r, H, 2, knn). Every rank's
+        queries are gathered; each rank searches its own slots (its first-half block x all second-half
+        keys: an exact product-key search) for all tokens; each token's owner merges the W candidate
+        lists into the global top-k, the same as one rank searching all N slots."""
+        rank, world = dist.get_rank(self.group), dist.get_world_size(self.group)
+        n_keys = keys.shape[2]
+        block = n_keys // world
+        counts = token_counts(q.shape[0], q.device, self.group)
+        every_q = gather_tokens(q, counts, self.group)
+        idx, halves = search_pairs(every_q, keys[:, 0, rank * block : (rank + 1) * block], keys[:, 1], knn, rank * block)
+        slots = send_to_owners(idx[:, :, 0] * n_keys + idx[:, :, 1], counts, self.group)  # (W, T_r, H, knn)
+        halves = send_to_owners(halves, counts, self.group)  # (W, T_r, H, 2, knn)
+        slots = slots.permute(1, 2, 0, 3).flatten(2)  # (T_r, H, W*knn)
+        halves = halves.permute(1, 2, 3, 0, 4).flatten(3)  # (T_r, H, 2, W*knn)
+        best = halves.sum(2).topk(knn, dim=-1).indices  # (T_r, H, knn)
+        slots = slots.gather(-1, best)
+        halves = halves.gather(-1, best.unsqueeze(2).expand(-1, -1, 2, -1))
+        return torch.stack([slots // n_keys, slots % n_keys], dim=2), halves
 
     def read(self, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """slots (T_r, R) long (global slot ids), weights (T_r, R) -> (T_r, v_dim)."""
@@ -130,41 +155,13 @@ class ColumnShardedValues(ShardedValues):
     rank's tokens; each owner concatenates the W column blocks of its tokens."""
 
     shard_dim = 1
+    search = staticmethod(local_search)  # sub-keys replicated: every rank searches all slots for its tokens
 
     def read(self, slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """slots (T_r, R) long, weights (T_r, R) -> (T_r, v_dim)."""
         counts, slots, weights = self.gather_reads(slots, weights)
         partial = read_rows(self.weight, slots, weights, self.sparse)  # (T, v/W)
         return send_to_owners(partial, counts, self.group).permute(1, 0, 2).flatten(1)
-
-
-class RowShardedSearch:
-    """Product-key search when rank r owns first sub-key indices ``[r * n/W, (r + 1) * n/W)``.
-
-    Every rank's queries are gathered; each rank searches its own slots (its first-half block x all
-    second-half keys: an exact product-key search) for all tokens; each token's owner merges the W
-    candidate lists into the global top-k, the same as one rank searching all N slots.
-    """
-
-    def __init__(self, group=None):
-        self.group = group
-
-    def __call__(self, q: torch.Tensor, keys: torch.Tensor, knn: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """q (T_r, H, 2, d), keys (H, 2, n, d) -> (indices, half scores) (T_r, H, 2, knn)."""
-        rank, world = dist.get_rank(self.group), dist.get_world_size(self.group)
-        n_keys = keys.shape[2]
-        block = n_keys // world
-        counts = token_counts(q.shape[0], q.device, self.group)
-        every_q = gather_tokens(q, counts, self.group)
-        idx, halves = search_pairs(every_q, keys[:, 0, rank * block : (rank + 1) * block], keys[:, 1], knn, rank * block)
-        slots = send_to_owners(idx[:, :, 0] * n_keys + idx[:, :, 1], counts, self.group)  # (W, T_r, H, knn)
-        halves = send_to_owners(halves, counts, self.group)  # (W, T_r, H, 2, knn)
-        slots = slots.permute(1, 2, 0, 3).flatten(2)  # (T_r, H, W*knn)
-        halves = halves.permute(1, 2, 3, 0, 4).flatten(3)  # (T_r, H, 2, W*knn)
-        best = halves.sum(2).topk(knn, dim=-1).indices  # (T_r, H, knn)
-        slots = slots.gather(-1, best)
-        halves = halves.gather(-1, best.unsqueeze(2).expand(-1, -1, 2, -1))
-        return torch.stack([slots // n_keys, slots % n_keys], dim=2), halves
 
 
 def _save_distributed_weight(module: ShardedValues, state_dict: dict, prefix: str, local_metadata: dict) -> None:

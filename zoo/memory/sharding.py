@@ -1,7 +1,7 @@
-"""Turning a model's memory layers into their ``memory.parallel`` layout, and what data-parallel
-training needs around memory tables: keep sharded parts and rows-only (sparse-gradient) tables out
-of DDP, average their gradients like DDP does, and save / load sharded optimizer state by parts
-(DTensors) in any layout."""
+"""Turning a model's memory layers into their ``memory.parallel`` layout (``prepare_data_parallel``),
+and what data-parallel training needs around memory tables: keep sharded parts and rows-only
+(sparse-gradient) tables out of DDP, average their gradients like DDP does, and save / load sharded
+optimizer state by parts (DTensors) in any layout."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import torch.distributed as dist
 from torch import nn
 
 from zoo.checkpoint.distributed import SavedShards
+from zoo.core.private_api import keep_out_of_ddp
 from zoo.core.tags import optim_tags, shard_of
 from zoo.memory.collectives import gather_tokens, token_counts
 from zoo.memory.layer import MemoryPlus
 from zoo.memory.optim import DenseSparseAdam
 from zoo.memory.sharded_values import (
     ColumnShardedValues,
-    RowShardedSearch,
     RowShardedValues,
     ShardedValues,
     distributed,
@@ -52,31 +52,27 @@ def shard_memory(model: nn.Module, group=None) -> nn.Module:
         table = layer.values
         if id(table) not in sharded:
             sharded[id(table)] = LAYOUTS[layer.config.parallel](table, group)
-        layer.values = sharded[id(table)]
-        if layer.config.parallel == "rows":
-            layer.keys.search = RowShardedSearch(group)
+        layer.values = sharded[id(table)]  # the layout: its search and read
     return model
+
+
+def prepare_data_parallel(module: nn.Module) -> None:
+    """Before DDP wraps ``module`` and a checkpoint loads (Lightning's ``configure_model``): tables
+    sharded (``shard_memory``), sharded parts and replicated tables with sparse gradients (DDP's
+    reducer takes those only from ``nn.Embedding``; ``average_sparse_gradients`` averages them) kept
+    out of DDP, the latter taken from rank 0 (as DDP does for the parameters it manages)."""
+    shard_memory(module)
+    names = [name for name, param in module.named_parameters() if shard_of(param) is not None or _replicated_sparse(param)]
+    keep_out_of_ddp(module, names)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for param in module.parameters():
+            if _replicated_sparse(param):
+                dist.broadcast(param.data, src=0)
 
 
 def _replicated_sparse(param: nn.Parameter) -> bool:
     """A whole table on every rank whose gradient is sparse (rows-only updates)."""
     return shard_of(param) is None and bool(optim_tags(param).get("sparse"))
-
-
-def ddp_ignored_parameter_names(module: nn.Module) -> list[str]:
-    """What DDP must leave alone: sharded parts (they differ per rank) and replicated tables with
-    sparse gradients (DDP's reducer takes sparse gradients only from ``nn.Embedding``);
-    ``average_sparse_gradients`` averages the latter."""
-    return [name for name, param in module.named_parameters() if shard_of(param) is not None or _replicated_sparse(param)]
-
-
-@torch.no_grad()
-def broadcast_replicated_sparse(module: nn.Module) -> None:
-    """Rank 0's replicated sparse-gradient tables on every rank (what DDP does for the parameters it
-    manages when it wraps the model)."""
-    for param in module.parameters():
-        if _replicated_sparse(param):
-            dist.broadcast(param.data, src=0)
 
 
 @torch.no_grad()

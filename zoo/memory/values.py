@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from zoo.core.tags import mark_no_reinit, tag_optim
-from zoo.memory import cpu_kernels
-from zoo.memory.bags import bag_read, bag_weight_grad, sorted_reads, sum_rows_by_slot, work_dtype
+from zoo.memory.ops import memory_ops, reference
+from zoo.memory.product_keys import local_search
 from zoo.memory.workspace import Workspace
 
 VALUE_GROUP = "memory_values"
@@ -28,67 +28,29 @@ def draw_values_(out: torch.Tensor, seed: int, n_slots: int, v_dim: int, row_sta
     rows, cols = out.shape
     for first in range(row_start - row_start % block, row_start + rows, block):
         generator = torch.Generator().manual_seed((seed + (first // block) * _SEED_STRIDE) % 2**32)
-        values = torch.empty(min(block, n_slots - first), v_dim).normal_(std=v_dim**-0.5, generator=generator)
+        values = torch.empty(min(block, n_slots - first), v_dim, dtype=torch.float32, device="cpu")  # as any context sets
+        values.normal_(std=v_dim**-0.5, generator=generator)
         lo, hi = max(first, row_start), min(first + len(values), row_start + rows)
         out[lo - row_start : hi - row_start] = values[lo - first : hi - first, col_start : col_start + cols]
     return out
 
 
-def fast_kernels(table: torch.Tensor):
-    """memzoo's Triton kernels for a CUDA float32 / bfloat16 table (``zoo.memory.triton_ops``), or
-    None: on CPU, for float64, or without Triton, reads run the PyTorch path (the reference; same
-    numbers up to summation order)."""
-    if not table.is_cuda or table.dtype not in (torch.float32, torch.bfloat16):
-        return None
-    from zoo.memory import triton_ops
-
-    return triton_ops if triton_ops.available() else None
-
-
 class _RowSparseRead(torch.autograd.Function):
     """``out[t] = sum_r weights[t, r] * table[slots[t, r]]`` whose table gradient is a coalesced sparse
-    tensor holding one row per slot read (instead of one row per read)."""
+    tensor holding one row per slot read (instead of one row per read), by the table's backend."""
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, workspace) -> torch.Tensor:
         ctx.save_for_backward(table, slots, weights)
-        ctx.workspace = workspace
-        kernels = fast_kernels(table)
-        return kernels.bag_read(slots, weights, table) if kernels else bag_read(slots, weights, table)
+        ctx.workspace, ctx.ops = workspace, memory_ops(table.device, table.dtype)
+        return ctx.ops.read(slots, weights, table)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         table, slots, weights = ctx.saved_tensors
-        if cpu_kernels.enabled(table, weights, grad_out):
-            return _cpu_backward(table, slots, weights, grad_out, ctx.workspace)
-        kernels = fast_kernels(table)
-        reads = sorted_reads(slots)  # (order, unique, offsets, counts): both gradients walk the reads by slot
-        grad_table = grad_weights = None
-        if ctx.needs_input_grad[2]:
-            if kernels:
-                grad_weights = kernels.bag_weight_grad(slots, table, grad_out)
-            else:
-                grad_weights = bag_weight_grad(slots, table, grad_out, reads)
-            grad_weights = grad_weights.to(weights.dtype)
-        if ctx.needs_input_grad[0]:
-            order, unique, offsets, counts = reads
-            if kernels:
-                weights_sorted = weights.flatten().index_select(0, order).float()
-                rows = kernels.rows_grad(order, offsets, counts, weights_sorted, grad_out, slots.shape[1])
-            else:
-                reuse = ctx.workspace is not None and grad_out.device.type == "cpu"  # CUDA's allocator caches already
-                out = ctx.workspace.take(len(unique), grad_out.shape[1], grad_out.dtype) if reuse else None
-                unique, rows = sum_rows_by_slot(slots, weights, grad_out, reads, out)
-            grad_table = row_gradient(unique, rows.to(table.dtype), table.shape)
-        return grad_table, None, grad_weights, None
-
-
-def _cpu_backward(table, slots, weights, grad_out, workspace):
-    """``_RowSparseRead``'s gradients (table, None, weights, None) from memzoo's CPU kernel: the
-    weights' gradient and the rows of each slot read, summed in one pass (in ``workspace``'s memory)."""
-    out = workspace.take(slots.numel(), table.shape[1], table.dtype) if workspace is not None else None
-    grad_weights, unique, rows = cpu_kernels.ops().bag_backward(table, slots, weights, grad_out, out)
-    return row_gradient(unique, rows, table.shape), None, grad_weights, None
+        needs = (ctx.needs_input_grad[2], ctx.needs_input_grad[0])
+        grad_weights, unique, rows = ctx.ops.read_backward(table, slots, weights, grad_out, ctx.workspace, needs)
+        return (row_gradient(unique, rows.to(table.dtype), table.shape) if needs[1] else None), None, grad_weights, None
 
 
 def row_gradient(unique: torch.Tensor, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -105,7 +67,10 @@ class ValueTable(nn.Module):
     and ``sparse`` when rows-only updates are on, with its ``second_moment`` layout). One table object
     may serve several layers. On the ``meta`` device (a sharded memory's table) nothing is allocated:
     ``zoo.memory.sharding.shard_memory`` gives each rank its part, drawn from the same seed.
+    A value table is its layout (``search``, ``read``, ``fuses_read``), as the sharded ones are.
     """
+
+    search = staticmethod(local_search)  # the local layout searches every slot
 
     def __init__(
         self,
@@ -143,10 +108,15 @@ class ValueTable(nn.Module):
         if self.weight.is_meta:
             raise ValueError(
                 "this value table is on the meta device (a memory.parallel rows / columns table): "
-                "shard_memory(model) gives each rank its part (Lightning's ShardedMemory callback does at setup); "
+                "shard_memory(model) gives each rank its part (LitLanguageModel.configure_model does); "
                 "build with memory.parallel=none to hold the whole table in one process"
             )
         return read_rows(self.weight, slots, weights, self.sparse, self.workspace)
+
+    def fuses_read(self, q: torch.Tensor, sub_keys: torch.Tensor) -> bool:
+        """Whether ``fused_read`` serves: rows-only gradients; q, sub-keys, table of one dtype whose backend has it."""
+        table = self.weight
+        return self.sparse and q.dtype == sub_keys.dtype == table.dtype and memory_ops(table.device, table.dtype).FUSED_READ
 
 
 def read_rows(
@@ -156,8 +126,8 @@ def read_rows(
     ``work_dtype(table)``; ``sparse``: the table gradient holds only the rows read (on CPU in
     ``workspace``'s memory when given). Negative slots are skipped (their weights must be 0). Runs
     outside autocast: weights stay in the work dtype."""
-    weights = weights.to(work_dtype(table))
+    weights = weights.to(reference.work_dtype(table))
     with torch.autocast(device_type=table.device.type, enabled=False):
         if sparse:
             return _RowSparseRead.apply(table, slots, weights, workspace)
-        return bag_read(slots, weights, table)
+        return reference.read(slots, weights, table)

@@ -11,10 +11,10 @@ here restate none of them.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zoo.core.dataclass_config import from_mapping, plain
 from zoo.memory import MemoryConfig
@@ -73,7 +73,9 @@ class RunConfig:
     trainer: ``lightning.Trainer`` keyword arguments (the ones memzoo reads are checked). seed,
     ckpt, overwrite, size_check, collective_timeout_s, test_slices: ``train.yaml``'s. notices: what
     the checks adjusted to keep a shortened run valid (a warmup as long as the schedule, a validation
-    interval beyond max_steps), one line each, printed once by the command that runs it.
+    interval beyond max_steps), one line each, printed once by the command that runs it. data and
+    slices: the task's datamodule and one per test slice (built once, by the check; nothing
+    generated yet). config_yaml: the composed config, resolved, as the run's config.yaml records it.
     """
 
     model: ModelConfig
@@ -91,6 +93,9 @@ class RunConfig:
     collective_timeout_s: float
     test_slices: list[dict[str, Any]]
     notices: list[str]
+    data: GeneratedDataModule = field(repr=False, compare=False)
+    slices: dict[str, GeneratedDataModule] = field(repr=False, compare=False)
+    config_yaml: str = field(repr=False, compare=False)
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> RunConfig:
@@ -117,8 +122,9 @@ class RunConfig:
             init.pretrained = str(path)  # a hub id is downloaded once, here, and read from disk after
             if task.get("tokenizer") == "pretrained" and task.get("tokenizer_path") is None:
                 task["tokenizer_path"] = init.pretrained
-        slice_datamodules(task, test_slices)  # each slice a test split the task can generate
-        vocab_size = build_datamodule(task).vocab_size  # the task's options checked; nothing generated
+        slices = slice_datamodules(task, test_slices)  # each slice a test split the task can generate
+        data = build_datamodule(task)  # the task's options checked; nothing generated
+        vocab_size = data.vocab_size
         if init.pretrained is None:
             model = from_mapping(ModelConfig, {**plain(cfg.backbone), "vocab_size": int(vocab_size), "memory": memory}, "model")
             model.validate()
@@ -143,20 +149,15 @@ class RunConfig:
             collective_timeout_s=cfg.collective_timeout_s,
             test_slices=test_slices,
             notices=[notice for notice in (warmup_notice, validation_notice) if notice],
+            data=data,
+            slices=slices,
+            config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         )
 
     @property
     def memory_name(self) -> str:
         """The memory preset's name, ``none`` without a memory."""
         return "none" if self.model.memory is None else self.model.memory.name
-
-    def datamodule(self) -> GeneratedDataModule:
-        """The task's datamodule (nothing generated yet)."""
-        return build_datamodule(self.task)
-
-    def slice_datamodules(self) -> dict[str, GeneratedDataModule]:
-        """Test slice name -> the task's datamodule whose test split is that slice (``zoo.training.slices``)."""
-        return slice_datamodules(self.task, self.test_slices)
 
     def check_world(self, distributed: bool, world_size: int) -> None:
         """The one check that needs the trainer: a sharded memory (``memory.parallel`` rows / columns)

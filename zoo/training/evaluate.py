@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.checkpoint.files import checkpoint_in
-from zoo.core.command_line import check_overrides, usage_errors
+from zoo.core.command_line import hydra_flags, run_composed, usage_errors
 from zoo.core.dir_lock import exclusive_dir
 from zoo.core.io import atomic_write_json, format_metrics
 from zoo.core.quiet import quiet_dependencies
 from zoo.memory.callbacks import memory_callbacks
 from zoo.model.loading import read_checkpoint
 from zoo.tasks import build_datamodule
+from zoo.tasks.base import GeneratedDataModule
 from zoo.training.guards import check_token_ids
 from zoo.training.lit import LitLanguageModel
 from zoo.training.run_checks import RUN_MARKERS
@@ -42,20 +44,37 @@ def claim_eval_dir(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Test ``cfg.ckpt`` on ``cfg.task``; returns (and writes to run_dir/metrics.json) the metrics.
-    The directory is locked for the evaluation and checked first (``claim_eval_dir``)."""
+@dataclass
+class EvalRun:
+    """A ``memzoo-eval`` config, checked: the composed config and the task's datamodule (built once,
+    its options checked; nothing generated yet)."""
+
+    cfg: DictConfig
+    data: GeneratedDataModule
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> EvalRun:
+        """``ValueError`` naming the bad task option, or a ``ckpt`` directory that holds no checkpoint."""
+        checkpoint_in(cfg.ckpt)
+        return cls(cfg, build_datamodule(OmegaConf.to_container(cfg.task, resolve=True)))
+
+
+def evaluate(run: EvalRun | DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Test ``run.cfg.ckpt`` on its task (a composed config is checked first, ``EvalRun.check``);
+    returns (and writes to run_dir/metrics.json) the metrics. The directory is locked for the
+    evaluation and checked first (``claim_eval_dir``)."""
+    run = run if isinstance(run, EvalRun) else EvalRun.check(run)
     run_dir = Path(run_dir)
     with exclusive_dir(run_dir, what="evaluation"):
-        claim_eval_dir(run_dir, overwrite=bool(cfg.get("overwrite", False)))
-        return _test_checkpoint(cfg, run_dir)
+        claim_eval_dir(run_dir, overwrite=bool(run.cfg.get("overwrite", False)))
+        return _test_checkpoint(run, run_dir)
 
 
-def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _test_checkpoint(run: EvalRun, run_dir: Path) -> dict[str, Any]:
     """``evaluate`` in a claimed directory: read the checkpoint, test it, write metrics.json."""
     started = time.perf_counter()
+    cfg, datamodule = run.cfg, run.data
     checkpoint, model = read_checkpoint(cfg.ckpt)  # read once (a run directory: its last.ckpt), weights checked
-    datamodule = build_datamodule(OmegaConf.to_container(cfg.task, resolve=True))
     datamodule.setup("test")
     check_token_ids({"test": datamodule.datasets["test"]}, model.vocab_size)
     # testing takes no optimizer settings
@@ -82,20 +101,32 @@ def _test_checkpoint(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    """``memzoo-eval ckpt=PATH [OVERRIDE ...]``: a bad key or value ends in one message and exit code
-    2 (``zoo.core.command_line``)."""
-    check_overrides("eval", "memzoo-eval", sys.argv[1:])
-    _hydra_main()
+    """``memzoo-eval ckpt=PATH [OVERRIDE ...]``: the config is composed once and checked once
+    (``EvalRun.check``) before Hydra makes the run directory; a bad key or value ends in one message
+    and exit code 2 (``zoo.core.command_line``). Hydra's flags (``--help``, ``--cfg``) go to Hydra."""
+    argv = sys.argv[1:]
+    if hydra_flags(argv):
+        _hydra_main()
+        return
+    run_composed("eval", "memzoo-eval", argv, EvalRun.check, _eval_job)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://zoo.configs", config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
+    """An evaluation Hydra composed (a command line with Hydra's flags), checked here."""
+    with usage_errors("memzoo-eval"):
+        run = EvalRun.check(cfg)
+    _eval_job(run)
+
+
+def _eval_job(run: EvalRun) -> None:
+    """Evaluate the checked ``run`` in the directory Hydra made for this job; the last line says where."""
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = HydraConfig.get().runtime.output_dir
     quiet_dependencies(verbose=bool(HydraConfig.get().verbose))
     with usage_errors("memzoo-eval"):
-        metrics = evaluate(cfg, run_dir)
+        metrics = evaluate(run, run_dir)
     if rank_zero_only.rank == 0:
         print(f"{format_metrics(metrics['test'])} on {metrics['test_shape']}; metrics.json in {run_dir}")
 

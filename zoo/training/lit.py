@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from zoo.memory.sharding import prepare_data_parallel
 from zoo.model.language_model import ModelConfig, build_model
 from zoo.model.loading import stored_model_config
 from zoo.tasks.base import IGNORE_INDEX
@@ -94,6 +95,10 @@ class LitLanguageModel(L.LightningModule):
         self.knowledge = torch.nn.ModuleDict(
             {} if chance_bits is None else {split: KnowledgeBits(chance_bits) for split in ("val", "test")}
         )
+
+    def configure_model(self) -> None:
+        """After the process group exists, before DDP wraps this module and a checkpoint loads: ``prepare_data_parallel``."""
+        prepare_data_parallel(self)
 
     def forward(self, inputs: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
         """inputs: (B, L) long -> logits (B, L, V); with ``scored`` (B, L) bool, (scored.sum(), V)."""

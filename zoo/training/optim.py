@@ -13,7 +13,8 @@ from torch import nn
 
 from zoo.core.tags import optim_tags, shard_of
 from zoo.core.value_checks import check_int, check_real, is_real
-from zoo.memory import VALUE_GROUP, cpu_kernels
+from zoo.memory import VALUE_GROUP
+from zoo.memory.ops import memory_ops, reference
 from zoo.memory.optim import DenseSparseAdam, coalesced
 
 
@@ -159,13 +160,9 @@ def build_optimizer(groups: list[dict], betas: tuple[float, float] = (0.9, 0.95)
 
 
 def _squared_norm(grad: torch.Tensor, rows: bool) -> torch.Tensor:
-    """||grad||^2 as a float64 scalar, accumulated in float64. ``rows``: the values of a sparse row
-    gradient (a memory table's), whose norm memzoo's CPU kernel takes in place where it serves;
-    ``vector_norm`` first copies the gradient to float64 (several ms per step for a large table's
-    rows). Dense gradients keep ``vector_norm``, so a model without memory never builds the kernels."""
-    if rows and cpu_kernels.enabled(grad):
-        return cpu_kernels.ops().squared_norm(grad)
-    return torch.linalg.vector_norm(grad, dtype=torch.float64) ** 2
+    """||grad||^2 as a float64 scalar, accumulated in float64; by its backend for ``rows`` (a memory
+    table's sparse gradient values), else the reference's (a model without memory builds no kernels)."""
+    return (memory_ops(grad.device, grad.dtype) if rows else reference).squared_norm(grad)
 
 
 @torch.no_grad()
@@ -182,7 +179,7 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
         rows = param.grad.is_sparse
         if rows:
             param.grad = coalesced(param.grad)
-        grad = param.grad._values() if rows else param.grad
+        grad = param.grad.values() if rows else param.grad  # coalesced now: the public accessor serves
         shard = shard_of(param)
         (grads if shard is None else sharded).append((grad, rows))
         group = shard.group if shard is not None else group

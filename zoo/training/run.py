@@ -5,6 +5,7 @@ metrics a run reports (``fit_and_test``). ``zoo.training.train`` is the thin ent
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from zoo.training.lit import LitLanguageModel
 from zoo.training.pretrained_init import start_from_pretrained
 from zoo.training.run_checkpoint import RunCheckpoint
 from zoo.training.run_checks import check_batches
+from zoo.training.run_record import RunSettings
 from zoo.training.run_size import check_run_fits
 from zoo.training.signals import CheckpointOnSignal, StopSignals
 from zoo.training.slices import generate_slices
@@ -117,11 +119,10 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
     loggers, status = build_loggers(run.logger, run_dir), "failed"
     try:
         with StopSignals() as stop:
-            slice_modules = run.slice_datamodules()
-            datamodule = run.datamodule()
+            datamodule = run.data
             L.seed_everything(run.seed, workers=True, verbose=False)
             datamodule.setup("fit")  # generated / tokenized once here; text tasks then know their bytes per token
-            slices = generate_slices(slice_modules)
+            slices = generate_slices(run.slices)
             datamodule.datasets.update(slices)  # checked like the splits: token ids, an example per rank
             check_token_ids(datamodule.datasets, run.model.vocab_size)
             if resume is not None:  # refuse another model's checkpoint before anything is written
@@ -199,7 +200,7 @@ def run_metrics(
     started: float,
 ) -> dict[str, Any]:
     """What metrics.json holds: test metrics (and per test slice), parameters, FLOPs and state per
-    token, throughput, steps, world size, wall time, the run's names, memory traffic, task metrics
+    token, throughput, steps, world size, wall time, the run's names and settings, memory traffic, task metrics
     (``fit_and_test`` adds ``val``: the last validation's metrics, when the fit validated)."""
     model = module.model
     metrics = {
@@ -219,6 +220,7 @@ def run_metrics(
         "backbone": run.model.name,
         "memory": run.memory_name,
         "task": run.task["name"],
+        "settings": asdict(RunSettings.of(run)),  # what the run was, for a grid's report
     }
     if run.test_slices:
         metrics["test_slices"] = [

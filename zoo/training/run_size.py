@@ -45,10 +45,12 @@ def check_run_fits(run: RunConfig, budget: Budget | None = None) -> None:
     world = processes(run.trainer)
 
     def parts(model, task: dict[str, Any]) -> list[Part]:
-        datamodule = build_datamodule(task)
+        """The parts of ``model`` on the datamodules of ``task`` (the run's own, already built, for its task)."""
+        datamodule = run.data if task is run.task else build_datamodule(task)
+        slices = run.slices if task is run.task else slice_datamodules(task, run.test_slices)
         if run.init.pretrained is None:  # the vocabulary is the task's, unless the network is imported
             model = dataclasses.replace(model, vocab_size=int(datamodule.vocab_size))
-        return run_parts(model, datamodule, list(slice_datamodules(task, run.test_slices).values()), world)
+        return run_parts(model, datamodule, list(slices.values()), world)
 
     model_keys = model_size_keys(run.model, with_backbone=run.init.pretrained is None)
     model_keys.pop("vocab_size", None)  # set by the task's options, which are tried instead

@@ -11,13 +11,14 @@ from typing import Any
 
 import hydra
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from zoo.checkpoint.files import resume_path
-from zoo.core.command_line import check_overrides, usage_errors
+from zoo.core.command_line import hydra_flags, run_composed, usage_errors
 from zoo.core.dir_lock import exclusive_dir
 from zoo.core.io import format_metrics
 from zoo.core.quiet import quiet_dependencies
+from zoo.training.config import RunConfig
 from zoo.training.resume_config import describe, record_resume, resumed_config, saved_config
 from zoo.training.run import check_run_config, fit_and_test
 from zoo.training.run_checks import claim_run_dir, remove_stale_temp_files
@@ -27,22 +28,26 @@ from zoo.training.stuck_ranks import CollectiveTimeout
 __all__ = ["check_run_config", "main", "train"]
 
 
-def train(cfg: DictConfig, run_dir: str | Path, resumed: dict[str, Any] | None = None, notices: bool = True) -> dict[str, Any]:
-    """Fit and test one configuration; writes config.yaml, tb/, checkpoints/ and metrics.json in ``run_dir``.
+def train(
+    run: RunConfig | DictConfig, run_dir: str | Path, resumed: dict[str, Any] | None = None, notices: bool = True
+) -> dict[str, Any]:
+    """Fit and test one run; writes config.yaml, tb/, checkpoints/ and metrics.json in ``run_dir``.
 
-    Everything that can be checked is checked before any data, model or file is made
-    (``check_run_config``). SIGTERM or SIGINT saves checkpoints/last.ckpt at the current step and
-    raises ``RunInterrupted``. ``resumed``: ``cfg`` is the run's own saved config (``resume_base``)
-    with these changes; config.yaml stays as it is and the changes are recorded beside it.
+    ``run``: the checked run (``check_run_config``; a composed config is checked here first): every
+    value and the size budget are checked before any data, model or file is made. SIGTERM or SIGINT
+    saves checkpoints/last.ckpt at the current step and raises ``RunInterrupted``. ``resumed``: the
+    run is the saved config.yaml with these changes (``resume_base``); config.yaml stays as it is and
+    the changes are recorded beside it.
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    run = check_run_config(cfg)  # every value, and the size budget, before any data, model or file is made
+    if not isinstance(run, RunConfig):
+        run = check_run_config(run)
     resume = resume_path(run.ckpt, run_dir)
     if notices and rank_zero_only.rank == 0:
         for notice in run.notices:
             print(notice, flush=True)
-    config_yaml = None if resumed is not None else OmegaConf.to_yaml(cfg, resolve=True)  # the run's record of its config
+    config_yaml = None if resumed is not None else run.config_yaml  # the run's record of its config
     if rank_zero_only.rank != 0:  # the ranks Lightning or torchrun start later share rank 0's directory
         return fit_and_test(run, run_dir, resume, config_yaml, started)
     with exclusive_dir(run_dir):  # one run per directory: a second memzoo-train into it is refused
@@ -68,30 +73,49 @@ def run_dir_in(argv: Sequence[str]) -> Path | None:
     return Path(dirs[-1]) if dirs else None
 
 
+def checked_run(cfg: DictConfig, overrides: Sequence[str], run_dir: Path | None) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The composed config -> (its checked ``RunConfig``, the resume's changes or None): a resume
+    (``ckpt=`` in a directory holding a run) checks the saved run with the resume-safe overrides."""
+    cfg, resumed = resume_base(cfg, overrides, run_dir)
+    return check_run_config(cfg), resumed
+
+
 def main() -> None:
-    """``memzoo-train [OVERRIDE ...]``: a bad key or value ends in one message and exit code 2
-    (``zoo.core.command_line``), before Hydra makes a run directory; so does a value memzoo's checks
-    refuse (``check_run_config``), and a resume override that would change the saved run."""
+    """``memzoo-train [OVERRIDE ...]``: the config is composed once and checked once
+    (``check_run_config``) before Hydra makes the run directory; a bad key or value, or a resume
+    override that would change the saved run, ends in one message and exit code 2
+    (``zoo.core.command_line``). Hydra's flags (``--help``, ``--cfg``, ``-m``) go to Hydra."""
     argv = sys.argv[1:]
-    check_overrides(
-        "train", "memzoo-train", argv, check=lambda cfg: check_run_config(resume_base(cfg, argv, run_dir_in(argv))[0])
+    if hydra_flags(argv):
+        _hydra_main()
+        return
+    run_composed(
+        "train", "memzoo-train", argv, lambda cfg: checked_run(cfg, argv, run_dir_in(argv)), lambda checked: _run_job(*checked)
     )
-    _hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://zoo.configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    """A run Hydra composed (a command line with Hydra's flags: each job of ``-m``), checked here."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with usage_errors("memzoo-train"):
+        run, resumed = checked_run(cfg, list(HydraConfig.get().overrides.task), Path(HydraConfig.get().runtime.output_dir))
+    _run_job(run, resumed)
+
+
+def _run_job(run: RunConfig, resumed: dict[str, Any] | None) -> None:
+    """Train the checked ``run`` in the directory Hydra made for this job; the last line says where."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_config = HydraConfig.get()
     run_dir = hydra_config.runtime.output_dir
     quiet_dependencies(verbose=bool(hydra_config.verbose))
     try:
+        if resumed is not None and rank_zero_only.rank == 0:
+            print(describe(resumed), file=sys.stderr)
         with usage_errors("memzoo-train"):
-            cfg, resumed = resume_base(cfg, list(hydra_config.overrides.task), Path(run_dir))
-            if resumed is not None and rank_zero_only.rank == 0:
-                print(describe(resumed), file=sys.stderr)
-            metrics = train(cfg, run_dir, resumed)
+            metrics = train(run, run_dir, resumed)
     except RunInterrupted as stopped:  # 143 (SIGTERM) / 130 (SIGINT): a sweep stops here too
         print(f"{stopped}; resume with: memzoo-train hydra.run.dir={run_dir} ckpt=last", file=sys.stderr)
         sys.exit(stopped.exit_code)

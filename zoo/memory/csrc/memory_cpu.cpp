@@ -3,7 +3,7 @@
 // rows-only Adam, the squared norm gradient clipping takes, and the check that a sparse row gradient's
 // rows ascend. Each replaces a chain of small PyTorch ops (zoo/memory/*.py keeps that chain as the
 // reference) with one pass over its data.
-// Built on first use by torch.utils.cpp_extension (zoo/memory/cpu_kernels.py); float32 and float64.
+// Built on first use by torch.utils.cpp_extension (zoo/memory/ops/cpu.py); float32 and float64.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

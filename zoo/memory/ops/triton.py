@@ -1,5 +1,6 @@
-"""Triton kernels for the value table on CUDA: bag reads, their weight and row gradients, and lazy
-(rows-only) Adam. Accumulation is always float32; tables may be float32 or bfloat16.
+"""The memory's ops as Triton kernels on CUDA with ``reference``'s signatures: bag reads, their weight and
+row gradients, lazy (rows-only) Adam (the other ops: the reference's). Accumulation is always
+float32; tables may be float32 or bfloat16 (a float16 table gets row Adam only).
 
 Importing this module never imports Triton. The kernels are compiled (``triton.jit``) on first use,
 so ``TRITON_INTERPRET=1`` set any time before the first call runs them on CPU tensors (the tests).
@@ -12,14 +13,19 @@ from types import SimpleNamespace
 
 import torch
 
+from zoo.memory.ops import reference
+from zoo.memory.ops.reference import as_coalesced, rank_pairs, selected_scores_backward, squared_norm, top_pairs  # noqa: F401
+
 # triton.language, bound by _kernels() on first use. The kernels below read it as a module global
 # (Triton's interpreter requires it there); annotations stay strings (`from __future__` above).
 tl = None
 
-BLOCK_T = 16  # tokens per program (bag_read, bag_weight_grad)
+BLOCK_T = 16  # tokens per program (read, bag_weight_grad)
 BLOCK_M = 16  # sorted reads per inner step (rows_grad)
 BLOCK_U = 8  # rows per program (row_adam_)
 MAX_BLOCK_D = 128  # columns per tile; wider rows loop over tiles
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the tables served (float16: row Adam only)
+FUSED_READ = False
 
 
 @functools.cache
@@ -193,9 +199,12 @@ def _check_bags(slots: torch.Tensor, table: torch.Tensor, **others: torch.Tensor
         raise ValueError(f"slots, table, {', '.join(others)} must be on one device, got {sorted(devices)}")
 
 
-def bag_read(slots: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def read(slots: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """slots (T, R) int64, weights (T, R), table (N, d) float32/bfloat16 -> (T, d) float32,
-    ``out[t] = sum_r weights[t, r] * table[slots[t, r]]``; a negative slot reads nothing."""
+    ``out[t] = sum_r weights[t, r] * table[slots[t, r]]``; a negative slot reads nothing. A float16
+    table: ``reference.read``."""
+    if table.dtype == torch.float16:
+        return reference.read(slots, weights, table)
     _check_bags(slots, table, weights=weights)
     if weights.shape != slots.shape:
         raise ValueError(f"weights {tuple(weights.shape)} must match slots {tuple(slots.shape)}")
@@ -256,18 +265,8 @@ def rows_grad(
     segment u (one slot) is sorted reads ``offsets[u] : offsets[u] + counts[u]``; weights_sorted (M,)
     float32 = ``weights.flatten()[order]``; source (T, d) float32/bfloat16 (``grad_out``).
     Returns rows (U, d) float32, ``rows[u] = sum_{i in segment u} weights_sorted[i] * source[order[i] // R]``.
+    Unchecked: its inputs are ``reference.sorted_reads``' (``read_backward``), well formed by construction.
     """
-    if not (order.dim() == offsets.dim() == counts.dim() == weights_sorted.dim() == 1):
-        raise ValueError("order, offsets, counts and weights_sorted must be 1-d")
-    if order.dtype != torch.int64 or offsets.dtype != torch.int64 or counts.dtype != torch.int64:
-        raise ValueError(f"order, offsets, counts must be int64, got {order.dtype}, {offsets.dtype}, {counts.dtype}")
-    if offsets.shape != counts.shape or weights_sorted.shape != order.shape:
-        raise ValueError(
-            f"offsets {tuple(offsets.shape)} must match counts {tuple(counts.shape)}, "
-            f"weights_sorted {tuple(weights_sorted.shape)} must match order {tuple(order.shape)}"
-        )
-    if source.dim() != 2 or R < 1:
-        raise ValueError(f"source must be (T, d) and R >= 1, got {tuple(source.shape)}, R={R}")
     U, d = offsets.shape[0], source.shape[1]
     rows = torch.empty(U, d, dtype=torch.float32, device=source.device)
     if U == 0 or d == 0:
@@ -291,7 +290,7 @@ def rows_grad(
 
 
 @torch.no_grad()
-def row_adam_(
+def row_adam(
     param: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
@@ -302,12 +301,14 @@ def row_adam_(
     beta2: float,
     eps: float,
     step: int,
+    workspace=None,
 ) -> None:
     """Lazy Adam on ``rows`` only, in place, in float32: param (N, d) float32/bfloat16 (stored back in its
     dtype), exp_avg (N, d) float32, exp_avg_sq (N, d) float32 or (N,) float32 (row-wise: one second
     moment per row from the row's mean g^2, as FBGEMM's partial-rowwise Adam), rows (U,) int64 unique,
     grad (U, d) in param's dtype or float32, step the optimizer's step count after incrementing.
-    ``p -= lr / (1 - beta1^step) * m / (sqrt(v / (1 - beta2^step)) + eps)``."""
+    ``p -= lr / (1 - beta1^step) * m / (sqrt(v / (1 - beta2^step)) + eps)``. No temporaries: no
+    ``workspace``."""
     if param.dim() != 2 or param.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"param must be (N, d) float32/bfloat16/float16, got {tuple(param.shape)} {param.dtype}")
     N, d = param.shape
@@ -348,3 +349,18 @@ def row_adam_(
         BLOCK_U=BLOCK_U,
         BLOCK_D=_block_d(d),
     )
+
+
+def read_backward(table, slots, weights, grad_out, workspace=None, needs=(True, True)):
+    """``reference.read_backward`` by ``bag_weight_grad`` and ``rows_grad`` over the reads sorted by
+    slot (a float16 table: the reference's)."""
+    if table.dtype == torch.float16:
+        return reference.read_backward(table, slots, weights, grad_out, workspace, needs)
+    order, unique, offsets, counts = reference.sorted_reads(slots)
+    grad_weights = rows = None
+    if needs[0]:
+        grad_weights = bag_weight_grad(slots, table, grad_out).to(weights.dtype)
+    if needs[1]:
+        weights_sorted = weights.flatten().index_select(0, order).float()
+        rows = rows_grad(order, offsets, counts, weights_sorted, grad_out, slots.shape[1])
+    return grad_weights, unique, rows
