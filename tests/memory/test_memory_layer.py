@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo import ModelConfig, build_model
-from zoo.core.dataclass_config import from_mapping
+from zoo.core.dataclass_config import typed
 from zoo.memory import MemoryConfig, MemoryPlus, ValueTable
 
 
@@ -109,12 +109,12 @@ def test_memory_replaces_channel_only_at_listed_layers():
         (dict(query_norm="batchnorm"), r"memory.query_norm='batchnorm'; allowed: \['none', 'layernorm', 'rmsnorm'\]"),
         (dict(temperature=0.0), r"memory.temperature=0.0 must be a finite number > 0"),
         (dict(heads=0), r"memory.heads=0 must be a positive integer"),
-        (dict(slots=10), r"unknown memory config key\(s\) \['slots'\]"),
+        (dict(slots=10), r"^model\.memory\.slots: Key 'slots' not in 'MemoryConfig'; allowed: \['gate', 'heads', "),
     ],
 )
 def test_bad_memory_setting_raises_before_any_parameter_is_made(memory, match):
     with pytest.raises(ValueError, match=match):
-        config = from_mapping(
+        config = typed(
             ModelConfig, {"vocab_size": 20, "d_model": 16, "n_layers": 2, "memory": {"n_keys": 8, "k_dim": 8, **memory}}, "model"
         )
         config.validate()

@@ -102,7 +102,7 @@ def test_datamodule_splits_deterministic_and_train_differs_from_test():
         (dict(vocab_size=64, seq_len=15, num_kv_pairs=4), r"seq_len=15 .* need seq_len >= 4 \* num_kv_pairs = 16"),
         (dict(vocab_size=8, seq_len=64, num_kv_pairs=4), r"vocab_size=8 .* must be >= 10"),
         (dict(vocab_size=64, seq_len=64, num_kv_pairs=0), r"num_kv_pairs=0 must be >= 1"),
-        (dict(vocab_size=64, seq_len=64, num_kv_pairs=4, power_a=0.0), r"power_a=0.0 must be > 0"),
+        (dict(vocab_size=64, seq_len=64, num_kv_pairs=4, power_a=0.0), r"power_a=0.0 must be a finite number > 0"),
         (dict(vocab_size=64, seq_len=64, num_kv_pairs=4, num_train=0), r"num_train=0 must be an integer >= 1"),
         (dict(vocab_size=64, seq_len=64, num_kv_pairs=4, batch_size=0), r"batch_size=0 must be an integer >= 1"),
     ],

@@ -116,5 +116,5 @@ def test_synthetic_options_are_checked_before_generation(options, match):
 
 
 def test_an_unknown_task_option_names_the_task_the_key_and_the_options():
-    with pytest.raises(ValueError, match=r"bad options for task 'icr': .*'colour'; its options: \['vocab_size', "):
+    with pytest.raises(ValueError, match=r"^task\.colour: Key 'colour' not in 'InContextRecallDataModule'; allowed: \['batch"):
         build_datamodule({"name": "icr", "colour": "red"})

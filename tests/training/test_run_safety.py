@@ -25,7 +25,7 @@ from zoo.training.train import train
             r"^optim.group_lr.memory_values=0.01: the memory value table's learning rate has one knob, memory.value_lr; ",
         ),
         (["+optim.group_lr.other=0"], r"^optim.group_lr.other=0.0 must be a finite number > 0$"),
-        (["trainer.gradient_clip_val=-1"], r"^trainer.gradient_clip_val=-1 must be >= 0"),
+        (["trainer.gradient_clip_val=-1"], r"^trainer.gradient_clip_val=-1.0 must be a finite number >= 0"),
         (["trainer.max_steps=0"], r"^trainer.max_steps=0 must be an integer >= 1$"),
         (["task.num_train=10"], r"^the train split has 10 examples, fewer than one batch of task.batch_size=32"),
     ],
@@ -37,21 +37,21 @@ def test_settings_that_would_train_wrongly_fail_before_anything_is_written(tmp_p
 
 
 def test_the_schedule_check_names_only_the_failing_field():
-    good_optim, good_trainer = OptimConfig(lr=1e-3, warmup_steps=None), {"max_steps": 10, "gradient_clip_val": 1.0}
-    assert fit_schedule(good_optim, good_trainer) == (good_optim, None)  # warmup null = a tenth of the schedule
+    good_optim = OptimConfig(lr=1e-3, warmup_steps=None)
+    assert fit_schedule(good_optim, 10) == (good_optim, None)  # warmup null = a tenth of the schedule
     with pytest.raises(ValueError) as err:
-        fit_schedule(good_optim, {**good_trainer, "max_steps": 0})
+        fit_schedule(good_optim, 0)
     assert "warmup" not in str(err.value) and "min_lr_ratio" not in str(err.value)
 
 
 def test_a_warmup_as_long_as_a_shortened_schedule_becomes_a_tenth_of_it_with_a_notice():
-    optim, notice = fit_schedule(OptimConfig(lr=1e-3, warmup_steps=50), {"max_steps": 20})
+    optim, notice = fit_schedule(OptimConfig(lr=1e-3, warmup_steps=50), 20)
     assert optim.warmup_steps == 2 and optim.lr == 1e-3
     assert notice == (
         "optim.warmup_steps=50 is not shorter than the schedule's 20 steps (trainer.max_steps): warming up for 2 steps "
         "instead, a tenth of it"
     )
-    optim, notice = fit_schedule(OptimConfig(lr=1e-3, warmup_steps=5, total_steps=5), {"max_steps": 100})
+    optim, notice = fit_schedule(OptimConfig(lr=1e-3, warmup_steps=5, total_steps=5), 100)
     assert optim.warmup_steps == 0 and "(optim.total_steps)" in notice
 
 

@@ -4,7 +4,7 @@ and runs trained one after another in one process (a grid) get one W&B run each.
 import pytest
 from hydra import compose, initialize_config_module
 
-from zoo.core.dataclass_config import from_mapping
+from zoo.core.dataclass_config import typed
 from zoo.training.config import LoggerConfig
 from zoo.training.train import train
 
@@ -56,4 +56,4 @@ def test_wandb_mode_must_be_one_wandb_knows():
     with initialize_config_module(config_module="zoo.configs", version_base="1.3"):
         cfg = compose("train", overrides=["logger=wandb", "logger.mode=cloud"])
     with pytest.raises(ValueError, match=r"logger.mode='cloud' is not a W&B mode; allowed: \['online', 'offline', 'disabled'\]"):
-        from_mapping(LoggerConfig, cfg.logger, "logger").check()
+        typed(LoggerConfig, cfg.logger, "logger").check()

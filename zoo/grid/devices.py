@@ -38,11 +38,12 @@ def claim(keys: Sequence[str], lock_dir: Path, fallback: int) -> tuple[int, IO]:
 
 
 @contextmanager
-def one_device_per_job(trainer: dict[str, Any], job_num: int) -> Iterator[None]:
-    """Inside, a run whose ``trainer`` settings ask for one CUDA device (``accelerator`` gpu / cuda,
-    ``devices`` 1) trains on a claimed device (``trainer["devices"] = [i]``) when more than one is
-    visible; any other run is left as it is. ``job_num`` picks the device to wait for when all are claimed."""
-    one_cuda = trainer.get("accelerator") in ("gpu", "cuda") and str(trainer.get("devices")) == "1"
+def one_device_per_job(trainer: Any, job_num: int) -> Iterator[None]:
+    """Inside, a run whose ``trainer`` settings (a ``TrainerConfig``) ask for one CUDA device
+    (``accelerator`` gpu / cuda, ``devices`` 1) trains on a claimed device (``trainer.devices = [i]``)
+    when more than one is visible; any other run is left as it is. ``job_num`` picks the device to
+    wait for when all are claimed."""
+    one_cuda = trainer.accelerator in ("gpu", "cuda") and str(trainer.devices) == "1"
     count = torch.cuda.device_count() if one_cuda else 0
     if count < 2:
         yield
@@ -50,7 +51,7 @@ def one_device_per_job(trainer: dict[str, Any], job_num: int) -> Iterator[None]:
     keys = [str(torch.cuda.get_device_properties(i).uuid) for i in range(count)]
     index, handle = claim(keys, LOCK_DIR, job_num % count)
     try:
-        trainer["devices"] = [index]
+        trainer.devices = [index]
         yield
     finally:
         handle.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zoo.core.value_checks import check_bool, check_real, is_int
+from zoo.core.value_checks import check_real
 from zoo.memory.optim import SECOND_MOMENTS  # the layouts RowAdam keeps
 
 QUERY_NORMS = ("none", "layernorm", "rmsnorm")
@@ -85,19 +85,17 @@ class MemoryConfig:
         return d_model if self.v_dim is None else self.v_dim
 
     def validate(self, d_model: int, n_layers: int | None = None) -> None:
-        """Raise ``ValueError`` naming the field, its value and what is allowed."""
+        """Raise ``ValueError`` naming the field, its value and what is allowed: ranges, choices and
+        cross-field rules (the types are ``zoo.core.dataclass_config.typed``'s)."""
         for name in ("n_keys", "heads", "knn", "k_dim"):
             value = getattr(self, name)
-            if not is_int(value) or value < 1:
+            if value < 1:
                 raise ValueError(f"memory.{name}={value!r} must be a positive integer")
-        for name in ("query_bias", "gate", "shared", "sparse_updates"):
-            check_bool(f"memory.{name}", getattr(self, name))
         if self.knn > self.n_keys:
             raise ValueError(f"memory.knn={self.knn} must be <= memory.n_keys={self.n_keys}")
         if self.k_dim % 2:
             raise ValueError(f"memory.k_dim={self.k_dim} must be even (it is split into two halves)")
-        v_dim = self.resolved_v_dim(d_model)
-        if not is_int(v_dim) or v_dim < 1:
+        if self.resolved_v_dim(d_model) < 1:
             raise ValueError(f"memory.v_dim={self.v_dim!r} must be a positive integer or null (= d_model)")
         if self.query_norm not in QUERY_NORMS:
             raise ValueError(f"memory.query_norm={self.query_norm!r}; allowed: {list(QUERY_NORMS)}")
@@ -124,12 +122,10 @@ class MemoryConfig:
             )
         check_real("memory.value_lr", self.value_lr, low=0, low_open=True, null="1e-3 * n_keys / 32")
         if n_layers is not None:
-            if not isinstance(self.layers, list):
-                raise ValueError(f"memory.layers={self.layers!r} must be a list of layer indices")
             if not self.layers:
                 raise ValueError("memory.layers=[] names no layer; give at least one index, or use memory=none")
             for idx in self.layers:
-                if not is_int(idx) or not 0 <= idx < n_layers:
+                if not 0 <= idx < n_layers:
                     raise ValueError(
                         f"memory.layers has index {idx!r}; allowed: 0..{n_layers - 1} (backbone.n_layers={n_layers})"
                     )

@@ -11,6 +11,7 @@ them (e.g. SSM parameters); norms start at 1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -20,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.core.dataclass_config import from_mapping
+from zoo.core.dataclass_config import typed
 from zoo.core.tags import is_no_reinit, is_residual_projection, mark_no_decay, shard_of
-from zoo.core.value_checks import check_bool, check_real, is_int
+from zoo.core.value_checks import check_real
 from zoo.memory import MemoryConfig, make_value_table
 from zoo.mixers import MIXERS, PATTERN_LETTERS
 from zoo.model.channels import CHANNELS
@@ -58,8 +59,8 @@ class ModelConfig:
     name: str = "transformer"
     d_model: int = 128
     n_layers: int = 2
-    pattern: str | list[str] = "A"
-    channel: str | list[str] = "mlp"
+    pattern: Any = "A"  # a string or a list of strings (OmegaConf types no union of a string and a list)
+    channel: Any = "mlp"  # likewise
     mixer: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"attention": {"num_heads": 2, "rotary_base": 10000.0, "bias": False, "dropout": 0.0}}
     )
@@ -131,14 +132,14 @@ class ModelConfig:
         return list(memory.layers)
 
     def validate(self) -> None:
-        """Every field's type and range, then cross-field checks, raised before any parameter is
-        allocated; a mixer's (or the MLP's) own argument error is prefixed with its config key."""
+        """Ranges (the types are ``typed``'s), then cross-field checks, raised before any parameter
+        is allocated; a mixer's (or the MLP's) own argument error is prefixed with its config key."""
         for key, value in [
             ("model vocab_size", self.vocab_size),
             ("backbone.d_model", self.d_model),
             ("backbone.n_layers", self.n_layers),
         ]:
-            if not is_int(value) or value < 1:
+            if value < 1:
                 raise ValueError(f"{key}={value!r} must be a positive integer")
         for name in ("pattern", "channel"):
             value = getattr(self, name)
@@ -148,22 +149,9 @@ class ModelConfig:
                     + (f" of mixer letters {sorted(PATTERN_LETTERS)}" if name == "pattern" else "")
                     + " or a non-empty list of names, one per layer"
                 )
-        check_bool("backbone.tie_embeddings", self.tie_embeddings)
         check_real("backbone.norm_eps", self.norm_eps, low=0, low_open=True)
-        for name in ("mixer", "mlp"):
-            options = getattr(self, name)
-            if not isinstance(options, dict):
-                raise ValueError(f"backbone.{name}={options!r} must be a mapping of options")
-        for name, options in self.mixer.items():
-            if not isinstance(options, dict):
-                raise ValueError(f"backbone.mixer.{name}={options!r} must be a mapping of that mixer's options")
         mixers = self.pattern_mixers()
         memory = self.memory
-        if memory is not None and not isinstance(memory, MemoryConfig):
-            raise ValueError(
-                f"model memory={memory!r} must be a MemoryConfig or None (build_model parses a mapping of "
-                "ModelConfig fields, memory included)"
-            )
         if memory is not None:
             memory.validate(self.d_model, self.n_layers)
         channels = self.layer_counts()[1]
@@ -311,8 +299,9 @@ def _build_layer(registry: dict, name: str, kind: str, d_model: int, layer_idx: 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> LanguageModel:
     """``ModelConfig`` -> ``LanguageModel``, the config checked first. A mapping of ``ModelConfig``
-    fields (the Python API's shorthand) is parsed here, at that boundary, by ``from_mapping``."""
-    config = cfg if isinstance(cfg, ModelConfig) else from_mapping(ModelConfig, cfg, "model")
+    fields (the Python API's shorthand) is typed here, at that boundary, by ``typed``; a
+    ``ModelConfig`` made in Python is typed too, so a value of the wrong type is refused alike."""
+    config = typed(ModelConfig, cfg if isinstance(cfg, Mapping) else dataclasses.asdict(cfg), "model")
     config.validate()
     memory = config.memory
     channel_options = {"mlp": config.mlp}

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from zoo.checkpoint.files import checkpoint_in, load_checkpoint_file
-from zoo.core.dataclass_config import from_mapping
+from zoo.core.dataclass_config import typed
 from zoo.model.language_model import LanguageModel, ModelConfig, build_model
 
 MODEL_PREFIX = "model."  # the LanguageModel's entries in a Lightning checkpoint's state_dict
@@ -22,7 +22,7 @@ def stored_model_config(values: Mapping[str, Any]) -> ModelConfig:
     """A checkpoint's model settings (``hyper_parameters.model``, ``ModelConfig``'s fields as a plain
     dict, as ``LitLanguageModel`` stores them; a key left out takes its default) -> ``ModelConfig``.
     The one place a stored dict becomes the typed config."""
-    return from_mapping(ModelConfig, values, "model")
+    return typed(ModelConfig, values, "model")
 
 
 def one_process(config: ModelConfig) -> ModelConfig:

@@ -178,9 +178,8 @@ def machine_budget(accelerator: Any = "cpu") -> Budget:
     return Budget(host, source)
 
 
-def processes(trainer: Mapping[str, Any]) -> int:
+def processes(devices: Any) -> int:
     """Training processes on this machine: ``trainer.devices`` when a count or a list, else 1."""
-    devices = trainer.get("devices", 1)
     if isinstance(devices, (list, tuple)):
         return max(1, len(devices))
     return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1

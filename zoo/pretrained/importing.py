@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from zoo.core.dataclass_config import from_mapping
+from zoo.core.dataclass_config import typed
 from zoo.memory import MemoryConfig, memory_layers
 from zoo.model.language_model import LanguageModel, ModelConfig, build_model
 from zoo.model.loading import weight_problems
@@ -120,7 +120,7 @@ def with_memory(config: ModelConfig, memory: MemoryConfig | Mapping[str, Any] | 
     if memory is None:
         return config
     if not isinstance(memory, MemoryConfig):
-        memory = from_mapping(MemoryConfig, memory, "memory")
+        memory = typed(MemoryConfig, memory, "memory")
     if memory.placement is None:
         memory = dataclasses.replace(memory, placement="beside")
     return dataclasses.replace(config, memory=memory)

@@ -5,8 +5,10 @@ class; adding a task is one module plus one line here. A synthetic task's module
 dataclass, a pure generator and a one-statement ``SyntheticDataModule`` subclass (``zoo.tasks.base``).
 """
 
-import inspect
+from collections.abc import Mapping
+from typing import Any
 
+from zoo.core.dataclass_config import typed_options
 from zoo.tasks.base import GeneratedDataModule
 from zoo.tasks.facts import FactsDataModule
 from zoo.tasks.lm import LanguageModelingDataModule
@@ -33,15 +35,19 @@ TASKS: dict[str, type] = {
 }
 
 
-def build_datamodule(task_cfg: dict) -> GeneratedDataModule:
-    """``task`` config (a mapping with ``name``) -> the task's datamodule; ``ValueError`` naming an
-    unknown task or bad options."""
+def task_options(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``task`` config (a mapping with ``name``) -> the same mapping with each option typed by the
+    task's signature (``zoo.core.dataclass_config.typed_options``); ``ValueError`` naming an unknown
+    task, an unknown option or a value of the wrong type."""
     options = dict(task_cfg)
     name = options.pop("name")
     if name not in TASKS:
         raise ValueError(f"task.name={name!r} is not a known task; allowed: {sorted(TASKS)}")
-    try:
-        return TASKS[name](**options)
-    except TypeError as err:
-        options = list(inspect.signature(TASKS[name]).parameters)
-        raise ValueError(f"bad options for task {name!r}: {err}; its options: {options}") from err
+    return {"name": name, **typed_options(TASKS[name], options, "task")}
+
+
+def build_datamodule(task_cfg: Mapping[str, Any]) -> GeneratedDataModule:
+    """``task`` config -> the task's datamodule, its options typed (``task_options``) and checked by
+    the task (ranges; ``ValueError`` naming the option); nothing generated yet."""
+    options = task_options(task_cfg)
+    return TASKS[options.pop("name")](**options)

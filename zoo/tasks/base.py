@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from zoo.core.value_checks import check_int, is_int, is_real
+from zoo.core.value_checks import check_int
 
 IGNORE_INDEX = -100
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
@@ -30,28 +31,6 @@ def check_int_option(name: str, value: object, low: int, high: int | None = None
     """``ValueError`` naming ``task.<name>`` unless ``value`` is an integer >= ``low`` (and <= ``high``),
     or None where ``null`` says what None means."""
     check_int(f"task.{name}", value, low, high, null)
-
-
-def check_option_types(options: dict[str, object], signature: inspect.Signature) -> None:
-    """``ValueError`` naming ``task.<name>`` for an option whose value is not of its annotated type:
-    an integer (a bool is not one), a finite number, a bool or a string; None only where the
-    annotation or the default allows it. Ranges are the task's own checks."""
-    for name, value in options.items():
-        param = signature.parameters.get(name)
-        if param is None:
-            continue
-        annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
-        kinds = {part.strip() for part in annotation.split("|")}
-        if value is None and ("None" in kinds or param.default is None):
-            continue
-        if "int" in kinds and not is_int(value):
-            raise ValueError(f"task.{name}={value!r} must be an integer" + (" or null" if param.default is None else ""))
-        if "float" in kinds and not is_real(value):
-            raise ValueError(f"task.{name}={value!r} must be a finite number")
-        if "bool" in kinds and not isinstance(value, bool):
-            raise ValueError(f"task.{name}={value!r} must be true or false")
-        if "str" in kinds and not isinstance(value, str):
-            raise ValueError(f"task.{name}={value!r} must be a string" + (" or null" if param.default is None else ""))
 
 
 class TokenDataset(Dataset):
@@ -161,7 +140,7 @@ class GeneratedDataModule(L.LightningDataModule):
         super().__init__()
         check_int_option("batch_size", batch_size, 1)
         check_int_option("seed", seed, 0, SEED_MAX)
-        if not is_int(num_workers) or num_workers < 0:
+        if num_workers < 0:
             raise ValueError(f"task.num_workers={num_workers!r} must be >= 0 (0: load in the main process)")
         self.batch_size = batch_size
         self.seed = seed
@@ -269,15 +248,15 @@ class SyntheticDataModule(GeneratedDataModule):
     ):
         super().__init_subclass__(**kwargs)
         cls.Knobs, cls.generator, cls.test_overrides = knobs, staticmethod(generator), tuple(test_overrides)
-        knob_fields = {f.name: f for f in dataclasses.fields(knobs)}
-        loader = list(inspect.signature(GeneratedDataModule.__init__).parameters.values())[1:]  # past self
+        types = typing.get_type_hints(knobs)
+        loader = list(inspect.signature(GeneratedDataModule.__init__, eval_str=True).parameters.values())[1:]  # past self
         cls.__signature__ = inspect.Signature(
             [
-                *(_option(f.name, f.default, f.type) for f in knob_fields.values()),
-                *(_option(f"test_{name}", None, knob_fields[name].type) for name in cls.test_overrides),
-                _option("num_train", num_train, "int"),
-                _option("num_test", num_test, "int"),
-                _option("num_val", None, "int | None"),
+                *(_option(f.name, f.default, types[f.name]) for f in dataclasses.fields(knobs)),
+                *(_option(f"test_{name}", None, types[name] | None) for name in cls.test_overrides),
+                _option("num_train", num_train, int),
+                _option("num_test", num_test, int),
+                _option("num_val", None, int | None),
                 *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in loader),
             ]
         )
@@ -292,7 +271,6 @@ class SyntheticDataModule(GeneratedDataModule):
         num_val = num_test if num_val is None else num_val
         for name, value in [("num_train", num_train), ("num_test", num_test)]:
             check_int_option(name, value, 1)
-        check_option_types(options, inspect.signature(type(self)))  # the knobs and test_<knob>; their ranges are theirs
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         test = {name: options.pop(f"test_{name}") for name in self.test_overrides}
         self.knobs = self.Knobs(**options)

@@ -88,7 +88,7 @@ class FactsDataModule(GeneratedDataModule):
             ("num_fillers", num_fillers),
             ("facts_per_seq", facts_per_seq),
         ]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if value < 1:
                 raise ValueError(f"task.{name}={value!r} must be a positive integer")
         check_int_option("name_len", name_len, 1)
         check_int_option("name_vocab", name_vocab, 1, null="num_entities")

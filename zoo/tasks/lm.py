@@ -271,16 +271,6 @@ class LanguageModelingDataModule(GeneratedDataModule):
         check_int_option("vocab_size", vocab_size, 2)
         check_int_option("seq_len", seq_len, 1)
         check_int_option("max_bytes", max_bytes, 1, null="no cap")
-        for name, value in [("path", path), ("hf_dataset", hf_dataset), ("hf_split", hf_split), ("hf_text_field", hf_text_field)]:
-            if not (value is None and name in ("path", "hf_dataset") or isinstance(value, str)):
-                raise ValueError(
-                    f"task.{name}={value!r} must be a string" + (" or null" if name in ("path", "hf_dataset") else "")
-                )
-        if not isinstance(allow_binary, bool):
-            raise ValueError(f"task.allow_binary={allow_binary!r} must be true or false")
-        for name, value in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"task.{name}={value!r} must be a number in (0, 1)")
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"task.tokenizer={tokenizer!r} is not a tokenizer; allowed: {list(TOKENIZERS)}")
         if tokenizer == "byte" and vocab_size != BYTE_VOCAB_SIZE:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from zoo.core.value_checks import check_real
 from zoo.tasks.base import IGNORE_INDEX, SyntheticDataModule
 
 
@@ -31,8 +32,7 @@ def check_mqar_sizes(vocab_size: int, seq_len: int, num_kv_pairs: int, power_a: 
             f"task.vocab_size={vocab_size} is too small for num_kv_pairs={num_kv_pairs} unique keys: "
             f"keys come from [1, vocab_size/2), so vocab_size must be >= {2 * (num_kv_pairs + 1)}"
         )
-    if not power_a > 0:
-        raise ValueError(f"task.power_a={power_a} must be > 0")
+    check_real("task.power_a", power_a, low=0, low_open=True)
 
 
 @dataclass(frozen=True)

@@ -10,23 +10,26 @@ here restate none of them.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.core.dataclass_config import from_mapping, plain
+from zoo.core.dataclass_config import plain, typed
+from zoo.core.value_checks import check_int, check_real, is_int
 from zoo.memory import MemoryConfig
 from zoo.model.language_model import ModelConfig
-from zoo.tasks import build_datamodule
+from zoo.tasks import build_datamodule, task_options
 from zoo.tasks.base import GeneratedDataModule
 from zoo.training.optim import OptimConfig
 from zoo.training.pretrained_init import InitConfig
-from zoo.training.run_checks import check_run_options, fit_schedule
+from zoo.training.run_checks import fit_schedule
 from zoo.training.slices import slice_datamodules
 from zoo.training.throughput import ThroughputConfig
-from zoo.training.validation_lines import validate_by_the_end
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -64,34 +67,107 @@ class CheckpointConfig:
 
 
 @dataclass
-class RunConfig:
-    """Everything one ``memzoo-train`` run reads, typed and checked (``from_hydra``).
+class TrainerConfig:
+    """The ``trainer`` group (``zoo/configs/trainer/``): ``lightning.Trainer``'s keyword arguments.
+    The ones memzoo reads are typed fields, which every preset states (``trainer/cpu.yaml``; a
+    ``strategy`` only ``trainer=ddp``'s, else Lightning's ``auto``). Any other key a user adds
+    (``+trainer.limit_val_batches=2``) is in ``others``, passed on as given, for Lightning to check."""
 
-    model: the backbone and memory groups with the task's vocabulary size (with ``init.pretrained``:
-    the imported network's, with the memory group). optim, throughput, logger, checkpoint, init:
-    their groups. task: the task's options (its datamodule checks them; ``name`` picks the task).
-    trainer: ``lightning.Trainer`` keyword arguments (the ones memzoo reads are checked). seed,
-    ckpt, overwrite, size_check, collective_timeout_s, test_slices: ``train.yaml``'s. notices: what
-    the checks adjusted to keep a shortened run valid (a warmup as long as the schedule, a validation
-    interval beyond max_steps), one line each, printed once by the command that runs it. data and
-    slices: the task's datamodule and one per test slice (built once, by the check; nothing
-    generated yet). config_yaml: the composed config, resolved, as the run's config.yaml records it.
-    """
+    accelerator: str
+    devices: Any  # a count, a list of device indices, or "auto"
+    precision: str
+    max_steps: int
+    val_check_interval: int | float | None  # training steps, or a fraction of an epoch
+    check_val_every_n_epoch: int | None
+    log_every_n_steps: int | None
+    gradient_clip_val: float | None
+    enable_progress_bar: bool
+    enable_model_summary: bool
+    strategy: str = "auto"
+    others: dict[str, Any] = field(default_factory=dict)
 
-    model: ModelConfig
-    optim: OptimConfig
-    task: dict[str, Any]
-    trainer: dict[str, Any]
-    throughput: ThroughputConfig
-    logger: LoggerConfig
-    checkpoint: CheckpointConfig
-    init: InitConfig
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TrainerConfig:
+        """The group's keys -> ``TrainerConfig``: the typed fields by ``typed``, the rest in ``others``."""
+        options, known = plain(options), {f.name for f in dataclasses.fields(cls)} - {"others"}
+        others = {key: value for key, value in options.items() if key not in known}
+        return typed(cls, {**{key: options[key] for key in known & set(options)}, "others": others}, "trainer")
+
+    def kwargs(self) -> dict[str, Any]:
+        """``lightning.Trainer``'s keyword arguments."""
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "others"}, **self.others}
+
+    def validate(self) -> None:
+        """The ranges Lightning would only reject mid-run: max_steps >= 1; gradient_clip_val finite
+        >= 0 or null; val_check_interval an integer >= 1 (training steps) or a number in (0, 1] (a
+        fraction of an epoch) or null; check_val_every_n_epoch and log_every_n_steps >= 1 or null."""
+        check_int("trainer.max_steps", self.max_steps, low=1)
+        check_real("trainer.gradient_clip_val", self.gradient_clip_val, low=0, null="no clipping")
+        interval = self.val_check_interval
+        if interval is not None and not (interval >= 1 if is_int(interval) else math.isfinite(interval) and 0 < interval <= 1):
+            raise ValueError(
+                f"trainer.val_check_interval={interval!r} must be an integer >= 1 (training steps between "
+                "validations) or a number in (0, 1] (a fraction of an epoch)"
+            )
+        check_int("trainer.check_val_every_n_epoch", self.check_val_every_n_epoch, null="validate by val_check_interval only")
+        check_int("trainer.log_every_n_steps", self.log_every_n_steps, null="Lightning's 50")
+
+    def validating_by_the_end(self) -> tuple[TrainerConfig, str | None]:
+        """(these settings with a ``val_check_interval`` (training steps) that fits in ``max_steps``,
+        the notice saying so, or None): one above it becomes ``max_steps``, so that a run shorter than
+        its interval still validates once, at its end (Lightning would never validate it)."""
+        interval = self.val_check_interval
+        if not (is_int(interval) and interval > self.max_steps):
+            return self, None
+        steps = self.max_steps
+        notice = f"trainer.val_check_interval={interval} is beyond trainer.max_steps={steps}: validating once, at step {steps}"
+        return dataclasses.replace(self, val_check_interval=steps), notice
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what lightning.seed_everything and numpy accept
+
+
+@dataclass
+class RunOptions:
+    """``train.yaml``'s own keys: seed, ckpt (resume from), overwrite, size_check,
+    collective_timeout_s, test_slices (each a mapping of task options) and checkpoint."""
+
     seed: int
     ckpt: str | None
     overwrite: bool
     size_check: bool
     collective_timeout_s: float
     test_slices: list[dict[str, Any]]
+    checkpoint: CheckpointConfig
+
+    def validate(self) -> None:
+        """seed in [0, 2^32 - 1], every_n_train_steps >= 0 or null, collective_timeout_s finite > 0."""
+        check_int("seed", self.seed, *SEED_RANGE)
+        check_int("checkpoint.every_n_train_steps", self.checkpoint.every_n_train_steps, low=0, null="no periodic checkpoint")
+        check_real("collective_timeout_s", self.collective_timeout_s, low=0, low_open=True)
+
+
+@dataclass
+class RunConfig(RunOptions):
+    """Everything one ``memzoo-train`` run reads, typed and checked (``from_hydra``).
+
+    model: the backbone and memory groups with the task's vocabulary size (with ``init.pretrained``:
+    the imported network's, with the memory group). optim, throughput, logger, init, trainer: their
+    groups. task: the task's options, typed by its signature (``name`` picks the task). The
+    ``RunOptions`` fields: ``train.yaml``'s. notices: what the checks adjusted to keep a shortened
+    run valid (a warmup as long as the schedule, a validation interval beyond max_steps), one line
+    each, printed once by the command that runs it. data and slices: the task's datamodule and one
+    per test slice (built once, by the check; nothing generated yet). config_yaml: the composed
+    config, resolved, as the run's config.yaml records it.
+    """
+
+    model: ModelConfig
+    optim: OptimConfig
+    task: dict[str, Any]
+    trainer: TrainerConfig
+    throughput: ThroughputConfig
+    logger: LoggerConfig
+    init: InitConfig
     notices: list[str]
     data: GeneratedDataModule = field(repr=False, compare=False)
     slices: dict[str, GeneratedDataModule] = field(repr=False, compare=False)
@@ -99,55 +175,50 @@ class RunConfig:
 
     @classmethod
     def from_hydra(cls, cfg: DictConfig) -> RunConfig:
-        """The composed ``train`` config -> ``RunConfig``, checked before any data, model or file is
-        made, in this order: the run's own values, optimizer schedule and trainer, throughput, logger,
-        task options and test slices, model (backbone, memory, mixers' own arguments). Raises
+        """The composed ``train`` config -> ``RunConfig``, typed group by group (``typed``: a value of
+        the wrong type or an unknown key) and checked before any data, model or file is made, in
+        this order: the run's own values, trainer and optimizer schedule, throughput, logger, task
+        options and test slices, model (backbone, memory, mixers' own arguments). Raises
         ``ValueError`` naming the first bad key, its value and what is allowed."""
-        checkpoint = from_mapping(CheckpointConfig, cfg.checkpoint, "checkpoint")
-        check_run_options(cfg.seed, cfg.size_check, cfg.overwrite, checkpoint.every_n_train_steps, cfg.collective_timeout_s)
-        optim = from_mapping(OptimConfig, cfg.optim, "optim")
-        optim, warmup_notice = fit_schedule(optim, plain(cfg.trainer))
-        trainer, validation_notice = validate_by_the_end(plain(cfg.trainer))
-        throughput = from_mapping(ThroughputConfig, cfg.throughput, "throughput")  # checks itself
-        logger = from_mapping(LoggerConfig, cfg.logger, "logger")
+        own = typed(RunOptions, {f.name: cfg[f.name] for f in dataclasses.fields(RunOptions)}, "")
+        own.validate()
+        trainer = TrainerConfig.from_options(cfg.trainer)
+        trainer.validate()
+        optim, warmup_notice = fit_schedule(typed(OptimConfig, cfg.optim, "optim"), trainer.max_steps)
+        trainer, validation_notice = trainer.validating_by_the_end()
+        throughput = typed(ThroughputConfig, cfg.throughput, "throughput")  # checks itself
+        logger = typed(LoggerConfig, cfg.logger, "logger")
         logger.check()
-        task, test_slices = plain(cfg.task), plain(cfg.test_slices)
-        memory = None if cfg.memory.name == "none" else from_mapping(MemoryConfig, cfg.memory, "memory")
-        init = from_mapping(InitConfig, cfg.init, "init")
+        task = task_options(plain(cfg.task))
+        memory = None if cfg.memory.name == "none" else typed(MemoryConfig, cfg.memory, "memory")
+        init = typed(InitConfig, cfg.init, "init")
         init.check(memory is not None)
         if init.pretrained is not None:
             from zoo.pretrained.importing import import_config  # needs the hf extra only when used
 
-            path, model = import_config(init.pretrained, memory, size_check=cfg.size_check)
+            path, model = import_config(init.pretrained, memory, size_check=own.size_check)
             init.pretrained = str(path)  # a hub id is downloaded once, here, and read from disk after
             if task.get("tokenizer") == "pretrained" and task.get("tokenizer_path") is None:
                 task["tokenizer_path"] = init.pretrained
-        slices = slice_datamodules(task, test_slices)  # each slice a test split the task can generate
-        data = build_datamodule(task)  # the task's options checked; nothing generated
-        vocab_size = data.vocab_size
+        slices = slice_datamodules(task, own.test_slices)  # each slice a test split the task can generate
+        data = build_datamodule(task)  # the task's options typed and checked; nothing generated
         if init.pretrained is None:
-            model = from_mapping(ModelConfig, {**plain(cfg.backbone), "vocab_size": int(vocab_size), "memory": memory}, "model")
+            model = typed(ModelConfig, {**plain(cfg.backbone), "vocab_size": data.vocab_size, "memory": memory}, "backbone")
             model.validate()
-        elif vocab_size > model.vocab_size:
+        elif data.vocab_size > model.vocab_size:
             raise ValueError(
-                f"task.vocab_size={vocab_size} exceeds the pretrained model's vocab_size={model.vocab_size} "
+                f"task.vocab_size={data.vocab_size} exceeds the pretrained model's vocab_size={model.vocab_size} "
                 f"(init.pretrained={init.pretrained!r}); use task=lm task.tokenizer=pretrained, its own tokenizer"
             )
         return cls(
+            **{f.name: getattr(own, f.name) for f in dataclasses.fields(RunOptions)},
             model=model,
             optim=optim,
             task=task,
             trainer=trainer,
             throughput=throughput,
             logger=logger,
-            checkpoint=checkpoint,
             init=init,
-            seed=cfg.seed,
-            ckpt=cfg.ckpt,
-            overwrite=cfg.overwrite,
-            size_check=cfg.size_check,
-            collective_timeout_s=cfg.collective_timeout_s,
-            test_slices=test_slices,
             notices=[notice for notice in (warmup_notice, validation_notice) if notice],
             data=data,
             slices=slices,
@@ -169,7 +240,7 @@ class RunConfig:
         if not distributed:
             raise ValueError(
                 f"memory.parallel={memory.parallel!r} needs a process group: use trainer=ddp "
-                f"(this run's trainer.strategy is {self.trainer.get('strategy', 'auto')!r}; only trainer.strategy=ddp "
+                f"(this run's trainer.strategy is {self.trainer.strategy!r}; only trainer.strategy=ddp "
                 "saves a sharded table without gathering it), or memory.parallel=none"
             )
         memory.check_world_size(self.model.d_model, world_size)

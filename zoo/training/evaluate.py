@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from zoo.checkpoint.files import checkpoint_in
 from zoo.core.command_line import hydra_flags, run_composed, usage_errors
+from zoo.core.dataclass_config import plain, typed
 from zoo.core.dir_lock import exclusive_dir
 from zoo.core.io import atomic_write_json, format_metrics
 from zoo.core.quiet import quiet_dependencies
+from zoo.core.value_checks import check_int
 from zoo.memory.callbacks import memory_callbacks
 from zoo.model.loading import read_checkpoint
-from zoo.tasks import build_datamodule
+from zoo.tasks import build_datamodule, task_options
 from zoo.tasks.base import GeneratedDataModule
+from zoo.training.config import SEED_RANGE, TrainerConfig
 from zoo.training.guards import check_token_ids
 from zoo.training.lit import LitLanguageModel
 from zoo.training.run_checks import RUN_MARKERS
@@ -46,43 +49,60 @@ def claim_eval_dir(run_dir: Path, overwrite: bool) -> None:
 
 @dataclass
 class EvalRun:
-    """A ``memzoo-eval`` config, checked: the composed config and the task's datamodule (built once,
-    its options checked; nothing generated yet)."""
+    """A ``memzoo-eval`` config, typed and checked: ``eval.yaml``'s keys, the task's options typed by
+    its signature, the trainer group, and the task's datamodule (built once; nothing generated yet)."""
 
-    cfg: DictConfig
-    data: GeneratedDataModule
+    ckpt: str
+    seed: int
+    overwrite: bool
+    task: dict[str, Any]
+    trainer: TrainerConfig
+    data: GeneratedDataModule = field(repr=False, compare=False)
 
     @classmethod
     def check(cls, cfg: DictConfig) -> EvalRun:
-        """``ValueError`` naming the bad task option, or a ``ckpt`` directory that holds no checkpoint."""
-        checkpoint_in(cfg.ckpt)
-        return cls(cfg, build_datamodule(OmegaConf.to_container(cfg.task, resolve=True)))
+        """``ValueError`` naming a value of the wrong type, a bad task option, or a ``ckpt`` directory
+        that holds no checkpoint."""
+        own = typed(EvalOptions, {name: cfg[name] for name in ("ckpt", "seed", "overwrite")}, "")
+        check_int("seed", own.seed, *SEED_RANGE)
+        checkpoint_in(own.ckpt)
+        task = task_options(plain(cfg.task))
+        return cls(own.ckpt, own.seed, own.overwrite, task, TrainerConfig.from_options(cfg.trainer), build_datamodule(task))
+
+
+@dataclass
+class EvalOptions:
+    """``eval.yaml``'s own keys."""
+
+    ckpt: str
+    seed: int
+    overwrite: bool
 
 
 def evaluate(run: EvalRun | DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Test ``run.cfg.ckpt`` on its task (a composed config is checked first, ``EvalRun.check``);
+    """Test ``run.ckpt`` on its task (a composed config is checked first, ``EvalRun.check``);
     returns (and writes to run_dir/metrics.json) the metrics. The directory is locked for the
     evaluation and checked first (``claim_eval_dir``)."""
     run = run if isinstance(run, EvalRun) else EvalRun.check(run)
     run_dir = Path(run_dir)
     with exclusive_dir(run_dir, what="evaluation"):
-        claim_eval_dir(run_dir, overwrite=bool(run.cfg.get("overwrite", False)))
+        claim_eval_dir(run_dir, overwrite=run.overwrite)
         return _test_checkpoint(run, run_dir)
 
 
 def _test_checkpoint(run: EvalRun, run_dir: Path) -> dict[str, Any]:
     """``evaluate`` in a claimed directory: read the checkpoint, test it, write metrics.json."""
     started = time.perf_counter()
-    cfg, datamodule = run.cfg, run.data
-    checkpoint, model = read_checkpoint(cfg.ckpt)  # read once (a run directory: its last.ckpt), weights checked
+    datamodule = run.data
+    checkpoint, model = read_checkpoint(run.ckpt)  # read once (a run directory: its last.ckpt), weights checked
     datamodule.setup("test")
     check_token_ids({"test": datamodule.datasets["test"]}, model.vocab_size)
     # testing takes no optimizer settings
     module = LitLanguageModel(model, bytes_per_token=datamodule.bytes_per_token, chance_bits=datamodule.chance_bits)
     module.load_state_dict(checkpoint["state_dict"])
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    L.seed_everything(run.seed, workers=True, verbose=False)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **run.trainer.kwargs(),
         logger=False,
         default_root_dir=str(run_dir),
         callbacks=memory_callbacks(model.memory, monitor=False),
@@ -90,8 +110,8 @@ def _test_checkpoint(run: EvalRun, run_dir: Path) -> dict[str, Any]:
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {
         "test": {k: float(v) for k, v in results[0].items()},
-        "ckpt": str(checkpoint_in(cfg.ckpt)),  # the file tested, also when ckpt= named a run directory
-        "task": cfg.task.name,
+        "ckpt": str(checkpoint_in(run.ckpt)),  # the file tested, also when ckpt= named a run directory
+        "task": run.task["name"],
         "test_shape": list(datamodule.datasets["test"].inputs.shape),
         "wall_time_s": round(time.perf_counter() - started, 2),
     }

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from zoo.core.tags import optim_tags, shard_of
-from zoo.core.value_checks import check_int, check_real, is_real
+from zoo.core.value_checks import check_int, check_real
 from zoo.memory import VALUE_GROUP
 from zoo.memory.ops import memory_ops, reference
 from zoo.memory.optim import DenseSparseAdam, coalesced
@@ -89,7 +88,8 @@ class OptimConfig:
     total_steps: int | None = None
 
     def validate(self) -> None:
-        """Every field's type and range (``ValueError`` naming the first bad one); the schedule's
+        """Every field's range (``ValueError`` naming the first bad one; the types are
+        ``zoo.core.dataclass_config.typed``'s); the schedule's
         length against ``trainer.max_steps`` is ``zoo.training.run_checks.fit_schedule``'s.
 
         weight_decay: finite, >= 0, and ``lr * weight_decay < 1``: AdamW's decoupled decay multiplies
@@ -97,8 +97,6 @@ class OptimConfig:
         positive or the weights flip sign. Each ``group_lr`` is checked like lr; groups that decay
         are not known before the model, so the bound uses ``lr``.
         """
-        if not isinstance(self.group_lr, dict) or not all(isinstance(k, str) for k in self.group_lr):
-            raise ValueError(f"optim.group_lr={self.group_lr!r} must map parameter group names to learning rates")
         if VALUE_GROUP in self.group_lr:
             raise ValueError(
                 f"optim.group_lr.{VALUE_GROUP}={self.group_lr[VALUE_GROUP]!r}: the memory value table's "
@@ -114,16 +112,12 @@ class OptimConfig:
                 f"1 - lr * weight_decay = {1 - self.lr * self.weight_decay:.3g} each step; lr * weight_decay must be < 1"
             )
         betas = self.betas
-        if not (_is_sequence(betas) and len(betas) == 2 and all(is_real(b) and 0 <= b < 1 for b in betas)):
+        if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
             raise ValueError(f"optim.betas={betas!r} must be two numbers in [0, 1) (Adam's beta1, beta2)")
         check_real("optim.eps", self.eps, low=0, low_open=True)
         check_int("optim.warmup_steps", self.warmup_steps, low=0, null="a tenth of the schedule")
         check_real("optim.min_lr_ratio", self.min_lr_ratio, low=0, high=1)
         check_int("optim.total_steps", self.total_steps, low=1, null="trainer.max_steps")
-
-
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig"
 
 
 def default_warmup(warmup_steps: int | None, total_steps: int) -> int:

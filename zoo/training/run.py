@@ -57,7 +57,7 @@ def run_hyperparameters(run: RunConfig) -> dict[str, Any]:
         "d_model": run.model.d_model,
         "n_layers": run.model.n_layers,
         "lr": run.optim.lr,
-        "max_steps": run.trainer["max_steps"],
+        "max_steps": run.trainer.max_steps,
     }
     for key, value in run.task.items():
         if key != "name" and isinstance(value, (int, float, str, bool)):
@@ -134,9 +134,9 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
             checkpoint = RunCheckpoint(run_dir / "checkpoints", every_n_train_steps=run.checkpoint.every_n_train_steps)
             on_signal = CheckpointOnSignal(stop, run_dir / "checkpoints")
             throughput = RunThroughput(seq_len, run.throughput)
-            quiet_bar = not run.trainer.get("enable_progress_bar", True)  # a grid's cell: a line per validation instead
+            quiet_bar = not run.trainer.enable_progress_bar  # a grid's cell: a line per validation instead
             trainer = L.Trainer(
-                **with_distributed_checkpoints(run.trainer, run.collective_timeout_s),
+                **with_distributed_checkpoints(run.trainer.kwargs(), run.collective_timeout_s),
                 default_root_dir=str(run_dir),
                 logger=loggers,
                 callbacks=[

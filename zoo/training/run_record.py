@@ -12,11 +12,6 @@ from zoo.training.config import RunConfig
 TASK_KNOBS = ("seq_len", "num_kv_pairs", "num_facts", "tokenizer", "vocab_size")  # the task options results show
 
 
-def _options(section: Any) -> dict[str, Any]:
-    """``run.task`` / ``run.trainer`` as a mapping: the one line to change when they become typed."""
-    return section
-
-
 @dataclass(frozen=True)
 class RunSettings:
     """What a run was, as results tables name it: slots is the memory's n_keys^2 (None without a
@@ -38,7 +33,7 @@ class RunSettings:
     @classmethod
     def of(cls, run: RunConfig) -> RunSettings:
         """The settings of a checked run."""
-        model, task, memory = run.model, _options(run.task), run.model.memory
+        model, task, memory = run.model, run.task, run.model.memory
         return cls(
             seed=run.seed,
             backbone=model.name,
@@ -49,7 +44,7 @@ class RunSettings:
             channel=model.channel,
             task=task["name"],
             lr=run.optim.lr,
-            steps_planned=_options(run.trainer)["max_steps"],
+            steps_planned=run.trainer.max_steps,
             task_knobs={k: task[k] for k in TASK_KNOBS if k in task},
         )
 

@@ -42,7 +42,7 @@ def task_defaults(name: str) -> dict[str, Any]:
 def check_run_fits(run: RunConfig, budget: Budget | None = None) -> None:
     """``ValueError`` when ``run`` would not fit ``budget`` (None: this machine's), naming the key to
     lower; nothing is generated or built."""
-    world = processes(run.trainer)
+    world = processes(run.trainer.devices)
 
     def parts(model, task: dict[str, Any]) -> list[Part]:
         """The parts of ``model`` on the datamodules of ``task`` (the run's own, already built, for its task)."""
@@ -68,4 +68,4 @@ def check_run_fits(run: RunConfig, budget: Budget | None = None) -> None:
         return parts(with_model_key(run.model, paths[key], value), run.task)
 
     drivers = Drivers(values, references, recount)
-    check_size_budget(parts(run.model, run.task), budget or machine_budget(run.trainer.get("accelerator", "cpu")), world, drivers)
+    check_size_budget(parts(run.model, run.task), budget or machine_budget(run.trainer.accelerator), world, drivers)

@@ -14,7 +14,6 @@ e.g. H100 bf16 at 1979 TFLOP/s, twice its dense rate, so it is not used). Lightn
 from __future__ import annotations
 
 import functools
-import math
 import resource
 import sys
 import time
@@ -29,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from zoo.core.timing import median_seconds
+from zoo.core.value_checks import check_int, check_real
 from zoo.model.flops import forward_flops_per_token, head_flops_per_token
 from zoo.tasks.base import IGNORE_INDEX
 
@@ -47,17 +47,9 @@ class ThroughputConfig:
     window: int = 20
 
     def __post_init__(self):
-        if self.peak_flops is not None and (
-            not isinstance(self.peak_flops, (int, float))
-            or isinstance(self.peak_flops, bool)
-            or not math.isfinite(self.peak_flops)
-            or self.peak_flops <= 0
-        ):
-            raise ValueError(
-                f"throughput.peak_flops={self.peak_flops!r} must be a finite number > 0 (FLOP/s of one device) or null (measured)"
-            )
-        if type(self.window) is not int or self.window < 2:
-            raise ValueError(f"throughput.window={self.window!r} must be an integer >= 2")
+        """Ranges (the types are ``zoo.core.dataclass_config.typed``'s)."""
+        check_real("throughput.peak_flops", self.peak_flops, low=0, low_open=True, null="measured: a matmul on the run's device")
+        check_int("throughput.window", self.window, low=2)
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -1,28 +1,10 @@
-"""When a run validates and what it prints about it: a run shorter than its validation interval
-still validates once, at its end (Lightning would never validate it, and its curves would stay
-empty), and a run without a progress bar (a grid's cells) prints a compact line per validation,
-which the bar would otherwise show as it redraws."""
+"""What a run prints about its validations: a run without a progress bar (a grid's cells) prints a
+compact line per validation, which the bar would otherwise show as it redraws."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-
-from zoo.core.value_checks import is_int
-
-
-def validate_by_the_end(trainer: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """(trainer options whose ``val_check_interval`` (training steps) fits in ``max_steps``, the notice
-    saying so, or None): one above it becomes ``max_steps``, validating once, at the end."""
-    interval, max_steps = trainer.get("val_check_interval"), trainer.get("max_steps")
-    if not (is_int(interval) and is_int(max_steps) and interval > max_steps):
-        return trainer, None
-    notice = (
-        f"trainer.val_check_interval={interval} is beyond trainer.max_steps={max_steps}: validating once, at step {max_steps}"
-    )
-    return {**trainer, "val_check_interval": max_steps}, notice
 
 
 def validation_line(label: str, step: int, max_steps: int, metrics: dict[str, float]) -> str:
