@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from zoo.tasks.figures.mqar import mqar_figure  # noqa: E402
-from zoo.tasks.figures.plot import log_tick_labels  # noqa: E402
+from zoo.tasks.figures.plot import log_x  # noqa: E402
 
 
 def _labels(ax, which: str) -> list[str]:
@@ -23,7 +23,7 @@ def test_a_log_axis_within_one_decade_labels_its_minor_ticks_in_human_units():
     fig, ax = plt.subplots()
     ax.plot([131_072, 143_360], [1, 0.26], marker="o")
     ax.set_xscale("log")
-    log_tick_labels(ax)
+    log_x(ax)
     labels = _labels(ax, "major") + _labels(ax, "minor")
     plt.close(fig)
     assert labels and all(label.endswith("k") for label in labels), labels
@@ -33,7 +33,7 @@ def test_a_log_axis_over_decades_labels_only_the_decades():
     fig, ax = plt.subplots()
     ax.plot([1e3, 1e6], [0, 1])
     ax.set_xscale("log")
-    log_tick_labels(ax)
+    log_x(ax)
     minor = _labels(ax, "minor")
     plt.close(fig)
     assert minor == []
@@ -43,7 +43,7 @@ def test_a_log_axis_over_3x_to_10x_labels_1_2_3_and_5_times_a_power_of_ten_in_hu
     fig, ax = plt.subplots()
     ax.plot([620_000, 4_800_000], [0, 1])
     ax.set_xscale("log")
-    log_tick_labels(ax)
+    log_x(ax)
     labels = _labels(ax, "major") + _labels(ax, "minor")
     plt.close(fig)
     assert labels == ["1M", "2M", "3M", "5M"], labels  # not 700k, 800k, 900k (they collide with 1M), nor 4M

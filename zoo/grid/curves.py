@@ -19,17 +19,15 @@ def validation_curve(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     """(step, value) of a scalar from a run's TensorBoard events."""
     points = []
     for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}).Reload()
         if tag in acc.Tags()["scalars"]:
             points += [(e.step, e.value) for e in acc.Scalars(tag)]
     return sorted(points)
 
 
 def lm_curves(rows: list[dict[str, Any]], dirs: dict[tuple[str, str], Path]) -> Curves:
-    """Each finished LM run's validation bits per byte from the TensorBoard events in its directory
-    (``dirs``), by (study, cell): a point per validation with its step and, when the run recorded its
-    training FLOPs, the training FLOPs up to it (step x training FLOPs per step)."""
+    """Each finished LM run's validation bits per byte from the TensorBoard events in its directory (``dirs``),
+    by (study, cell): a point per validation, its step and, given the run's training FLOPs, those up to it."""
     curves = {}
     for r in (r for r in rows if r.get("task") == "lm" and r["status"] == "done"):
         per_step = r["train_flops"] / r["steps"] if r.get("train_flops") else None

@@ -1,7 +1,6 @@
-"""A grid's records -> results.csv (one row per run), summary.md (per cell: mean ± std over its
-seeds, at the learning rate with the best mean), curves.csv (the LM runs' validation curves), PNG
-figures (each task's, ``zoo.tasks.figures``), and the figures as images in the grid's TensorBoard
-log. ``python -m zoo.grid.report results/<grid> ...`` redraws a finished grid's figures."""
+"""A grid's records -> results.csv, summary.md, curves.csv, each task's figures (``zoo.tasks.figures``)
+as PNGs and as images in the grid's TensorBoard log. ``python -m zoo.grid.report results/<grid> ...``
+redraws a finished grid's figures."""
 
 from __future__ import annotations
 
@@ -18,19 +17,18 @@ from zoo.grid.curves import lm_curves, read_curves, write_curves
 from zoo.grid.table import aggregate, best_of_lr, read_csv, row, summary_markdown, write_csv
 from zoo.tasks.figures import FIGURES
 from zoo.tasks.figures.lm import Curves
+from zoo.tasks.figures.plot import group
 
 DPI = 110
 
 
 def figures(best: list[dict[str, Any]], curves: Curves | None = None) -> dict[str, Any]:
-    """The report's figures by file name: each task's in ``FIGURES`` drawn from its cells in
-    ``best``; the LM curves only with ``curves`` (``lm_curves`` from the runs' TensorBoard events,
-    or ``read_curves`` from curves.csv)."""
-    out = {}
+    """The report's figures by file name: each task's in ``FIGURES`` drawn from its cells in ``best``;
+    the LM curves only with ``curves`` (``lm_curves`` from TensorBoard events or ``read_curves``)."""
+    out, by_task = {}, group(best, lambda r: r.get("task"))
     for task, make in FIGURES.items():
-        cells = [r for r in best if r.get("task") == task]
-        if cells:
-            out.update(make(cells, curves))
+        if task in by_task:
+            out.update(make(by_task[task], curves))
     return out
 
 
@@ -40,27 +38,23 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_report(records: list[dict[str, Any]], root: Path, overrides: Sequence[str] = ()) -> list[Path]:
-    """results.csv, summary.md, curves.csv when the grid has LM runs (the curves its LM figures draw),
-    each task's figures as PNGs, and those figures in root/tb; ``overrides``: what the command line
-    added to every cell, recorded in summary.md."""
+    """results.csv (one row per run), summary.md, curves.csv when the grid has LM runs, the figures as PNGs
+    and in root/tb; ``overrides``: what the command line added to every cell, recorded in summary.md."""
     rows = [row(r) for r in records]
-    summary = summary_markdown(rows, overrides)
-    paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary)]
+    paths = [write_csv(rows, root / "results.csv"), atomic_write_text(root / "summary.md", summary_markdown(rows, overrides))]
     curves = lm_curves(rows, {(r["study"], r["cell"]): Path(r["dir"]) for r in records})
     if curves:
         paths.append(write_curves(curves, root / "curves.csv"))
-    best = best_of_lr(aggregate(rows))
     with SummaryWriter(str(root / "tb")) as writer:
-        for name, fig in figures(best, curves).items():
+        for name, fig in figures(best_of_lr(aggregate(rows)), curves).items():
             paths.append(_save(fig, root / f"{name}.png"))
             writer.add_figure(f"grid/{name}", fig, close=True)
     return paths
 
 
 def redraw(root: Path) -> list[Path]:
-    """The figures of a finished grid redrawn in place from root/results.csv and, for the LM curves,
-    root/curves.csv; without curves.csv (grids reported before it was written) the LM figures are
-    left as they are."""
+    """A finished grid's figures redrawn in place from root/results.csv and root/curves.csv; without
+    curves.csv (grids reported before it was written) the LM figures are left as they are."""
     curves = read_curves(root / "curves.csv") if (root / "curves.csv").is_file() else None
     paths = []
     for name, fig in figures(best_of_lr(aggregate(read_csv(root / "results.csv"))), curves).items():

@@ -4,10 +4,10 @@ multipliers (``zoo.grid.compute``), and results.csv read back for a redraw."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import statistics
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 from zoo.core.io import atomic_write_text
 from zoo.grid.compute import compute_multiplier
 from zoo.tasks.figures.lm import lm_rows
-from zoo.tasks.figures.plot import channel_label, has_memory, human, usage_column
+from zoo.tasks.figures.plot import channel_label, group, has_memory, human, usage_column
 from zoo.training.run_record import SETTINGS, TASK_KNOBS, RunSettings
 
 KNOWLEDGE = ("knowledge_bits", "bits_per_parameter", "bits_per_channel_parameter", "bits_per_kflop", "exposures")
@@ -27,8 +27,7 @@ DESCRIPTION = {"study", "cell", "setting", "group", "status", "error", *SETTINGS
 
 
 def row(record: dict[str, Any]) -> dict[str, Any]:
-    """One results.csv row: the cell, then, for a finished run, the settings and final metrics of its
-    record (its metrics.json, ``zoo.training.run_record``)."""
+    """One results.csv row: the cell and, for a finished run, its record's settings and final metrics."""
     out = {k: record[k] for k in ("study", "cell", "setting", "group", "seed", "status")}
     if record.get("metrics"):
         metrics, params = record["metrics"], record["metrics"]["params"]
@@ -48,12 +47,9 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str] = ()) -> Path:
-    """``rows`` as CSV at ``path`` (atomically) under ``columns``, by default every key of the rows in
-    the order first seen."""
-    if not columns:
-        columns = list(dict.fromkeys(c for r in rows for c in r))
+    """``rows`` as CSV at ``path`` (atomically) under ``columns``, by default every key as first seen."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer = csv.DictWriter(buffer, fieldnames=columns or list(dict.fromkeys(c for r in rows for c in r)))
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write_text(path, buffer.getvalue())
@@ -65,24 +61,17 @@ def score(r: dict[str, Any]) -> float:
 
 
 def _measured(column: str, value: Any) -> bool:
-    return (
-        column not in DESCRIPTION
-        and not column.startswith("task.")
-        and isinstance(value, (int, float))
-        and not isinstance(value, bool)
-    )
+    """Whether a column is a measurement (a number, averaged over seeds), not what the run is."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and column not in DESCRIPTION and not column.startswith("task.")
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per cell (study, setting) over its finished runs, one per seed: the settings of its
     first run; each measured column's mean and ``<column>_std`` (sample standard deviation, n - 1
     in the denominator; 0 for a single run); ``n`` runs; ``runs``, the rows themselves."""
-    cells: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["status"] == "done":
-            cells[(r["study"], r["setting"])].append(r)
-    out = []
-    for runs in cells.values():
+    done, out = [r for r in rows if r["status"] == "done"], []
+    for runs in group(done, lambda r: (r["study"], r["setting"])).values():
         cell = {k: v for k, v in runs[0].items() if not _measured(k, v) and k != "seed"}
         cell["cell"] = runs[0]["setting"]
         for column, value in runs[0].items():
@@ -97,10 +86,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def best_of_lr(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each cell but its learning rate, the one with the best mean score over its seeds."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for cell in cells:
-        groups[(cell["study"], cell["group"])].append(cell)
-    return [max(group, key=score) for group in groups.values()]
+    return [max(same, key=score) for same in group(cells, lambda c: (c["study"], c["group"])).values()]
 
 
 def summary_markdown(rows: list[dict[str, Any]], overrides: Sequence[str] = ()) -> str:
@@ -117,18 +103,15 @@ def summary_markdown(rows: list[dict[str, Any]], overrides: Sequence[str] = ()) 
         slice_cols = [c for c in chosen[0] if c.startswith("test_") and c.endswith("_acc") and c != "test_acc"]
         usage_cols = sorted({c for r in chosen for c in r if c.startswith("test_memory_layer") and c.endswith("_usage")})
         metric_cols = [c for c in ("test_acc", *slice_cols, "test_bpb", "facts_recalled", *KNOWLEDGE) if c in chosen[0]]
-        metric_cols += usage_cols
         knob_cols = [c for c in chosen[0] if c.startswith("task.")]
         slots = ["slots"] if any(r.get("slots") for r in chosen) else []
         state = ["state_size"] if chosen[0].get("task") == "mqar" else []  # what in-context recall is read against
         # the study's axis values (cell) first; the rest (tokens/s, MFU, KL from uniform, peak memory, ...) are in results.csv
         cols = ["cell", "backbone", "memory", *slots, "channel", "d_model", *knob_cols, "lr", "params", "flops_per_token", *state]
-        cols += [*metric_cols, "wall_time_s", *(["n"] if seeded else [])]
+        cols += [*metric_cols, *usage_cols, "wall_time_s", *(["n"] if seeded else [])]
         title = "mean ± std over seeds, best mean learning rate per cell" if seeded else "best learning rate per cell"
         lines += [f"## {study} ({title})", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-        for r in chosen:
-            lines.append("| " + " | ".join(_fmt(r.get(c), r.get(f"{c}_std") if r["n"] > 1 else None) for c in cols) + " |")
-        lines.append("")
+        lines += ["| " + " | ".join(_fmt(r, c) for c in cols) + " |" for r in chosen] + [""]
     lines += multiplier_markdown(best)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
@@ -136,8 +119,11 @@ def summary_markdown(rows: list[dict[str, Any]], overrides: Sequence[str] = ()) 
     return "\n".join(lines)
 
 
-def _fmt(value: Any, std: float | None = None) -> str:
-    """A summary cell: numbers in ``human`` units (mean ± std with a standard deviation), text as is."""
+def _fmt(cell: dict[str, Any], column: str | None, spread: bool = True) -> str:
+    """``cell[column]`` in summary.md: a number in ``human`` units (± its standard deviation over the
+    seeds when ``spread`` and the cell has several), text as is, ``-`` when absent."""
+    value = cell.get(column)
+    std = cell.get(f"{column}_std") if spread and cell["n"] > 1 else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "-" if value is None else str(value)
     return human(value) if std is None else f"{human(value)} ± {human(std, 2)}"
@@ -148,15 +134,13 @@ def compute_multipliers(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
     backbone's dense curve, the MLP cells' (mean training FLOPs, mean final validation bits per byte)
     at every budget; backbones with fewer than two MLP budgets are skipped."""
     rows, out = lm_rows(best), []
-    for backbone in sorted({r["backbone"] for r in rows}):
-        mine = [r for r in rows if r["backbone"] == backbone]
+    for backbone, mine in sorted(group(rows, lambda r: r["backbone"]).items()):
         curve = [(r["train_flops"], r["val_bpb"]) for r in mine if not has_memory(r)]
         if len(curve) < 2:
             continue
-        for r in mine:
-            if has_memory(r):
-                seeds = [compute_multiplier(curve, run["val_bpb"], run["train_flops"]) for run in r["runs"]]
-                out.append({"backbone": backbone, "channel": channel_label(r), "cell": r, "multipliers": seeds})
+        for r in filter(has_memory, mine):
+            seeds = [compute_multiplier(curve, run["val_bpb"], run["train_flops"]) for run in r["runs"]]
+            out.append({"backbone": backbone, "channel": channel_label(r), "cell": r, "multipliers": seeds})
     return out
 
 
@@ -182,18 +166,14 @@ def multiplier_markdown(best: list[dict[str, Any]]) -> list[str]:
         "| multiplier | per seed |",
         "|" + " --- |" * 11,
     ]
-    rows = lm_rows(best)
-    for backbone in dict.fromkeys(m["backbone"] for m in found):
-        mine = [m for m in found if m["backbone"] == backbone]
+    for backbone, mine in group(found, lambda m: m["backbone"]).items():
         budget = mine[0]["cell"]["steps_planned"]
-        mlp = [r for r in rows if r["backbone"] == backbone and not has_memory(r) and r["steps_planned"] == budget]
+        mlp = [r for r in lm_rows(best) if r["backbone"] == backbone and not has_memory(r) and r["steps_planned"] == budget]
         for cell, multipliers in [(r, None) for r in mlp] + [(m["cell"], m["multipliers"]) for m in mine]:
-            usage = usage_column(cell)
-            cells = [cell["study"], backbone, channel_label(cell)]
-            cells += [_fmt(cell.get(c), cell.get(f"{c}_std") if cell["n"] > 1 else None) for c in ("test_bpb", "val_bpb")]
-            cells += [_fmt(cell["flops_per_token"]), _fmt(cell["params"]), _fmt(cell.get(usage) if usage else None)]
-            cells += [_fmt(cell["train_flops"]), _multiplier_text(multipliers) if multipliers else "1 (the curve)"]
-            cells += [", ".join(str(x) for x in multipliers) if multipliers else "-"]
+            cells = [cell["study"], backbone, channel_label(cell), _fmt(cell, "test_bpb"), _fmt(cell, "val_bpb")]
+            cells += [_fmt(cell, c, spread=False) for c in ("flops_per_token", "params", usage_column(cell), "train_flops")]
+            cells += [_multiplier_text(multipliers) if multipliers else "1 (the curve)"]
+            cells += [", ".join(map(str, multipliers)) if multipliers else "-"]
             lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -201,10 +181,8 @@ def multiplier_markdown(best: list[dict[str, Any]]) -> list[str]:
 def _cell(text: str) -> int | float | str:
     """A results.csv cell as ``row`` wrote it: an int, a float, or text."""
     for kind in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return kind(text)
-        except ValueError:
-            pass
     return text
 
 

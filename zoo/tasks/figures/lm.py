@@ -4,24 +4,20 @@ training FLOPs, against training FLOPs with the MLP's dense compute curve. Both 
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
 from typing import Any
 
 import matplotlib.pyplot as plt
 
-from zoo.tasks.figures.plot import by_channel, has_memory, line_label, log_tick_labels, panels, shared_legend, ylabel
+from zoo.tasks.figures.plot import by_channel, group, has_memory, line_label, log_x, panels, shared_legend
 
 Curves = dict[tuple[str, str], list[dict[str, Any]]]  # (study, cell) -> a run's validations, in step order
 
 
 def draw_seed_curve(ax, cell: dict[str, Any], curves: Curves, x: str, **style: Any) -> None:
-    """A cell's validation bits per byte, the mean over its seeds at each validation, against its
-    runs' ``x`` (``step`` or ``train_flops``), shaded ± one standard deviation when it has several
-    seeds; ``style`` goes to ``ax.plot`` (linestyle, color, label)."""
-    by_x = defaultdict(list)
-    for run in cell["runs"]:
-        for point in curves.get((run["study"], run["cell"]), []):
-            by_x[point[x]].append(point["val_bpb"])
+    """A cell's validation bits per byte against its runs' ``x`` (``step`` or ``train_flops``): the mean over
+    its seeds at each validation, shaded ± one standard deviation with several; ``style`` to ``ax.plot``."""
+    points = [p for run in cell["runs"] for p in curves.get((run["study"], run["cell"]), [])]
+    by_x = {at: [p["val_bpb"] for p in same] for at, same in group(points, lambda p: p[x]).items()}
     if not by_x:
         return
     xs = sorted(by_x)
@@ -34,8 +30,7 @@ def draw_seed_curve(ax, cell: dict[str, Any], curves: Curves, x: str, **style: A
 
 
 def lm_figure(best: list[dict[str, Any]], curves: Curves):
-    """LM validation bits per byte vs step, a line per backbone +- memory (the mean over seeds,
-    shaded ± one standard deviation when there are several)."""
+    """LM validation bits per byte vs step, a line per backbone +- memory (``draw_seed_curve``)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in sorted(best, key=line_label):
         draw_seed_curve(ax, r, curves, "step", linestyle="--" if has_memory(r) else "-", label=line_label(r))
@@ -51,16 +46,14 @@ def lm_rows(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def lm_compute_figure(best: list[dict[str, Any]], curves: Curves):
-    """Validation bits per byte against training FLOPs (log x), a panel per backbone: a line per
-    channel at the budget the memory cells train (the mean over seeds at each validation, shaded ±
-    one standard deviation), and the MLP model's dense compute curve (its final validation at every
-    budget, squares, dotted)."""
+    """Validation bits per byte against training FLOPs (log x), a panel per backbone: a line per channel at
+    the budget the memory cells train (``draw_seed_curve``), and the MLP model's dense compute curve (its
+    final validation at every budget, squares, dotted)."""
     rows = lm_rows(best)
-    backbones = sorted({r["backbone"] for r in rows})
+    backbones = sorted(group(rows, lambda r: r["backbone"]).items())
     colors = {label: f"C{i}" for i, label in enumerate(by_channel(rows))}
-    fig, axes = panels(len(backbones), sharey=True)
-    for ax, backbone in zip(axes, backbones):
-        mine = [r for r in rows if r["backbone"] == backbone]
+    fig, axes = panels(len(backbones), ylabel="validation bits per byte", sharey=True)
+    for ax, (backbone, mine) in zip(axes, backbones):
         budgets = {r["steps_planned"] for r in mine if has_memory(r)} or {r["steps_planned"] for r in mine}
         for label, cells in by_channel(mine).items():
             for cell in (c for c in cells if c["steps_planned"] in budgets):
@@ -70,9 +63,7 @@ def lm_compute_figure(best: list[dict[str, Any]], curves: Curves):
         if len(curve) > 1:
             ax.plot(*zip(*curve), marker="s", linestyle=":", color=colors.get("MLP", "grey"), label="MLP, final at each budget")
         ax.set(title=backbone, xlabel="training FLOPs")
-        ax.set_xscale("log")
-        log_tick_labels(ax)
-    ylabel(axes, "validation bits per byte")
+        log_x(ax)
     shared_legend(fig, axes)
     return fig
 

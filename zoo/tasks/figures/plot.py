@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import matplotlib
@@ -39,12 +40,17 @@ def channel_label(r: dict[str, Any]) -> str:
     return f"memory 2^{slots.bit_length() - 1}" if slots & (slots - 1) == 0 else f"memory {slots}"
 
 
+def group(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, list[dict[str, Any]]]:
+    """Rows by ``key(row)``, keys and rows in the order first seen."""
+    out = defaultdict(list)
+    for r in rows:
+        out[key(r)].append(r)
+    return dict(out)
+
+
 def by_channel(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Rows grouped by ``channel_label``, the MLP first, then memory by table size."""
-    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in sorted(rows, key=lambda r: (has_memory(r), r.get("slots") or 0)):
-        lines[channel_label(r)].append(r)
-    return lines
+    return group(sorted(rows, key=lambda r: (has_memory(r), r.get("slots") or 0)), channel_label)
 
 
 def usage_column(r: dict[str, Any]) -> str | None:
@@ -62,22 +68,18 @@ def human(value: float, digits: int = 4) -> str:
     return (f"{scaled:.0f}" if abs(scaled) >= 10 ** (digits - 1) else f"{scaled:.{digits}g}") + suffix
 
 
-def panels(n: int, **kwargs: Any):
+def panels(n: int, ylabel: str = "", **kwargs: Any):
     """A figure of ``n`` panels wrapped into rows of at most ``COLUMNS`` (``kwargs`` to ``plt.subplots``,
-    e.g. ``sharey``), and its ``n`` axes in reading order."""
+    e.g. ``sharey``), ``ylabel`` on the first column only, and its ``n`` axes in reading order."""
     rows, cols = -(-n // COLUMNS), min(n, COLUMNS)
     size = (PANEL[0] * cols, PANEL[1] * rows)
     fig, grid = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained", **kwargs)
     axes = list(grid.flat)
     for spare in axes[n:]:  # the last row's empty places
         fig.delaxes(spare)
+    for ax in axes[:n]:
+        ax.set_ylabel(ylabel if ax.get_subplotspec().is_first_col() else "")
     return fig, axes[:n]
-
-
-def ylabel(axes: list, text: str) -> None:
-    """``text`` as the y label of the panels in the first column (the others share their y axis)."""
-    for ax in axes:
-        ax.set_ylabel(text if ax.get_subplotspec().is_first_col() else "")
 
 
 def shared_legend(fig, axes: list) -> None:
@@ -93,46 +95,42 @@ def shared_legend(fig, axes: list) -> None:
 
 
 def draw(ax, label: str, cells: list[dict[str, Any]], x: str, y: str, dashed: bool, **style: Any) -> str:
-    """A line through the cells' mean ``y`` against ``x``; with several seeds, ± one standard
-    deviation as error bars and each seed's value as a point. ``style`` overrides matplotlib's
-    (``marker``, ``color``, ...). Returns the line's color."""
+    """A line through the cells' mean ``y`` against ``x`` (with several seeds ± one standard deviation
+    as error bars, each seed a point); ``style`` overrides matplotlib's. Returns the line's color."""
     cells = sorted(cells, key=lambda c: c[x])
     xs, ys = [c[x] for c in cells], [c[y] for c in cells]
     style = {"marker": "o", "linestyle": "--" if dashed else "-", "label": label, **style}
     if all(c["n"] == 1 for c in cells):
         return ax.plot(xs, ys, **style)[0].get_color()
-    bars = ax.errorbar(xs, ys, yerr=[c[f"{y}_std"] for c in cells], capsize=3, **style)
+    color = ax.errorbar(xs, ys, yerr=[c[f"{y}_std"] for c in cells], capsize=3, **style)[0].get_color()
     for c in cells:
-        ax.scatter([c[x]] * c["n"], [r[y] for r in c["runs"]], s=10, alpha=0.5, color=bars[0].get_color(), zorder=3)
-    return bars[0].get_color()
+        ax.scatter([c[x]] * c["n"], [r[y] for r in c["runs"]], s=10, alpha=0.5, color=color, zorder=3)
+    return color
 
 
 def bars(ax, cells: dict[str, dict[str, Any]], y: str, styles: dict[str, dict[str, Any]]) -> None:
-    """One bar per labelled cell (its mean ``y``; with several seeds ± one standard deviation and
-    each seed as a point), the value written above the bar's error bar and points, the labels under
-    the bars; y from 0 with room above 1 for the values."""
+    """One bar per labelled cell (its mean ``y``; with several seeds ± one standard deviation and each seed as
+    a point), its value written above, the labels under the bars; y from 0 with room above 1 for the values."""
     labels = list(cells)
     means = [cells[label][y] for label in labels]
     errors = [cells[label].get(f"{y}_std") or 0 for label in labels]
-    colors = [styles[label]["color"] for label in labels]
-    ax.bar(range(len(labels)), means, yerr=errors, color=colors, capsize=3)
+    ax.bar(range(len(labels)), means, yerr=errors, color=[styles[label]["color"] for label in labels], capsize=3)
     tops = [mean + error for mean, error in zip(means, errors)]
-    for i, label in enumerate(labels):
+    for i, (label, mean) in enumerate(zip(labels, means)):
         if cells[label]["n"] > 1:  # each seed as a point
             seeds = [run[y] for run in cells[label]["runs"]]
             ax.scatter([i] * len(seeds), seeds, s=10, color="black", alpha=0.5, zorder=3)
             tops[i] = max(tops[i], *seeds)
-    for i, (mean, top) in enumerate(zip(means, tops)):
-        ax.annotate(f"{mean:.3g}", (i, top), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
+        ax.annotate(f"{mean:.3g}", (i, tops[i]), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     ax.set_ylim(0, 1.15 * max(1.0, *tops))
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
 
 
-def log_tick_labels(ax) -> None:
-    """Tick labels of a log x axis, called once its data is drawn: the decades only when the data span
-    one or more (minor labels such as 2x10^5, 3x10^5 collide), else the ticks in human units (k, M):
-    every one over less than 3x, over more only 1, 2, 3 and 5 times a power of ten (600k, 700k, 800k,
-    900k and 1M collide in a panel)."""
+def log_x(ax, base: float = 10) -> None:
+    """A log x axis (``base``) and its tick labels, called once its data is drawn: the decades only when the
+    data span one or more (minor labels such as 2x10^5, 3x10^5 collide), else the ticks in human units (k, M):
+    all over less than 3x, over more only 1, 2, 3 and 5 times a power of ten (600k-900k collide with 1M)."""
+    ax.set_xscale("log", base=base)
     low, high = ax.dataLim.intervalx
     if high >= 10 * low:
         ax.xaxis.set_minor_formatter(NullFormatter())
