@@ -61,14 +61,7 @@ _ONE_PROCESS_WARNING = "torch.distributed is disabled, unavailable or uninitiali
 
 _METADATA_GLOBALS = {
     ("torch.distributed.checkpoint.metadata", name)
-    for name in (
-        "Metadata",
-        "TensorStorageMetadata",
-        "TensorProperties",
-        "ChunkStorageMetadata",
-        "MetadataIndex",
-        "StorageMeta",
-    )
+    for name in ("Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "MetadataIndex", "StorageMeta")
 } | {("torch", "Size"), ("pathlib", "PosixPath"), *DCP_PRIVATE_GLOBALS}
 
 

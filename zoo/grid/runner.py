@@ -414,12 +414,8 @@ def main(argv=None) -> None:
         print(f"stopped by {stopped.signal_name}: rerun `{again}` to continue", file=sys.stderr)
         sys.exit(stopped.code)
     if launcher_error is not None:
-        print(
-            f"the launcher stopped ({type(launcher_error).__name__}): rerun `{again}` to continue",
-            file=sys.stderr,
-        )
-        sys.exit(1)
-    if failed:
+        print(f"the launcher stopped ({type(launcher_error).__name__}): rerun `{again}` to continue", file=sys.stderr)
+    if launcher_error is not None or failed:
         sys.exit(1)
 
 

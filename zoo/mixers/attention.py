@@ -108,21 +108,30 @@ class Attention(nn.Module):
         q, k, v = self._heads(hidden.unsqueeze(1))
         return self.rotary(q, offset=position), self.rotary(k, offset=position), v
 
-    def step(self, hidden: torch.Tensor, cache: "KVCache") -> tuple[torch.Tensor, "KVCache"]:
-        """One token: hidden (B, D) -> (B, D), attending to the cached positions and itself; the
-        token's key and value are appended to ``cache`` (in place)."""
+    def _cache_slot(self, cache: "KVCache") -> int:
+        """Where ``step`` writes the next token's key and value: the next free position."""
         if cache.length >= cache.keys.shape[2]:
             raise ValueError(f"attention cache is full ({cache.keys.shape[2]} positions); allocate a longer one")
+        return cache.length
+
+    def step(self, hidden: torch.Tensor, cache: "KVCache") -> tuple[torch.Tensor, "KVCache"]:
+        """One token: hidden (B, D) -> (B, D), attending to the cached positions and itself; the
+        token's key and value are written into ``cache`` (in place, at ``_cache_slot``)."""
+        slot = self._cache_slot(cache)
         q, k, v = self.project_token(hidden, cache.length)
-        cache.keys[:, :, cache.length] = k[:, :, 0]
-        cache.values[:, :, cache.length] = v[:, :, 0]
+        cache.keys[:, :, slot] = k[:, :, 0]
+        cache.values[:, :, slot] = v[:, :, 0]
         cache.length += 1
-        y = self._attend(q, cache.keys[:, :, : cache.length], cache.values[:, :, : cache.length])
+        used = min(cache.length, cache.keys.shape[2])
+        y = self._attend(q, cache.keys[:, :, :used], cache.values[:, :, :used])
         return self.out_proj(y.flatten(1)), cache
 
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+        """q (B, H, L, hd), k and v (B, G, L, hd) -> (B, H, L, hd); position t attends to positions <= t."""
+        return self._attend(q, k, v, is_causal=True, dropout_p=dropout)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, D) -> (B, L, D); position t attends to positions <= t."""
+        """x: (B, L, D) -> (B, L, D), through ``_causal``."""
         q, k, v = self._heads(x)
-        q, k = self.rotary(q), self.rotary(k)
-        y = self._attend(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = self._causal(self.rotary(q), self.rotary(k), v, self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).flatten(2))

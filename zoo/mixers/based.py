@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count
-from zoo.core.value_checks import is_real
+from zoo.core.value_checks import check_int, is_real
 from zoo.mixers import kernels
-from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step
+from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, split_chunks
 
 FLA_KERNEL_EPS = 1e-6
 """The normaliser eps fla's ``parallel_based`` adds (fixed there); other eps values run the own path."""
@@ -61,19 +61,13 @@ def based_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size:
     """
     if chunk_size < 1:
         raise ValueError(f"based chunk_size={chunk_size} must be >= 1")
-    length = q.shape[1]
-    n_chunks = -(-length // chunk_size)
-    pad = n_chunks * chunk_size - length  # padded steps come after every real one: causality hides them
-
-    def chunked(t):  # (b, L, h, d) -> (b, n, T, h, d)
-        return nn.functional.pad(t, (0, 0, 0, 0, 0, pad)).unflatten(1, (n_chunks, chunk_size))
-
-    qc, kc, vc = chunked(q), chunked(k), chunked(v)
+    # (b, L, h, d) -> (b, n, T, h, d); padded steps come after every real one: causality hides them
+    qc, kc, vc = (split_chunks(t, chunk_size) for t in (q, k, v))
     scores = _chunk_scores(qc, kc)  # (b, n, h, T, T)
     num = torch.einsum("bnhts,bnshv->bnthv", scores, vc)
     den = scores.sum(-1).transpose(-1, -2)  # (b, n, T, h)
 
-    if n_chunks > 1:  # the state entering chunk c >= 1 sums chunks 0..c-1: the last chunk feeds none
+    if qc.shape[1] > 1:  # the state entering chunk c >= 1 sums chunks 0..c-1: the last chunk feeds none
         phi_k = taylor_features(kc[:, :-1])  # (b, n-1, T, h, P)
         state = torch.einsum("bnshp,bnshv->bnhpv", phi_k, vc[:, :-1]).cumsum(1)  # entering chunks 1..n-1
         normaliser = phi_k.sum(2).cumsum(1)  # (b, n-1, h, P)
@@ -81,7 +75,7 @@ def based_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size:
         num = torch.cat([num[:, :1], num[:, 1:] + torch.einsum("bnthp,bnhpv->bnthv", phi_q, state)], dim=1)
         den = torch.cat([den[:, :1], den[:, 1:] + torch.einsum("bnthp,bnhp->bnth", phi_q, normaliser)], dim=1)
     y = num / (den + eps).unsqueeze(-1)
-    return y.flatten(1, 2)[:, :length]
+    return y.flatten(1, 2)[:, : q.shape[1]]
 
 
 @dataclass
@@ -122,15 +116,11 @@ class Based(nn.Module):
         chunk_size: int = 64,
     ):
         super().__init__()
-        for name, value, low in [
-            ("d_model", d_model, 1),
-            ("feature_dim", feature_dim, 1),
-            ("num_heads", num_heads, 1),
-            ("conv_size", conv_size, 0),
-            ("chunk_size", chunk_size, 1),
-        ]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"based {name}={value!r} must be an integer >= {low}")
+        check_int("based d_model", d_model)
+        check_int("based feature_dim", feature_dim)
+        check_int("based num_heads", num_heads)
+        check_int("based conv_size", conv_size, low=0)
+        check_int("based chunk_size", chunk_size)
         if num_heads > d_model:
             raise ValueError(f"based num_heads={num_heads} must be <= d_model={d_model}")
         if not (is_real(eps) and eps >= 0):

@@ -46,13 +46,6 @@ class RMSNormSwishGate(nn.Module):
         return (normed * self.weight.to(work) * F.silu(gate.to(work))).to(x.dtype)
 
 
-def check_positive_ints(mixer: str, **values) -> None:
-    """ValueError naming the first option that is not a positive integer."""
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{mixer} {name}={value!r} must be a positive integer")
-
-
 def check_fla_options(mixer: str, norm_eps: float, **flags) -> None:
     """ValueError unless ``norm_eps`` is a finite number > 0 and every flag a bool."""
     if not (is_real(norm_eps) and norm_eps > 0):

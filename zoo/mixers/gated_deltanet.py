@@ -24,14 +24,8 @@ from torch import nn
 from zoo.core.tags import linear, mark_no_reinit, tag_optim
 from zoo.core.value_checks import is_real
 from zoo.mixers import kernels
-from zoo.mixers.fla_common import (
-    FlaLayoutMixer,
-    LinearAttentionCache,
-    RMSNormSwishGate,
-    check_fla_options,
-    check_positive_ints,
-)
-from zoo.mixers.ssm_common import dt_bias_init, segment_sum, split_chunks
+from zoo.mixers.fla_common import FlaLayoutMixer, LinearAttentionCache, RMSNormSwishGate, check_fla_options
+from zoo.mixers.ssm_common import check_positive_ints, dt_bias_init, segment_sum, split_chunks
 
 L2_EPS = 1e-6  # fla's l2norm: x / sqrt(sum x^2 + eps)
 

@@ -20,15 +20,8 @@ from torch import nn
 from zoo.core.tags import linear
 from zoo.core.value_checks import is_real
 from zoo.mixers import kernels
-from zoo.mixers.fla_common import (
-    FlaLayoutMixer,
-    LinearAttentionCache,
-    RMSNormSwishGate,
-    check_fla_options,
-    check_positive_ints,
-    checked_width,
-)
-from zoo.mixers.ssm_common import split_chunks
+from zoo.mixers.fla_common import FlaLayoutMixer, LinearAttentionCache, RMSNormSwishGate, check_fla_options, checked_width
+from zoo.mixers.ssm_common import check_positive_ints, split_chunks
 
 SUB_CHUNK = 16  # longest block inside a chunk whose decays are taken step by step (see _anchored_scores)
 FACTORED_SPAN = 20.0  # largest log decay of a chunk for which exp(-cum) stays small enough to factor (e^20 ~ 5e8)

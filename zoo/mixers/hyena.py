@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
-from zoo.core.value_checks import is_int, is_real
+from zoo.core.value_checks import check_int, is_int, is_real
 from zoo.mixers.ssm_common import causal_conv, causal_conv_step
 
 
@@ -170,18 +170,12 @@ class Hyena(nn.Module):
         shift: float = 0.0,
     ):
         super().__init__()
-        minimum = {"d_model": 1, "l_max": 1, "order": 2, "filter_order": 1, "num_inner_mlps": 0, "short_filter_order": 1}
-        sizes = {
-            "d_model": d_model,
-            "l_max": l_max,
-            "order": order,
-            "filter_order": filter_order,
-            "num_inner_mlps": num_inner_mlps,
-            "short_filter_order": short_filter_order,
-        }
-        for name, value in sizes.items():
-            if not is_int(value) or value < minimum[name]:
-                raise ValueError(f"hyena {name}={value!r} must be an integer >= {minimum[name]}")
+        check_int("hyena d_model", d_model)
+        check_int("hyena l_max", l_max)
+        check_int("hyena order", order, low=2)
+        check_int("hyena filter_order", filter_order)
+        check_int("hyena num_inner_mlps", num_inner_mlps, low=0)
+        check_int("hyena short_filter_order", short_filter_order)
         if not is_int(emb_dim) or emb_dim < 3 or emb_dim % 2 == 0:
             raise ValueError(f"hyena emb_dim={emb_dim!r} must be an odd integer >= 3 (t, then cosine/sine pairs)")
         if not all(is_real(pct) and pct > 0 for pct in (fast_decay_pct, slow_decay_pct)):

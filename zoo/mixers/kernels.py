@@ -21,37 +21,14 @@ def _optional(module: str, name: str) -> Callable | None:
         return None
 
 
-@functools.cache
-def mamba_selective_scan() -> Callable | None:
-    """mamba-ssm's ``selective_scan_fn`` (Mamba), or None."""
-    return _optional("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
+def _cached(module: str, name: str) -> Callable[[], Callable | None]:
+    """A lookup of ``module.name`` made once per process, on first call: the kernel, or None."""
+    return functools.cache(lambda: _optional(module, name))
 
 
-@functools.cache
-def mamba_chunk_scan() -> Callable | None:
-    """mamba-ssm's ``mamba_chunk_scan_combined`` (Mamba-2), or None."""
-    return _optional("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
-
-
-@functools.cache
-def causal_conv1d() -> Callable | None:
-    """causal-conv1d's ``causal_conv1d_fn``, or None."""
-    return _optional("causal_conv1d", "causal_conv1d_fn")
-
-
-@functools.cache
-def fla_chunk_gla() -> Callable | None:
-    """flash-linear-attention's ``chunk_gla`` (gated linear attention), or None."""
-    return _optional("fla.ops.gla", "chunk_gla")
-
-
-@functools.cache
-def fla_chunk_gated_delta_rule() -> Callable | None:
-    """flash-linear-attention's ``chunk_gated_delta_rule`` (Gated DeltaNet), or None."""
-    return _optional("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
-
-
-@functools.cache
-def fla_parallel_based() -> Callable | None:
-    """flash-linear-attention's ``parallel_based`` (BASED's Taylor linear attention), or None."""
-    return _optional("fla.ops.based", "parallel_based")
+mamba_selective_scan = _cached("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")  # Mamba
+mamba_chunk_scan = _cached("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")  # Mamba-2
+causal_conv1d = _cached("causal_conv1d", "causal_conv1d_fn")
+fla_chunk_gla = _cached("fla.ops.gla", "chunk_gla")  # gated linear attention
+fla_chunk_gated_delta_rule = _cached("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")  # Gated DeltaNet
+fla_parallel_based = _cached("fla.ops.based", "parallel_based")  # BASED's Taylor linear attention

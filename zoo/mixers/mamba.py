@@ -18,7 +18,7 @@ from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, para
 from zoo.core.value_checks import check_bool, check_real, is_int
 from zoo.mixers import kernels
 from zoo.mixers.scan import selective_scan
-from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, check_dt_options, dt_bias_init
+from zoo.mixers.ssm_common import causal_conv_silu, causal_conv_silu_step, check_dt_options, check_positive_ints, dt_bias_init
 
 
 @dataclass
@@ -56,9 +56,7 @@ class Mamba(nn.Module):
         chunk_size: int = 64,
     ):
         super().__init__()
-        for name, value in [("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("chunk_size", chunk_size)]:
-            if not is_int(value) or value < 1:
-                raise ValueError(f"mamba {name}={value!r} must be a positive integer")
+        check_positive_ints("mamba", d_state=d_state, d_conv=d_conv, expand=expand, chunk_size=chunk_size)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
         if not is_int(dt_rank) or dt_rank < 1:

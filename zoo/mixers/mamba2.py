@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.core.tags import linear, mark_no_reinit, mark_residual_projection, parameter_count, tag_optim
-from zoo.core.value_checks import check_bool, check_real, is_int, is_real
+from zoo.core.value_checks import check_bool, check_real, is_real
 from zoo.mixers import kernels
 from zoo.mixers.ssm_common import (
     causal_conv_silu,
     causal_conv_silu_step,
     check_dt_options,
+    check_positive_ints,
     dt_bias_init,
     segment_sum,
     split_chunks,
@@ -140,18 +141,10 @@ class Mamba2(nn.Module):
         rmsnorm_eps: float = 1e-5,
     ):
         super().__init__()
-        sizes = [
-            ("d_model", d_model),
-            ("d_state", d_state),
-            ("d_conv", d_conv),
-            ("expand", expand),
-            ("headdim", headdim),
-            ("ngroups", ngroups),
-            ("chunk_size", chunk_size),
-        ]
-        for name, value in sizes:
-            if not is_int(value) or value < 1:
-                raise ValueError(f"mamba2 {name}={value!r} must be a positive integer")
+        check_positive_ints(
+            "mamba2", d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups
+        )
+        check_positive_ints("mamba2", chunk_size=chunk_size)
         d_inner = expand * d_model
         if d_inner % headdim:
             raise ValueError(
@@ -199,10 +192,6 @@ class Mamba2(nn.Module):
         (looked up once per process)."""
         return x.is_cuda and kernels.mamba_chunk_scan() is not None
 
-    def _conv(self, xbc: torch.Tensor) -> torch.Tensor:
-        """xbc: (B, L, conv_dim) -> silu(causal depthwise conv(xbc)), (B, L, conv_dim)."""
-        return causal_conv_silu(xbc.transpose(1, 2), self.conv1d).transpose(1, 2)
-
     def _split_xbc(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """xbc: (..., conv_dim) -> x (..., nheads, headdim), B and C (..., ngroups, d_state)."""
         groups = self.ngroups * self.d_state
@@ -234,7 +223,7 @@ class Mamba2(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, D) -> (B, L, D)."""
         z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        x, b, c = self._split_xbc(self._conv(xbc))
+        x, b, c = self._split_xbc(causal_conv_silu(xbc.transpose(1, 2), self.conv1d).transpose(1, 2))
         y = self._scan(x, dt, b, c)  # (B, L, nheads, headdim)
         return self.out_proj(self.norm(y.flatten(-2), z))
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from zoo.core.tags import parameter_count
 from zoo.mixers.attention import Attention, KVCache
+from zoo.mixers.ssm_common import check_positive_ints
 
 
 class SlidingWindowAttention(Attention):
@@ -25,8 +26,7 @@ class SlidingWindowAttention(Attention):
     """
 
     def __init__(self, d_model: int, layer_idx: int = 0, window: int = 64, **attention_options):
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ValueError(f"sliding_window window={window!r} must be a positive integer")
+        check_positive_ints("sliding_window", window=window)
         super().__init__(d_model, layer_idx, **attention_options)
         self.window = window
 
@@ -44,34 +44,17 @@ class SlidingWindowAttention(Attention):
         """A ring buffer of ``min(max_len, window)`` positions; ``length`` counts every token seen."""
         return super().allocate_cache(batch_size, min(max_len, self.window), device, dtype)
 
-    def step(self, hidden: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """One token: hidden (B, D) -> (B, D), attending to the cached window and itself; the token's
-        key and value overwrite the oldest slot of ``cache`` (in place). Rotary is applied at the
-        absolute position before caching, so the order of the slots does not matter."""
-        slots = cache.keys.shape[2]
-        q, k, v = self.project_token(hidden, cache.length)
-        slot = cache.length % slots
-        cache.keys[:, :, slot] = k[:, :, 0]
-        cache.values[:, :, slot] = v[:, :, 0]
-        cache.length += 1
-        used = min(cache.length, slots)
-        y = self._attend(q, cache.keys[:, :, :used], cache.values[:, :, :used])
-        return self.out_proj(y.flatten(1)), cache
+    def _cache_slot(self, cache: KVCache) -> int:
+        """The oldest slot of the ring buffer: rotary is applied at the absolute position before
+        caching, so the order of the slots does not matter."""
+        return cache.length % cache.keys.shape[2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, D) -> (B, L, D); position t attends to positions max(0, t - window + 1) .. t."""
-        q, k, v = self._heads(x)
-        q, k = self.rotary(q), self.rotary(k)
-        dropout = self.dropout if self.training else 0.0
-        if x.shape[1] <= self.window:
-            y = self._attend(q, k, v, is_causal=True, dropout_p=dropout)
-        else:
-            y = self._banded(q, k, v, dropout)
-        return self.out_proj(y.transpose(1, 2).flatten(2))
-
-    def _banded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-        """q (B, H, L, hd), k and v (B, G, L, hd) -> (B, H, L, hd): query block b (``window`` positions) attends to
-        key blocks b - 1 and b under the band mask; L is padded up to whole blocks."""
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+        """q (B, H, L, hd), k and v (B, G, L, hd) -> (B, H, L, hd); position t attends to positions
+        max(0, t - window + 1) .. t. Query block b (``window`` positions) attends to key blocks b - 1
+        and b under the band mask; L is padded up to whole blocks."""
+        if q.shape[2] <= self.window:
+            return super()._causal(q, k, v, dropout)
         w, length = self.window, q.shape[2]
         blocks = -(-length // w)
         pad = blocks * w - length

@@ -1,5 +1,5 @@
-"""Pieces the recurrent and convolutional mixers share: dt initialisation, the causal depthwise
-conv, and the chunking of a sequence for chunked-parallel scans."""
+"""Pieces the recurrent and convolutional mixers share: option checks, dt initialisation, the causal
+depthwise conv, and the chunking of a sequence for chunked-parallel scans."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from zoo.core.value_checks import check_real, is_real
+from zoo.core.value_checks import check_real, is_int, is_real
 from zoo.mixers import kernels
+
+
+def check_positive_ints(mixer: str, **values) -> None:
+    """ValueError naming the first option that is not a positive integer."""
+    for name, value in values.items():
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{mixer} {name}={value!r} must be a positive integer")
 
 
 def check_dt_options(mixer: str, dt_min: object, dt_max: object, dt_init_floor: object) -> None:

@@ -57,7 +57,6 @@ def generate(
     batch, prompt_len = prompt_ids.shape
     caches = model.allocate_caches(batch, prompt_len + max_new_tokens)
     out = [prompt_ids]
-    logits = None
     for t in range(prompt_len):
         logits = model.step(prompt_ids[:, t], caches)
     for _ in range(max_new_tokens):

@@ -8,6 +8,7 @@ file."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -135,10 +136,7 @@ def _entry(path: Path, name: str, value: Any) -> TensorEntry:
         raise ValueError(f"{where}: shape {shape!r} is not a list of non-negative integers")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(n) for n in offsets) and offsets[0] <= offsets[1]):
         raise ValueError(f"{where}: data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end")
-    numel = 1
-    for n in shape:
-        numel *= n
-    nbytes = numel * DTYPES[dtype].itemsize
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     if offsets[1] - offsets[0] != nbytes:
         raise ValueError(f"{where}: data_offsets {offsets} span {offsets[1] - offsets[0]:,} bytes, its shape needs {nbytes:,}")
     return TensorEntry(DTYPES[dtype], tuple(shape), offsets[0], offsets[1])

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from zoo.model.language_model import LanguageModel, ModelConfig
-from zoo.pretrained.mapping import check_fields, check_sizes, rope_theta
+from zoo.pretrained.mapping import check_fields, check_sizes, plain_stack, rope_theta
 
 ARCHITECTURE = "LlamaForCausalLM"
 MODEL_TYPE = "llama"
@@ -147,13 +147,7 @@ def hf_config(model: LanguageModel, source: dict[str, Any]) -> dict[str, Any]:
 
 def expressible(model: LanguageModel) -> str | None:
     """Why ``model`` has no ``LlamaForCausalLM`` counterpart, or None when it has one."""
-    config = model.config
-    if config.memory is not None:
-        return "it has memory layers"
-    if config.layer_mixers() != ["attention"] * config.n_layers:
-        return f"its layers are {config.layer_mixers()}, not all attention"
-    if config.layer_channels() != ["mlp"] * config.n_layers:
-        return f"its channels are {config.layer_channels()}, not all mlp"
-    if config.mlp.get("hidden_dim") is None:
+    why = plain_stack(model, "attention", "mlp")
+    if why is None and model.config.mlp.get("hidden_dim") is None:
         return "its mlp.hidden_dim is not set"
-    return None
+    return why

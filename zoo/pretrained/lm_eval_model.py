@@ -35,6 +35,8 @@ class MemzooLM(TemplateLM):
     """A memzoo model directory as an lm-eval model: log-likelihoods from one forward per batch of
     ``batch_size`` right-padded requests, greedy generation one request at a time through ``step``."""
 
+    max_gen_toks = MAX_GEN_TOKS
+
     def __init__(
         self,
         pretrained: str,
@@ -48,8 +50,8 @@ class MemzooLM(TemplateLM):
         if kwargs:
             allowed = "pretrained, batch_size, device, max_length, dtype"
             raise ValueError(f"unknown model_args {sorted(kwargs)} for --model memzoo; it takes {allowed}")
-        self._batch_size = positive_int("batch_size", batch_size)
-        self._max_length = positive_int("max_length", max_length)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.max_length = positive_int("max_length", max_length)
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPES)}")
         self._device = checked_device(device)
@@ -60,18 +62,6 @@ class MemzooLM(TemplateLM):
     @property
     def eot_token_id(self) -> int:
         return self._eot_token_id
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @property
-    def max_gen_toks(self) -> int:
-        return MAX_GEN_TOKS
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
 
     @property
     def device(self) -> torch.device:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from zoo.model.language_model import LanguageModel, ModelConfig
-from zoo.pretrained.mapping import check_fields, check_sizes, finite_limit
+from zoo.pretrained.mapping import check_fields, check_sizes, finite_limit, plain_stack
 
 SILU = {"hidden_act": (lambda v: v in (None, "silu"), "silu")}
 REQUIRED = ("hidden_size", "num_hidden_layers", "vocab_size")
@@ -142,27 +142,15 @@ def to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torc
     return _rename(state, 1, config.tie_embeddings)
 
 
-def _ssm_only(model: LanguageModel, mixer: str) -> str | None:
-    """Why ``model`` is not a plain stack of ``mixer`` blocks without channels, or None."""
-    config = model.config
-    if config.memory is not None:
-        return "it has memory layers"
-    if config.layer_mixers() != [mixer] * config.n_layers:
-        return f"its layers are {config.layer_mixers()}, not all {mixer}"
-    if config.layer_channels() != ["none"] * config.n_layers:
-        return f"its channels are {config.layer_channels()}, not all none"
-    return None
-
-
 def mamba_expressible(model: LanguageModel) -> str | None:
     """Why ``model`` has no ``MambaForCausalLM`` counterpart, or None when it has one."""
-    return _ssm_only(model, "mamba")
+    return plain_stack(model, "mamba", "none")
 
 
 def mamba2_expressible(model: LanguageModel) -> str | None:
     """Why ``model`` has no ``Mamba2ForCausalLM`` counterpart, or None (one RMSNorm epsilon for the
     blocks and the mixers' gated norm, as transformers has)."""
-    why = _ssm_only(model, "mamba2")
+    why = plain_stack(model, "mamba2", "none")
     if why is None and model.blocks[0].mixer.norm.eps != model.config.norm_eps:
         return f"its mixers' rmsnorm_eps {model.blocks[0].mixer.norm.eps} differs from norm_eps {model.config.norm_eps}"
     return why

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zoo.core.value_checks import is_int
+from zoo.model.language_model import LanguageModel
 
 DEFAULT_ROPE_TYPES = (None, "default")
 
@@ -56,3 +57,15 @@ def finite_limit(value: Any) -> bool:
     low, high = value
     high = float(high["__float__"]) if isinstance(high, dict) else float(high)
     return float(low) == 0.0 and math.isinf(high)
+
+
+def plain_stack(model: LanguageModel, mixer: str, channel: str) -> str | None:
+    """Why ``model`` is not a plain stack of ``mixer`` blocks with ``channel`` channels and no memory, or None."""
+    config = model.config
+    if config.memory is not None:
+        return "it has memory layers"
+    if config.layer_mixers() != [mixer] * config.n_layers:
+        return f"its layers are {config.layer_mixers()}, not all {mixer}"
+    if config.layer_channels() != [channel] * config.n_layers:
+        return f"its channels are {config.layer_channels()}, not all {channel}"
+    return None

@@ -36,7 +36,7 @@ def train(
     ``run``: the checked run (``check_run_config``; a composed config is checked here first): every
     value and the size budget are checked before any data, model or file is made. SIGTERM or SIGINT
     saves checkpoints/last.ckpt at the current step and raises ``RunInterrupted``. ``resumed``: the
-    run is the saved config.yaml with these changes (``resume_base``); config.yaml stays as it is and
+    run is the saved config.yaml with these changes (``checked_run``); config.yaml stays as it is and
     the changes are recorded beside it.
     """
     run_dir = Path(run_dir)
@@ -58,15 +58,6 @@ def train(
         return fit_and_test(run, run_dir, resume, config_yaml, started)
 
 
-def resume_base(cfg: DictConfig, overrides: Sequence[str], run_dir: Path | None) -> tuple[DictConfig, dict[str, Any] | None]:
-    """(``cfg``, None), or for a resume (``ckpt=``) in a directory that holds a run's config.yaml,
-    (that config with the resume-safe ``overrides`` applied, the changes): ``zoo.training.resume_config``."""
-    saved = saved_config(run_dir) if cfg.ckpt is not None and run_dir is not None else None
-    if saved is None:
-        return cfg, None
-    return resumed_config(saved, cfg, overrides)
-
-
 def run_dir_in(argv: Sequence[str]) -> Path | None:
     """The ``hydra.run.dir=DIR`` a command line names (its last), or None."""
     dirs = [arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.run.dir=")]
@@ -75,8 +66,12 @@ def run_dir_in(argv: Sequence[str]) -> Path | None:
 
 def checked_run(cfg: DictConfig, overrides: Sequence[str], run_dir: Path | None) -> tuple[RunConfig, dict[str, Any] | None]:
     """The composed config -> (its checked ``RunConfig``, the resume's changes or None): a resume
-    (``ckpt=`` in a directory holding a run) checks the saved run with the resume-safe overrides."""
-    cfg, resumed = resume_base(cfg, overrides, run_dir)
+    (``ckpt=`` in a directory holding a run's config.yaml) checks that saved config with the
+    resume-safe ``overrides`` applied (``zoo.training.resume_config``)."""
+    saved = saved_config(run_dir) if cfg.ckpt is not None and run_dir is not None else None
+    resumed = None
+    if saved is not None:
+        cfg, resumed = resumed_config(saved, cfg, overrides)
     return check_run_config(cfg), resumed
 
 
