@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from zoo.core.command_line import hydra_flags, run_composed
+from zoo.core.command_line import hydra_flags, run_composed, usage_errors
 from zoo.core.dataclass_config import plain, typed
 from zoo.core.value_checks import check_int
 from zoo.tasks import task_options
@@ -171,6 +171,7 @@ _TOKENIZER = None  # the worker's tokenizer, loaded once per process
 
 def _load_worker(tokenizer_json: str | None) -> None:
     global _TOKENIZER
+    _TOKENIZER = None  # bytes; never the tokenizer an earlier prepare in this process left
     if tokenizer_json is not None:
         from tokenizers import Tokenizer
 
@@ -315,7 +316,8 @@ def _write(task: LanguageModelingDataModule, options: PrepareOptions, folder: Pa
 
 
 def _prepare_job(run: PrepareRun) -> None:
-    manifest = prepare(run)
+    with usage_errors("memzoo-prepare"):  # what the source turns out to be (empty, not text): one line, exit code 2
+        manifest = prepare(run)
     counts = ", ".join(f"{split} {manifest.splits[split].tokens:,} tokens" for split in SPLITS)
     vocabulary = f"{manifest.tokenizer} vocabulary {manifest.vocab_size:,}, {manifest.dtype}"
     print(f"memzoo-prepare: wrote {run.options.out} ({counts}; {vocabulary})")
