@@ -60,6 +60,13 @@ def test_an_empty_source_directory_is_refused_and_nothing_is_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
+def test_a_bpe_vocabulary_the_source_cannot_reach_is_refused_and_nothing_is_written(tmp_path):
+    (tmp_path / "small.txt").write_text("a small text, too small for two thousand merges\n" * 4)
+    done = run([*PREPARE, "task.path=small.txt", "out=OUT", "task.tokenizer=bpe", "task.vocab_size=2000"], tmp_path)
+    one_line_error(done, "memzoo-prepare", "not task.vocab_size=2000", "lower task.vocab_size")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.txt"]
+
+
 def test_a_binary_source_is_refused_without_allow_binary_and_nothing_is_written(tmp_path):
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "noise.dat").write_bytes(os.urandom(50_000))

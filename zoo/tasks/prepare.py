@@ -6,7 +6,7 @@ The source is the lm task's: the default stdlib corpus, ``task.path`` (a text fi
 under a directory, sorted; ``.jsonl`` files are JSON lines whose ``task.hf_text_field`` is the text),
 or ``task.hf_dataset`` (streamed record by record, never held whole). Its documents are cut into
 blocks of at most ``block_bytes`` (at a line end where there is one); block ``k`` goes to test, val
-or train by where ``k`` times the golden ratio falls in [0, 1) (below ``test_fraction``: test, below
+or train by where ``k + 1`` times the golden ratio falls in [0, 1) (below ``test_fraction``: test, below
 ``test_fraction + val_fraction``: val), so the splits are spread evenly over the source and fixed by
 it. The tokenizer: bytes; a byte-level BPE trained on the first ``bpe_sample_bytes`` of the train
 blocks; or ``task.tokenizer_path``'s pretrained ``tokenizer.json``. Blocks are tokenized by
@@ -147,8 +147,9 @@ def _record_text(record: object, field: str, where: str) -> str:
 
 
 def split_of(block: int, val_fraction: float, test_fraction: float) -> str:
-    """The split of block number ``block``: by where ``block`` times the golden ratio falls in [0, 1)."""
-    position = (block * GOLDEN) % 1.0
+    """The split of block number ``block``: by where ``block + 1`` times the golden ratio falls in
+    [0, 1) (the first block, at 0.618, trains)."""
+    position = ((block + 1) * GOLDEN) % 1.0
     return "test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
 
 
@@ -262,6 +263,11 @@ def _write(task: LanguageModelingDataModule, options: PrepareOptions, folder: Pa
         from tokenizers import Tokenizer
 
         vocab_size = Tokenizer.from_str(tokenizer_json).get_vocab_size()
+        if task.tokenizer_name == "bpe" and vocab_size != task.vocab_size:
+            raise ValueError(
+                f"{_source(task)}: a BPE trained on its first {options.bpe_sample_bytes:,} train bytes reaches {vocab_size} "
+                f"tokens, not task.vocab_size={task.vocab_size}; lower task.vocab_size or raise bpe_sample_bytes"
+            )
     dtype = token_dtype(vocab_size)
     if tokenizer_json is not None:
         (folder / TOKENIZER_FILE).write_text(tokenizer_json)
