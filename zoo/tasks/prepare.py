@@ -270,7 +270,7 @@ def _write(task: LanguageModelingDataModule, options: PrepareOptions, folder: Pa
             )
     dtype = token_dtype(vocab_size)
     if tokenizer_json is not None:
-        (folder / TOKENIZER_FILE).write_text(tokenizer_json)
+        (folder / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")  # byte-level BPE tokens are not ASCII
     writers = {split: ShardWriter(folder, split, dtype, options.shard_tokens) for split in SPLITS}
     records = {split: SplitRecord() for split in SPLITS}
     progress = Progress(task.corpus_bytes() if task.hf[0] is None else task.max_bytes)

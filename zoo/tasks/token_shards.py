@@ -90,7 +90,7 @@ class Manifest:
     splits: dict[str, SplitRecord]
 
     def write(self, folder: Path) -> None:
-        (folder / MANIFEST).write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+        (folder / MANIFEST).write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
