@@ -29,9 +29,9 @@ OPTIM = OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=1)
 def test_token_ids_outside_the_vocabulary_name_the_split_and_id():
     good = TokenDataset(torch.tensor([[1, 2]]), torch.tensor([[2, -100]]))
     check_token_ids({"train": good}, vocab_size=3)
-    with pytest.raises(ValueError, match=r"test split inputs hold token id 7, outside the model's vocabulary \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"test split holds token id 7, outside the model's vocabulary \[0, 5\)"):
         check_token_ids({"train": good, "test": TokenDataset(torch.tensor([[1, 7]]), torch.tensor([[2, 3]]))}, 5)
-    with pytest.raises(ValueError, match=r"train split targets hold token id 3"):
+    with pytest.raises(ValueError, match=r"train split holds token id 3"):
         check_token_ids({"train": TokenDataset(torch.tensor([[1, 2]]), torch.tensor([[3, -100]]))}, 3)
 
 

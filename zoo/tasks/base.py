@@ -47,6 +47,16 @@ class TokenDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         return {"inputs": self.inputs[idx], "targets": self.targets[idx]}
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, L): examples and their length."""
+        return tuple(self.inputs.shape)
+
+    def id_range(self) -> tuple[int, int]:
+        """The least and greatest token id of the inputs and scored targets."""
+        ids = torch.cat([self.inputs.flatten(), self.targets[self.targets != IGNORE_INDEX]])
+        return (int(ids.min()), int(ids.max())) if ids.numel() else (0, 0)
+
 
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` whose next pass can start ``skip`` examples in: a run resumed from a

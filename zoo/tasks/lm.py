@@ -12,6 +12,7 @@ token into bits per byte (``zoo.training.metrics.bits_per_byte``), a number comp
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import os
 import sysconfig
@@ -23,6 +24,7 @@ import torch
 
 from zoo.core.safe_read import TOKENIZER_MAX_BYTES, bounded_size, regular_file_inside
 from zoo.tasks.base import TOKEN_BYTES, GeneratedDataModule, check_int_option
+from zoo.tasks.token_shards import Manifest, ShardWindows, read_manifest
 
 BYTE_VOCAB_SIZE = 256
 BYTES_PER_CORPUS_BYTE = 4 + 3 * TOKEN_BYTES + 2  # text copies, ids, inputs + targets, numpy/torch temporaries
@@ -224,6 +226,27 @@ def _require(package: str, field: str, value: object, why: str) -> None:
         raise ValueError(f"task.{field}={value!r} {why}, but `{package}` is not installed: pip install {package}")
 
 
+def read_prepared(data: str, tokenizer: str, vocab_size: int, pretrained, source: str | None) -> Manifest:
+    """The manifest of the prepared directory ``task.data`` (``read_manifest``: shards checked), made
+    with the run's tokenizer: the same ``task.tokenizer`` and ``task.vocab_size``, or for
+    ``pretrained`` the same ``tokenizer.json``; ``ValueError`` naming both otherwise, or a source
+    (``task.path`` / ``task.hf_dataset``) set beside it."""
+    if source is not None:
+        raise ValueError(
+            f"task.data={data!r} is a prepared corpus; task.path / task.hf_dataset={source!r} cannot be set beside it"
+        )
+    manifest = read_manifest(data)
+    if pretrained is not None:
+        if hashlib.sha256(pretrained.to_str().encode()).hexdigest() != manifest.tokenizer_sha256:
+            raise ValueError(f"task.data={data!r} was prepared with another tokenizer than task.tokenizer_path's")
+    elif (tokenizer, vocab_size) != (manifest.tokenizer, manifest.vocab_size):
+        raise ValueError(
+            f"task.data={data!r} was prepared with task.tokenizer={manifest.tokenizer} task.vocab_size={manifest.vocab_size}; "
+            f"this run has task.tokenizer={tokenizer} task.vocab_size={vocab_size}: set those, or prepare it again"
+        )
+    return manifest
+
+
 class LanguageModelingDataModule(GeneratedDataModule):
     """Next-token prediction on the default stdlib corpus, a local ``path``, or a Hugging Face dataset.
 
@@ -239,6 +262,10 @@ class LanguageModelingDataModule(GeneratedDataModule):
         hf_dataset, hf_split, hf_text_field: a Hugging Face dataset instead (needs ``datasets`` and
             network); records' ``hf_text_field`` joined by blank lines.
         max_bytes: cap on the corpus size before splitting (``None`` = all of it).
+        allow_binary: read a corpus that is mostly not text (more than 5% undecodable or control characters).
+        data: a directory ``memzoo-prepare`` wrote: its splits are streamed from memory-mapped token
+            shards (nothing tokenized, no corpus in RAM); ``tokenizer`` and ``vocab_size`` must be
+            the ones it was prepared with.
         val_fraction, test_fraction: shares of the corpus bytes for the val and test splits (taken
             from the end, test last).
         batch_size, seed, num_workers: see ``GeneratedDataModule``.
@@ -261,6 +288,7 @@ class LanguageModelingDataModule(GeneratedDataModule):
         hf_text_field: str = "text",
         max_bytes: int | None = 4_000_000,
         allow_binary: bool = False,
+        data: str | None = None,
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         batch_size: int = 32,
@@ -295,6 +323,9 @@ class LanguageModelingDataModule(GeneratedDataModule):
             )
         if path is not None and hf_dataset is not None:
             raise ValueError(f"task.path={path!r} and task.hf_dataset={hf_dataset!r} are exclusive; set one or neither")
+        self.prepared = None if data is None else read_prepared(data, tokenizer, vocab_size, self.tokenizer, path or hf_dataset)
+        if self.prepared is not None:
+            vocab_size = self.prepared.vocab_size
         if path is not None:
             _check_path(path)
         if hf_dataset is not None:
@@ -307,6 +338,7 @@ class LanguageModelingDataModule(GeneratedDataModule):
                     f"fewer than one window of seq_len + 1 = {seq_len + 1} tokens"
                 )
         self.vocab_size = vocab_size
+        self.data = data
         self.tokenizer_name = tokenizer
         self.seq_len = seq_len
         self.path = path
@@ -345,8 +377,9 @@ class LanguageModelingDataModule(GeneratedDataModule):
     def data_bytes(self, splits=None) -> int:
         """``BYTES_PER_CORPUS_BYTE`` per corpus byte: the text and its repaired copy, the split copies,
         int64 token ids and the windows' int64 inputs and targets (all splits: the corpus is read and
-        tokenized whole); 0 when the size is not known before reading (``corpus_bytes``)."""
-        return BYTES_PER_CORPUS_BYTE * (self.corpus_bytes() or 0)
+        tokenized whole); 0 when the size is not known before reading (``corpus_bytes``), and for a
+        prepared directory (``task.data``: memory-mapped, read as the batches are drawn)."""
+        return 0 if self.prepared is not None else BYTES_PER_CORPUS_BYTE * (self.corpus_bytes() or 0)
 
     def load_corpus(self) -> bytes:
         """The configured corpus, capped at ``max_bytes``."""
@@ -399,9 +432,28 @@ class LanguageModelingDataModule(GeneratedDataModule):
         self._ids = split_ids
 
     def setup(self, stage: str | None = None) -> None:
+        if self.prepared is not None:
+            self._stream()
+            return
         if not self._ids:
             self._tokenize()
         super().setup(stage)
+
+    def _stream(self) -> None:
+        """The splits of the prepared directory as windows read from its memory-mapped shards;
+        bits per byte from the manifest's byte and token counts of each split."""
+        for split in self.splits:
+            if split in self.datasets:
+                continue
+            record = self.prepared.splits[split]
+            windows = ShardWindows(Path(self.data), self.prepared, split, self.seq_len)
+            if len(windows) == 0:
+                raise ValueError(
+                    f"task.data={self.data!r}: the {split} split has {record.tokens} tokens, fewer than one window of "
+                    f"task.seq_len + 1 = {self.seq_len + 1}; lower task.seq_len or prepare a larger source"
+                )
+            self.datasets[split] = windows
+            self.bytes_per_token[split] = record.bytes / record.tokens
 
     def generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = windows(self._ids[split], self.seq_len)

@@ -112,7 +112,7 @@ def _test_checkpoint(run: EvalRun, run_dir: Path) -> dict[str, Any]:
         "test": {k: float(v) for k, v in results[0].items()},
         "ckpt": str(checkpoint_in(run.ckpt)),  # the file tested, also when ckpt= named a run directory
         "task": run.task["name"],
-        "test_shape": list(datamodule.datasets["test"].inputs.shape),
+        "test_shape": list(datamodule.datasets["test"].shape),
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
     if trainer.is_global_zero:

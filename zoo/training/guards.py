@@ -11,22 +11,20 @@ from torch import nn
 
 from zoo.memory import memory_layers
 from zoo.model.language_model import ModelConfig
-from zoo.tasks.base import IGNORE_INDEX
 
 IGNORED_DIFFERENCES = {"memory.parallel"}  # a checkpoint holds the full table: any layout loads it
 
 
 def check_token_ids(splits: dict[str, Any], vocab_size: int) -> None:
-    """splits: name -> dataset with ``inputs`` / ``targets`` (N, L); raise ``ValueError`` naming the
-    split and the id when a token (or a scored target) is outside ``[0, vocab_size)``."""
+    """splits: name -> dataset with ``id_range()`` (its least and greatest input or scored target id);
+    raise ``ValueError`` naming the split and the id when one is outside ``[0, vocab_size)``."""
     for name, data in splits.items():
-        for field, ids in (("inputs", data.inputs), ("targets", data.targets[data.targets != IGNORE_INDEX])):
-            if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-                bad = int(ids.max()) if ids.max() >= vocab_size else int(ids.min())
-                raise ValueError(
-                    f"{name} split {field} hold token id {bad}, outside the model's vocabulary [0, {vocab_size}); "
-                    "the task's vocab_size must not exceed the model's"
-                )
+        low, high = data.id_range()
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"{name} split holds token id {high if high >= vocab_size else low}, outside the model's vocabulary "
+                f"[0, {vocab_size}); the task's vocab_size must not exceed the model's"
+            )
 
 
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:

@@ -129,7 +129,7 @@ def fit_and_test(run: RunConfig, run_dir: Path, resume: Path | None, config_yaml
                 check_same_model(stored_model_config(read_hyper_parameters(resume)["model"]), run.model)
             stop.check("before training started")
 
-            seq_len = datamodule.datasets["train"].inputs.shape[1]
+            seq_len = datamodule.datasets["train"].shape[1]
             # last.ckpt, overwritten in place; restores no paths from a checkpoint, removes nothing outside checkpoints/
             checkpoint = RunCheckpoint(run_dir / "checkpoints", every_n_train_steps=run.checkpoint.every_n_train_steps)
             on_signal = CheckpointOnSignal(stop, run_dir / "checkpoints")
