@@ -4,16 +4,14 @@ and resumed ends bit for bit like an uninterrupted one."""
 
 import json
 import os
-import pickle
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.sigterm import stop_after_step
 from test_token_shards import prepare_corpus, write_corpus
 
 from zoo.checkpoint.files import load_checkpoint_file
@@ -191,13 +189,6 @@ RUN = [
 ]
 
 
-def step_of(last: Path) -> int:
-    try:
-        return torch.load(last, map_location="cpu", weights_only=True)["global_step"]
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, KeyError):
-        return -1
-
-
 def test_a_prepared_corpus_run_stopped_mid_epoch_by_sigterm_resumes_bit_for_bit(byte_dir, tmp_path):
     windows = read_manifest(byte_dir).splits["train"].tokens // 33
     assert windows // 8 > 45  # the whole run is inside the first epoch: the stop is mid-epoch
@@ -208,14 +199,8 @@ def test_a_prepared_corpus_run_stopped_mid_epoch_by_sigterm_resumes_bit_for_bit(
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     subprocess.run(cmd(whole), check=True, capture_output=True, env=ENV, cwd=tmp_path, timeout=300)
     last = stopped / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(cmd(stopped), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
-    limit = time.monotonic() + 300
-    while step_of(last) < 10 and proc.poll() is None and time.monotonic() < limit:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    stopped_at = step_of(last)
-    assert proc.returncode == 143 and 10 <= stopped_at < 45, err[-2000:]
+    returncode, stopped_at, err = stop_after_step(cmd(stopped), last, 10, env=ENV, cwd=tmp_path)
+    assert returncode == 143 and 10 <= stopped_at < 45, err[-2000:]
 
     done = subprocess.run(cmd(stopped, "ckpt=last"), capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import lightning as L
 import pytest
 import torch
 from helpers.configs import TINY, compose_config
+from helpers.sigterm import stop_after_step
 from test_signals import Regression, SigtermAfterStep, loader
 
 from zoo import load_model
-from zoo.checkpoint.distributed import is_distributed_checkpoint, save_distributed
+from zoo.checkpoint.distributed import save_distributed
 from zoo.checkpoint.files import atomic_torch_save, load_checkpoint_file
 from zoo.model.language_model import build_model
 from zoo.model.loading import MODEL_PREFIX
@@ -217,14 +217,6 @@ LAYOUTS = {
 }
 
 
-def step_of(last: Path) -> int:
-    try:
-        file = last.resolve() / "checkpoint.pt" if is_distributed_checkpoint(last) else last
-        return torch.load(file, map_location="cpu", weights_only=True)["global_step"]
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, KeyError):
-        return -1
-
-
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_last_ckpt_after_sigterm_resume_and_finish_is_the_final_state_bit_for_bit(tmp_path, layout):
     def cmd(run_dir, *extra):
@@ -233,14 +225,8 @@ def test_last_ckpt_after_sigterm_resume_and_finish_is_the_final_state_bit_for_bi
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     subprocess.run(cmd(whole), check=True, capture_output=True, timeout=300)
     last = stopped / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(cmd(stopped), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    limit = time.monotonic() + 300
-    while step_of(last) < 10 and proc.poll() is None and time.monotonic() < limit:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    stopped_at = step_of(last)
-    assert proc.returncode == 143 and 10 <= stopped_at < 45, err[-2000:]
+    returncode, stopped_at, err = stop_after_step(cmd(stopped), last, 10)
+    assert returncode == 143 and 10 <= stopped_at < 45, err[-2000:]
 
     subprocess.run(cmd(stopped, "ckpt=last"), check=True, capture_output=True, timeout=300)
     got, want = load_checkpoint_file(last), load_checkpoint_file(whole / "checkpoints" / "last.ckpt")
