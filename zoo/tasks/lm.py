@@ -15,6 +15,7 @@ import ast
 import hashlib
 import importlib.util
 import os
+import re
 import sysconfig
 import warnings
 from pathlib import Path
@@ -46,7 +47,7 @@ def _cap(data: bytes, max_bytes: int | None) -> bytes:
 
 
 REPLACEMENT = "\ufffd"
-TEXT_CONTROLS = set("\t\n\r\f\v")
+CONTROLS = re.compile("[\x00-\x08\x0e-\x1f]")  # control characters but tab, newlines, vertical tab, form feed
 MAX_NON_TEXT_FRACTION = 0.05  # a corpus with more undecodable or control characters is not text
 
 
@@ -60,7 +61,7 @@ def text_report(corpus: bytes) -> dict[str, int]:
     replaced while reading, or the rare genuine one), and how many are control characters other than
     tab, newlines, vertical tab and form feed."""
     text = corpus.decode("utf-8")
-    controls = sum(1 for ch in text if ch < " " and ch not in TEXT_CONTROLS)
+    controls = len(CONTROLS.findall(text))
     return {"chars": len(text), "replaced": text.count(REPLACEMENT), "controls": controls}
 
 

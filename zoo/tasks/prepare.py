@@ -37,9 +37,9 @@ from zoo.core.dataclass_config import plain, typed
 from zoo.core.value_checks import check_int
 from zoo.tasks import task_options
 from zoo.tasks.lm import (
+    CONTROLS,
     MAX_NON_TEXT_FRACTION,
     REPLACEMENT,
-    TEXT_CONTROLS,
     LanguageModelingDataModule,
     stdlib_docs,
     stdlib_files,
@@ -186,7 +186,7 @@ def _encode(text: str) -> tuple[np.ndarray, int, int]:
         ids = np.frombuffer(data, dtype=np.uint8).astype(np.uint32)
     else:
         ids = np.asarray(_TOKENIZER.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
-    non_text = text.count(REPLACEMENT) + sum(1 for ch in text if ch < " " and ch not in TEXT_CONTROLS)
+    non_text = text.count(REPLACEMENT) + len(CONTROLS.findall(text))  # as text_report counts them
     return ids, len(data), non_text
 
 
